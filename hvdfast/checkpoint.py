@@ -1,0 +1,113 @@
+"""Checkpoints that survive crashes: atomic write (tmp -> fsync -> rename), newest K kept, safe load.
+
+Files are torch.save'd plain containers (tensors, numbers, strings, lists, dicts) and are loaded with
+weights_only=True, so a checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says which file and what to do."""
+
+
+def name_for(epoch: int, step: int) -> str:
+    return f"ckpt-e{epoch:04d}-s{step:08d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints in `directory`, newest (highest step) first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(2)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]), "python": [list(x) if isinstance(x, tuple) else x
+                                                      for x in random.getstate()]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save(directory: Path, state: dict, keep: int) -> Path:
+    """Write atomically; on any failure (disk full, kill) the previous checkpoints stay intact."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / name_for(state["epoch"], state["step"])
+    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
+    state = dict(state, format_version=FORMAT_VERSION)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for old in list_checkpoints(directory)[keep:]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}); it is truncated or not an hvdfast checkpoint. "
+                              f"Delete it to resume from an older one, or set train.resume=never.") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "model" not in state:
+        raise CheckpointError(f"'{path}' is not an hvdfast checkpoint (format {FORMAT_VERSION}); "
+                              f"point train.resume at one written by hvdfast, or set train.resume=never.")
+    return state
+
+
+def check_compatible(state: dict, path: Path, model_name: str, num_classes: int) -> None:
+    if state.get("model_name") != model_name or state.get("num_classes") != num_classes:
+        raise CheckpointError(
+            f"checkpoint '{path}' holds {state.get('model_name')} with {state.get('num_classes')} classes, but this "
+            f"run builds {model_name} with {num_classes} classes. Use another run_dir, or train.resume=never.")
+
+
+def find_resume(run_dir: Path, resume: str) -> tuple[Optional[Path], Optional[dict], list[str]]:
+    """(path, state) of the checkpoint to resume from ((None, None) = start fresh), and notes about unusable
+    newer files that were passed over."""
+    if resume == "never":
+        return None, None, []
+    if resume != "auto":
+        p = Path(resume)
+        if not p.is_file():
+            raise CheckpointError(f"train.resume='{resume}' is not a file; give a checkpoint path, auto or never.")
+        return p, load(p), []
+    notes = []
+    for p in list_checkpoints(run_dir / "checkpoints"):
+        try:
+            return p, load(p), notes
+        except CheckpointError as exc:
+            notes.append(f"skipping unusable checkpoint: {exc}")
+    return None, None, notes

@@ -1,0 +1,118 @@
+"""Command line: argument parsing only. Each verb calls one function in its module."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EPILOG_TRAIN = """examples:
+  hvdfast train --config launch/configs/digits-cpu.yaml                 # one worker
+  horovodrun -np 2 hvdfast train --config launch/configs/digits-cpu.yaml optim.lr=0.4
+  mpirun -np 8 -bind-to none -map-by slot hvdfast train --config launch/configs/imagenet-rn50-sgd.yaml \\
+      data.dir=/data/imagenet
+Overrides are section.key=value (value parsed as YAML); an unknown key is an error that names the closest key."""
+
+
+def env_rank() -> int:
+    """This process's rank as the launcher told it (before Horovod starts): only rank 0 prints errors."""
+    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hvdfast",
+        description="Horovod ring-allreduce training of torchvision models on DALI input pipelines. "
+                    "Run under horovodrun or mpirun for several workers; alone for one.")
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML recipe",
+                       description="Train from a YAML recipe plus section.key=value overrides. Writes config.yaml, "
+                                   "versions.json, metrics.jsonl, TensorBoard events and checkpoints to "
+                                   "train.run_dir.", epilog=EPILOG_TRAIN,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", "-c", metavar="FILE", help="recipe, e.g. launch/configs/digits-cpu.yaml "
+                                                           "(default: built-in defaults)")
+    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    dt = sub.add_parser("data", help="data set tools (digits, check)")
+    dsub = dt.add_subparsers(dest="data_verb", metavar="TOOL", required=True)
+    dg = dsub.add_parser("digits", help="write the embedded digits data set (1,797 real images) as JPEG folders")
+    dg.add_argument("dir", help="output folder (gets train/ and val/)")
+    dc = dsub.add_parser("check", help="count classes and images, list files that fail to decode")
+    dc.add_argument("dir", help="ImageFolder root with train/ and val/")
+
+    d = sub.add_parser("doctor", help="check the installed stack (and every rank's, under mpirun)")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+
+    pl = sub.add_parser("plot", help="PNG curves (loss, top-1, img/s) from a run directory")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    return p
+
+
+def _train(args) -> int:
+    from . import config
+    cfg = config.load(args.config, args.overrides)
+    if args.print_config:
+        if env_rank() == 0:
+            print(config.dump(cfg), end="")
+        return 0
+    from . import train
+    train.run(cfg)
+    return 0
+
+
+def _data(args) -> int:
+    if args.data_verb == "digits":
+        from .data import digits
+        counts = digits.write(args.dir)
+        print(f"wrote {counts['train']} training and {counts['val']} validation images to {args.dir}")
+        return 0
+    from .data import check
+    return check.main(args.dir)
+
+
+def _plot(args) -> int:
+    from . import plot
+    out = plot.main(args.run_dir, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _doctor(args) -> int:
+    from . import doctor
+    return doctor.main(as_json=args.json)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.folder import DataError
+    user_errors = (ConfigError, DataError, CheckpointError)
+    try:
+        from .train import TrainingError
+        user_errors += (TrainingError,)
+        handler = {"train": _train, "data": _data, "doctor": _doctor, "plot": _plot}[args.verb]
+        return handler(args)
+    except user_errors as exc:
+        # Every rank meets the same config/data problem; one message, from rank 0, is enough.
+        # A problem only one rank can see (a corrupt file in its shard) is printed by that rank.
+        rank = env_rank()
+        if rank == 0 or getattr(exc, "rank_local", False):
+            prefix = f"hvdfast: error (rank {rank}): " if rank else "hvdfast: error: "
+            print(prefix + str(exc), file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

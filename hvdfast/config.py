@@ -1,0 +1,274 @@
+"""Run configuration: frozen dataclasses with units, YAML recipes, dotted overrides, strict validation.
+
+A recipe is a YAML mapping of sections (data, model, optim, horovod, train). Overrides are `section.key=value`
+strings whose value is parsed as YAML (`optim.lr=0.2`, `data.crop_scale=[0.35,1]`). Unknown keys and wrong types
+raise ConfigError with the nearest valid key, so a typo never silently trains with a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    backend: str = "auto"             # dali | torchvision | synthetic | auto (dali where it imports, else torchvision)
+    dir: str = "data/digits"          # ImageFolder root holding train/<class>/*.jpg and val/<class>/*.jpg
+    image_size: int = 224             # px, side of the square training and validation crop
+    val_resize: int = 256             # px, shorter side before the validation center crop
+    batch_size: int = 256             # images per worker per backward pass
+    crop_scale: tuple = (0.08, 1.0)   # fraction of image area kept by the random-resized training crop
+    flip: bool = True                 # random horizontal flip (off for digits: a mirrored 2 is not a 2)
+    workers: int = -1                 # decode threads / loader processes per worker; -1 = the cores it owns
+    skip_corrupt: bool = False        # skip (and count) undecodable files instead of stopping the run
+    synthetic_classes: int = 1000     # classes of the synthetic backend
+    synthetic_images: int = 2048      # images per epoch (all workers) of the synthetic backend
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet50"            # any torchvision classification model
+    zero_init_residual: bool = True   # zero-init the last BN gamma of each residual block (Goyal et al. 2017)
+    channels_last: bool = True        # NHWC memory format (faster convolutions with AMP and on CPU with bf16)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"                 # sgd | lars | lamb
+    lr: float = 0.1                   # per 256 images; scaled by global batch / 256
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-5        # applied to conv/linear weights only (no decay for ndim <= 1)
+    trust_coeff: float = 0.001        # LARS trust coefficient (eta)
+    warmup_epochs: float = 0.0        # linear warmup from 0 to the scaled lr, in epochs
+    schedule: str = "cosine"          # cosine | poly | step | constant (after warmup)
+    poly_power: float = 2.0           # exponent of the poly schedule
+    step_epochs: tuple = (30, 60, 80)  # epochs at which the step schedule multiplies lr by step_gamma
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0      # fraction of the target mass spread over all classes
+    clip_grad_norm: float = 0.0       # max global gradient L2 norm; 0 = no clipping
+
+
+@dataclass(frozen=True)
+class HorovodConfig:
+    compression: str = "none"         # none | fp16 | bf16 (gradient wire format)
+    fusion_threshold_mb: float = 64.0  # MiB; tensor fusion buffer (HOROVOD_FUSION_THRESHOLD)
+    cycle_time_ms: float = 1.0        # ms between Horovod background cycles (HOROVOD_CYCLE_TIME)
+    backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
+    gradient_predivide_factor: float = 1.0  # divide before the sum and after it (average only)
+    op: str = "average"               # average | adasum
+    timeline: str = ""                # path of a Horovod timeline JSON file (HOROVOD_TIMELINE); "" = off
+    stall_check_warning_s: int = 60   # seconds before Horovod warns that ranks wait on a tensor
+    stall_check_shutdown_s: int = 0   # seconds before Horovod shuts a stalled job down; 0 = never
+    autotune: bool = False            # Horovod's Bayesian autotuning of fusion / cycle time
+    autotune_log: str = ""            # CSV written by Horovod's autotuner; "" = none
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 90.0              # passes over the training set (fractions allowed)
+    precision: str = "auto"           # auto (fp16 AMP on GPU, bf16 autocast on CPU) | fp32 | fp16 | bf16
+    seed: int = 0                     # seeds model init, data order and augmentation
+    deterministic: bool = False       # deterministic kernels (slower); for bit-exact repeatability
+    log_every: int = 20               # optimizer steps between logged (cross-rank averaged) metrics
+    eval_every: int = 1               # epochs between validations (the last epoch always validates)
+    target_top1: float = 0.0          # report time to this validation top-1 (percent); 0 = off
+    run_dir: str = "runs/{config}"    # output folder; {config} is the recipe's file name without .yaml
+    resume: str = "auto"              # auto (newest checkpoint in run_dir) | never | path of a checkpoint
+    checkpoint_every: int = 1         # epochs between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2         # newest checkpoints kept
+    progress: str = "auto"            # auto (bar on a TTY, lines otherwise) | bar | lines
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    horovod: HorovodConfig = field(default_factory=HorovodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "data.backend": ("auto", "dali", "torchvision", "synthetic"),
+    "optim.name": ("sgd", "lars", "lamb"),
+    "optim.schedule": ("cosine", "poly", "step", "constant"),
+    "horovod.compression": ("none", "fp16", "bf16"),
+    "horovod.op": ("average", "adasum"),
+    "train.precision": ("auto", "fp32", "fp16", "bf16"),
+    "train.progress": ("auto", "bar", "lines"),
+}
+POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.backward_passes_per_step",
+            "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "train.epochs",
+            "horovod.fusion_threshold_mb", "horovod.cycle_time_ms", "horovod.gradient_predivide_factor"}
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(sorted(options))}."
+
+
+def _coerce(path: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the annotation `hint`; return it in the field's type or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+    want = hint.__name__ if isinstance(hint, type) else str(hint)
+    bad = ConfigError(f"config key '{path}' must be {want}, got {value!r} ({type(value).__name__}).")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if hint is tuple:
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"config key '{path}' must be a list of numbers, got {value!r}.")
+        return tuple(value)
+    raise AssertionError(f"unsupported annotation {hint} for {path}")  # a programming error, not a user one
+
+
+def _section_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(raw: dict, source: str = "config") -> Config:
+    """Build a validated Config from a nested mapping (missing keys take their defaults)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must be a YAML mapping of sections (data, model, optim, horovod, train), "
+                          f"got {type(raw).__name__}.")
+    sections = {}
+    top_types = _section_types(Config)
+    for sec_name, sec_val in raw.items():
+        if sec_name not in top_types:
+            raise ConfigError(f"unknown config section '{sec_name}' in {source}." + _suggest(sec_name, top_types))
+        if sec_val is None:
+            sec_val = {}
+        if not isinstance(sec_val, dict):
+            raise ConfigError(f"config section '{sec_name}' in {source} must be a mapping, got {sec_val!r}.")
+        sections[sec_name] = sec_val
+    built = {}
+    for sec_name, sec_cls in top_types.items():
+        hints = _section_types(sec_cls)
+        values = {}
+        for key, val in sections.get(sec_name, {}).items():
+            path = f"{sec_name}.{key}"
+            if key not in hints:
+                raise ConfigError(f"unknown config key '{path}' in {source}."
+                                  + _suggest(path, [f"{sec_name}.{k}" for k in hints]))
+            values[key] = _coerce(path, val, hints[key])
+        built[sec_name] = sec_cls(**values)
+    cfg = Config(**built)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    flat = to_flat(cfg)
+    for path, options in CHOICES.items():
+        if flat[path] not in options:
+            raise ConfigError(f"config key '{path}' must be one of {', '.join(options)}; got {flat[path]!r}."
+                              + (_suggest(str(flat[path]), options) if isinstance(flat[path], str) else ""))
+    for path in POSITIVE:
+        if not flat[path] > 0:
+            raise ConfigError(f"config key '{path}' must be > 0, got {flat[path]!r}.")
+    lo, hi = (tuple(cfg.data.crop_scale) + (None, None))[:2]
+    if len(cfg.data.crop_scale) != 2 or not (0 < lo <= hi <= 1):
+        raise ConfigError(f"config key 'data.crop_scale' must be [min, max] with 0 < min <= max <= 1, "
+                          f"got {list(cfg.data.crop_scale)}.")
+    if cfg.horovod.op == "adasum" and cfg.horovod.gradient_predivide_factor != 1.0:
+        raise ConfigError("horovod.gradient_predivide_factor applies to op=average only; set it to 1.0 with adasum.")
+    if not 0 <= cfg.optim.label_smoothing < 1:
+        raise ConfigError(f"config key 'optim.label_smoothing' must be in [0, 1), got {cfg.optim.label_smoothing}.")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. optim.lr=0.2).")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if key.count(".") != 1:
+        raise ConfigError(f"override key '{key}' must be section.key (e.g. optim.lr).")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem}).") from None
+    return key, value
+
+
+def load(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML recipe (or defaults when path is None) and apply `section.key=value` overrides."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found. Recipes live in launch/configs/ "
+                              f"(e.g. launch/configs/digits-cpu.yaml).")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
+        source = str(p)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{p}' must be a YAML mapping of sections "
+                              f"(data, model, optim, horovod, train), got {type(raw).__name__}.")
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        key, value = parse_override(text)
+        sec, name = key.split(".")
+        if sec not in raw or raw[sec] is None:
+            raw[sec] = {}
+        if isinstance(raw[sec], dict):
+            raw[sec][name] = value
+    cfg = from_dict(raw, source=source + (" + overrides" if overrides else ""))
+    if path is not None and "{config}" in cfg.train.run_dir:
+        cfg = replace(cfg, "train.run_dir", cfg.train.run_dir.replace("{config}", Path(path).stem))
+    elif "{config}" in cfg.train.run_dir:
+        cfg = replace(cfg, "train.run_dir", cfg.train.run_dir.replace("{config}", "default"))
+    return cfg
+
+
+def replace(cfg: Config, path: str, value: Any) -> Config:
+    sec, name = path.split(".")
+    return dataclasses.replace(cfg, **{sec: dataclasses.replace(getattr(cfg, sec), **{name: value})})
+
+
+def to_dict(cfg: Config) -> dict:
+    out = dataclasses.asdict(cfg)
+    for sec in out.values():
+        for k, v in sec.items():
+            if isinstance(v, tuple):
+                sec[k] = list(v)
+    return out
+
+
+def to_flat(cfg: Config) -> dict:
+    return {f"{s}.{k}": v for s, sec in dataclasses.asdict(cfg).items() for k, v in sec.items()}
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,154 @@
+"""The one door to Horovod: the only module that imports horovod.torch.
+
+Everything else takes a DistInfo and calls the helpers here, so the rest of the code reads (and tests) without a
+launcher, and Horovod's knobs are set in one place, before hvd.init() reads them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from . import compression
+from .config import HorovodConfig
+
+_hvd = None  # horovod.torch, once init() ran
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int             # global rank: shards the data (shard_id = rank)
+    local_rank: int       # rank on this host: picks the GPU (device_id = local_rank)
+    size: int             # number of workers
+    local_size: int       # workers on this host
+    cores_per_rank: int   # CPU cores this worker owns (torch threads, DALI threads, loader workers)
+    device: torch.device  # cuda:<local_rank> where there is a GPU, else cpu
+    controller: str       # mpi | gloo
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def horovod_env(cfg: HorovodConfig) -> dict:
+    """Horovod's environment knobs for this config (read by hvd.init(); exported to remote ranks by launchers)."""
+    env = {
+        # Horovod: tensor fusion packs many small gradients into one buffer per allreduce.
+        "HOROVOD_FUSION_THRESHOLD": str(int(cfg.fusion_threshold_mb * 1024 * 1024)),
+        # Horovod: how often the background thread checks which tensors are ready on every rank.
+        "HOROVOD_CYCLE_TIME": str(cfg.cycle_time_ms),
+        "HOROVOD_STALL_CHECK_TIME_SECONDS": str(cfg.stall_check_warning_s),
+    }
+    if cfg.stall_check_shutdown_s > 0:
+        env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(cfg.stall_check_shutdown_s)
+    if cfg.timeline:
+        env["HOROVOD_TIMELINE"] = cfg.timeline
+    if cfg.autotune:
+        env["HOROVOD_AUTOTUNE"] = "1"
+        if cfg.autotune_log:
+            env["HOROVOD_AUTOTUNE_LOG"] = cfg.autotune_log
+    return env
+
+
+def cores_owned(local_size: int) -> int:
+    """Cores this worker may use: its CPU affinity if a launcher bound it, else an equal share of the host."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        affinity = os.cpu_count() or 1
+    total = os.cpu_count() or affinity
+    if affinity < total:  # mpirun --bind-to core / SLURM cpusets already gave us our share
+        return max(1, affinity)
+    return max(1, total // max(1, local_size))
+
+
+def init(cfg: HorovodConfig | None = None) -> DistInfo:
+    """Set Horovod's knobs, hvd.init(), pin the device and the CPU threads of this worker."""
+    global _hvd
+    os.environ.update(horovod_env(cfg or HorovodConfig()))
+    import horovod.torch as hvd  # Horovod: the only import of it in hvdfast
+
+    hvd.init()
+    _hvd = hvd
+    cores = cores_owned(hvd.local_size())
+    # Horovod: one worker per core share; oversubscribed intra-op threads cost 3x on small machines.
+    torch.set_num_threads(cores)
+    if torch.cuda.is_available():
+        # Horovod: one GPU per process, chosen by local rank (never by global rank).
+        torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    return DistInfo(rank=hvd.rank(), local_rank=hvd.local_rank(), size=hvd.size(), local_size=hvd.local_size(),
+                    cores_per_rank=cores, device=device,
+                    controller="mpi" if hvd.mpi_enabled() else "gloo")
+
+
+def _h():
+    if _hvd is None:
+        raise RuntimeError("hvdfast.dist.init() must be called first")
+    return _hvd
+
+
+def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, cfg: HorovodConfig):
+    hvd = _h()
+    # Horovod: allreduce gradients as backward produces them (hooks), fused and compressed.
+    return hvd.DistributedOptimizer(
+        optimizer,
+        named_parameters=model.named_parameters(),
+        compression=compression.get(cfg.compression),
+        backward_passes_per_step=cfg.backward_passes_per_step,
+        op=hvd.Adasum if cfg.op == "adasum" else hvd.Average,
+        gradient_predivide_factor=cfg.gradient_predivide_factor,
+    )
+
+
+def broadcast_model(model: torch.nn.Module, root: int = 0) -> None:
+    """Broadcast parameters and buffers from root. Call before converting the model to channels_last:
+    Horovod refuses non-contiguous (NHWC-strided) tensors."""
+    hvd = _h()
+    # Horovod: every rank starts from rank 0's weights (and BN running statistics).
+    hvd.broadcast_parameters(model.state_dict(), root_rank=root)
+
+
+def allreduce_sum(values: Iterable[float] | torch.Tensor, name: str) -> torch.Tensor:
+    """Sum a small float64 vector over all ranks (metrics; called at log intervals, not every step)."""
+    hvd = _h()
+    t = torch.as_tensor(values, dtype=torch.float64).clone()
+    # Horovod: one small synchronous allreduce for all metrics at once.
+    return hvd.allreduce_(t, op=hvd.Sum, name=name)
+
+
+def allgather_object(obj, name: str):
+    # Horovod: pickled gather, for rare small things (sample ids in tests, per-rank status).
+    return _h().allgather_object(obj, name=name)
+
+
+def broadcast_object(obj, root: int = 0, name: str = "obj"):
+    return _h().broadcast_object(obj, root_rank=root, name=name)
+
+
+def barrier() -> None:
+    _h().barrier()
+
+
+def shutdown() -> None:
+    if _hvd is not None:
+        _hvd.shutdown()
+
+
+def build_info() -> dict:
+    """What this Horovod was built with (for doctor and the run's versions file)."""
+    import horovod
+    import horovod.torch as hvd
+    return {
+        "version": horovod.__version__,
+        "frameworks": {"pytorch": True},
+        "controllers": {"mpi": bool(hvd.mpi_built()), "gloo": bool(hvd.gloo_built())},
+        "tensor_operations": {"nccl": bool(hvd.nccl_built()), "mpi": bool(hvd.mpi_built()),
+                              "gloo": bool(hvd.gloo_built()), "ddl": bool(hvd.ddl_built()),
+                              "ccl": bool(hvd.ccl_built())},
+        "cuda": bool(hvd.cuda_built()),
+    }

@@ -1,0 +1,145 @@
+"""Training and evaluation steps: no argparse, no Horovod import, no globals.
+
+The optimizer passed in is Horovod's DistributedOptimizer; this module only relies on its documented duck type
+(step, synchronize, skip_synchronize), so it reads top to bottom like a single-process loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+
+# Local sums kept per log window, in this order (reduced across ranks by the caller at log intervals only).
+WINDOW_FIELDS = ("loss_sum", "correct", "images", "data_wait_s", "step_s", "wall_s", "nonfinite")
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str                              # fp32 | bf16 | fp16
+    device_type: str                       # cpu | cuda
+    dtype: Optional[torch.dtype]           # autocast dtype, None for fp32
+    scaler: Optional[torch.amp.GradScaler]  # loss scaler for fp16
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def precision_for(name: str, device: torch.device) -> Precision:
+    """auto: fp16 AMP with a loss scaler on GPU, bf16 autocast on CPU (no scaler needed: bf16 has fp32's range)."""
+    if name == "auto":
+        name = "fp16" if device.type == "cuda" else "bf16"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a GPU; use bf16 (or auto) on CPU.")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
+    return Precision(name=name, device_type=device.type, dtype=dtype, scaler=scaler)
+
+
+def optimizer_step(optimizer, model: torch.nn.Module, prec: Precision, clip_grad_norm: float) -> None:
+    """One update in Horovod's documented AMP order: synchronize -> unscale -> clip -> step (no second sync)."""
+    if prec.scaler is None and clip_grad_norm <= 0:
+        optimizer.step()  # Horovod: waits for the fused allreduces, then updates
+        return
+    # Horovod: finish the gradient allreduce before unscaling or clipping the averaged gradients.
+    optimizer.synchronize()
+    if prec.scaler is not None:
+        prec.scaler.unscale_(optimizer)
+    if clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    # Horovod: gradients are already reduced; don't let step() synchronize again.
+    with optimizer.skip_synchronize():
+        if prec.scaler is not None:
+            prec.scaler.step(optimizer)
+        else:
+            optimizer.step()
+    if prec.scaler is not None:
+        prec.scaler.update()
+
+
+def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: int, first_step: int,
+                lr_fn: Callable[[int], float], criterion: torch.nn.Module, prec: Precision,
+                accumulation: int = 1, clip_grad_norm: float = 0.0, log_every: int = 20,
+                on_log: Callable[[int, torch.Tensor], None] = lambda step, window: None,
+                on_step: Callable[[int], None] = lambda step: None) -> int:
+    """Run up to `steps` optimizer steps (each of `accumulation` micro-batches). Returns the next global step.
+
+    on_log(step, window) gets this rank's WINDOW_FIELDS sums every `log_every` steps and at the end; the caller
+    reduces them across ranks (the only cross-rank traffic besides the gradients).
+    """
+    model.train()
+    step = first_step
+    done = 0
+    window = torch.zeros(len(WINDOW_FIELDS), dtype=torch.float64)
+    dev_sums = None  # loss_sum, correct on the device: no host sync per step
+    t_window = t_prev = time.perf_counter()
+    micro = 0
+    for images, labels in batches:
+        t_batch = time.perf_counter()
+        if micro == 0:
+            lr = lr_fn(step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+        with prec.autocast():
+            logits = model(images)
+            loss = criterion(logits, labels)
+        scaled = loss / accumulation if accumulation > 1 else loss
+        if prec.scaler is not None:
+            prec.scaler.scale(scaled).backward()
+        else:
+            scaled.backward()  # Horovod: hooks start allreducing each gradient as soon as it is ready
+        with torch.no_grad():
+            n = labels.shape[0]
+            sums = torch.stack([loss.detach().float() * n, (logits.argmax(1) == labels).sum().float()])
+            dev_sums = sums if dev_sums is None else dev_sums + sums
+        window[2] += labels.shape[0]
+        micro += 1
+        if micro == accumulation:
+            micro = 0
+            optimizer_step(optimizer, model, prec, clip_grad_norm)
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            done += 1
+            on_step(step)
+        t_now = time.perf_counter()
+        window[3] += t_batch - t_prev
+        window[4] += t_now - t_batch
+        t_prev = t_now
+        if micro == 0 and (done % log_every == 0 or done == steps):
+            host = dev_sums.double().cpu()
+            window[0], window[1] = host[0], host[1]
+            window[6] = 0.0 if torch.isfinite(host[0]) else 1.0
+            window[5] = t_now - t_window
+            on_log(step, window.clone())
+            window.zero_()
+            dev_sums = None
+            t_window = t_prev = time.perf_counter()
+        if done >= steps and micro == 0:
+            break
+    return step
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterable, prec: Precision,
+             criterion: torch.nn.Module) -> torch.Tensor:
+    """This rank's sums over its validation shard: [loss_sum, top1_correct, top5_correct, images]."""
+    model.eval()
+    sums = None
+    for images, labels in batches:
+        with prec.autocast():
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top5 = logits.topk(k, dim=1).indices
+        hit = top5 == labels[:, None]
+        batch = torch.stack([criterion(logits, labels) * labels.shape[0], hit[:, 0].sum().float(),
+                             hit.any(dim=1).sum().float(), torch.tensor(float(labels.shape[0]),
+                                                                         device=logits.device)])
+        sums = batch if sums is None else sums + batch
+    if sums is None:
+        return torch.zeros(4, dtype=torch.float64)
+    return sums.double().cpu()

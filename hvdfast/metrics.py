@@ -1,0 +1,96 @@
+"""Rank-0 reporting: metrics.jsonl, TensorBoard events, a progress bar on a TTY or plain lines in batch logs."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .engine import WINDOW_FIELDS
+
+
+def window_metrics(reduced: torch.Tensor, size: int) -> dict:
+    """Cross-rank sums of a log window -> averaged metrics (img/s is for all workers together)."""
+    w = dict(zip(WINDOW_FIELDS, reduced.tolist()))
+    images = max(w["images"], 1.0)
+    wall = w["wall_s"] / size
+    return {
+        "loss": w["loss_sum"] / images,
+        "top1": 100.0 * w["correct"] / images,
+        "img_s": w["images"] / wall if wall > 0 else 0.0,
+        "data_wait_s": w["data_wait_s"] / size,
+        "step_s": (w["step_s"] / size),
+        "nonfinite_ranks": int(w["nonfinite"]),
+    }
+
+
+def eval_metrics(reduced: torch.Tensor) -> dict:
+    loss_sum, top1, top5, n = reduced.tolist()
+    n = max(n, 1.0)
+    return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n)}
+
+
+class Reporter:
+    """Does nothing on ranks other than 0, so callers need no `if rank == 0`."""
+
+    def __init__(self, run_dir: Path, enabled: bool, progress: str = "auto", total_steps: int = 0):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self._bar = None
+        self._tb = None
+        self._file = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        except Exception as exc:  # tensorboard missing: metrics.jsonl still has everything
+            self.line(f"TensorBoard events disabled ({exc})")
+        use_bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+        if use_bar:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def record(self, kind: str, step: int, values: dict, show: Optional[str] = None) -> None:
+        if not self.enabled:
+            return
+        rec = {"kind": kind, "step": step, "time_s": round(self.elapsed(), 3)}
+        rec.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()})
+        self._file.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+        if show:
+            self.line(show)
+
+    def progress(self, step: int, postfix: str = "") -> None:
+        if self.enabled and self._bar is not None:
+            self._bar.n = step
+            if postfix:
+                self._bar.set_postfix_str(postfix, refresh=False)
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._file is not None:
+            self._file.close()

@@ -1,0 +1,26 @@
+"""Optimizers: SGD (torch), LARS and LAMB (timm), over the decay / no-decay parameter groups."""
+from __future__ import annotations
+
+import torch
+
+from . import param_groups, schedule  # noqa: F401
+
+
+def build(model: torch.nn.Module, ocfg) -> torch.optim.Optimizer:
+    groups = param_groups.split(model.named_parameters(), ocfg.weight_decay)
+    lr = ocfg.lr  # replaced every step by the schedule
+    if ocfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=ocfg.momentum, nesterov=ocfg.nesterov)
+    if ocfg.name == "lars":
+        from timm.optim import Lars
+        # timm's LARS applies the trust ratio only where weight_decay != 0, i.e. not to the no-decay group.
+        return Lars(groups, lr=lr, momentum=ocfg.momentum, nesterov=ocfg.nesterov, trust_coeff=ocfg.trust_coeff)
+    if ocfg.name == "lamb":
+        from timm.optim import Lamb
+        return Lamb(groups, lr=lr)
+    raise ValueError(f"unknown optimizer '{ocfg.name}'")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr

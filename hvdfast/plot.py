@@ -1,0 +1,35 @@
+"""`hvdfast plot RUN_DIR`: loss, top-1 and img/s curves from metrics.jsonl as one PNG."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def main(run_dir: str, out: str | None = None) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        from .data.folder import DataError
+        raise DataError(f"no metrics.jsonl in '{run_dir}'; point hvdfast plot at a run directory of hvdfast train.")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r["kind"] == "train"]
+    val = [r for r in rows if r["kind"] == "val"]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    ax[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    ax[0].plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val")
+    ax[0].set(title="loss", xlabel="step")
+    ax[1].plot([r["step"] for r in train], [r["top1"] for r in train], label="train")
+    ax[1].plot([r["step"] for r in val], [r["top1"] for r in val], "o-", label="val")
+    ax[1].set(title="top-1 (%)", xlabel="step")
+    ax[2].plot([r["step"] for r in train], [r["img_s"] for r in train])
+    ax[2].set(title="images/s (all workers)", xlabel="step")
+    for a in ax[:2]:
+        a.legend()
+    fig.tight_layout()
+    target = Path(out) if out else Path(run_dir) / "curves.png"
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target

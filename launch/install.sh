@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# hvdfast installer: the one install path used by the README, CI and the Dockerfiles.
+#
+# Idempotent. Creates a virtual environment (default: .venv in the checkout; HVDFAST_VENV=DIR to change it),
+# installs MPI when it is missing and we are root, the Python stack, and Horovod 0.28.1 built from its PyPI
+# source distribution with a small build-time patch (see README, "The Horovod build patch"). The built Horovod
+# wheel is cached outside the checkout (HVDFAST_CACHE, default ~/.cache/hvdfast) keyed by everything that
+# changes the binary, so a second install on the same machine takes seconds.
+#
+# Environment knobs:
+#   HVDFAST_VENV=DIR         where the venv lives (default: <checkout>/.venv)
+#   HVDFAST_CACHE=DIR        wheel cache (default: ${XDG_CACHE_HOME:-~/.cache}/hvdfast)
+#   PYTHON=python3.X         interpreter used to create the venv
+#   HVDFAST_DALI=cuda130|cuda120|none   DALI build (default: matches torch's CUDA major version)
+#   HVDFAST_NO_APT=1         never call apt-get (use the MPI on PATH or build Horovod with Gloo only)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${HVDFAST_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+CACHE=${HVDFAST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdfast}
+HOROVOD_VERSION=0.28.1
+TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
+DALI_VERSION=2.4.0
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+log() { echo "[hvdfast install] $*" >&2; }
+die() { echo "[hvdfast install] ERROR: $*" >&2; exit 1; }
+
+# The build-time patch to Horovod's source (the whole of it). Horovod 0.28.1 compiles with C++14; torch >= 2.14's
+# headers require C++20. Both the top-level CMakeLists.txt (which Gloo inherits) and the torch one must change.
+PATCH_FILES="CMakeLists.txt horovod/torch/CMakeLists.txt"
+PATCH_SED='s/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 20)/'
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fast path: nothing changed since the last successful install.
+stamp_want=$(cat "$ROOT/launch/install.sh" "$ROOT/setup.py" | sha256sum | cut -c1-16)
+stamp_file=$VENV/.hvdfast-install-stamp
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_want" ] \
+   && "$VENV/bin/python" -c "import torch, horovod.torch, hvdfast" >/dev/null 2>&1; then
+  log "up to date ($VENV)"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. System packages (only when root and only what is missing).
+need_apt=()
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v make >/dev/null || need_apt+=(make)
+MPI=none
+if command -v mpicc >/dev/null; then
+  MPI=existing
+  log "MPI: using $(command -v mpicc) ($(mpirun --version 2>/dev/null | head -n1))"
+elif [ "${HVDFAST_NO_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  MPI=apt
+  # openssh-client: Open MPI's launcher wants an rsh agent, and multi-host runs need it.
+  need_apt+=(libopenmpi-dev openmpi-bin openssh-client)
+else
+  log "MPI: no mpicc on PATH and cannot install one (not root or no apt-get): building Horovod with Gloo only."
+  log "     To use MPI, load your cluster's MPI module (so mpicc is on PATH) and re-run this script."
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${HVDFAST_NO_APT:-0}" != 1 ]; then
+    log "apt-get install ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    die "missing system tools: ${need_apt[*]}. Install them (or load the modules) and re-run."
+  fi
+fi
+[ $MPI = apt ] && MPI=existing
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Virtual environment and the Python stack.
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating venv at $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY=$VENV/bin/python
+pip_install() { "$VPY" -m pip install -q --disable-pip-version-check "$@"; }
+
+log "torch / torchvision"
+# shellcheck disable=SC2086
+pip_install $TORCH_SPEC
+# Horovod's build and runtime needs (we build with --no-build-isolation so it sees the installed torch).
+pip_install setuptools wheel cloudpickle psutil pyyaml packaging cffi
+
+TORCH_INFO=$("$VPY" -c "import torch,sys; print(torch.__version__, torch.version.cuda or 'cpu', '%d.%d' % sys.version_info[:2])")
+read -r TORCH_VER TORCH_CUDA PY_VER <<<"$TORCH_INFO"
+
+DALI=${HVDFAST_DALI:-}
+if [ -z "$DALI" ]; then
+  case $TORCH_CUDA in 12.*) DALI=cuda120 ;; *) DALI=cuda130 ;; esac
+fi
+extras=test
+if [ "$DALI" != none ]; then pip_install "nvidia-dali-$DALI==$DALI_VERSION"; fi
+if [ $MPI = existing ]; then
+  # Built from source against the MPI that mpirun will use (a binary wheel may carry a different ABI).
+  log "mpi4py (built against $(command -v mpicc))"
+  pip_install --no-binary mpi4py mpi4py
+fi
+log "hvdfast (editable, with test extras)"
+pip_install -e "$ROOT[$extras]"
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Horovod from source, patched at build time, cached as a wheel.
+export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
+if [ $MPI = existing ]; then export HOROVOD_WITH_MPI=1; else export HOROVOD_WITHOUT_MPI=1; fi
+export MAKEFLAGS="-j$JOBS"   # Horovod's setup.py otherwise runs make -j8, whatever the machine.
+
+# CUDA: torch from PyPI is a CUDA build, so Horovod's torch extension is built with CUDA support (it can then take
+# CUDA tensors, and NCCL where there is a GPU). CMake must be told where the real toolkit is: the nvcc on PATH may
+# be a wrapper script from which it cannot derive the root.
+CUDA_OPT=cpu
+if [ "$TORCH_CUDA" != cpu ]; then
+  for cand in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")")"; do
+    if [ -n "$cand" ] && [ -f "$cand/include/cuda_runtime.h" ] && [ -x "$cand/bin/nvcc" ]; then
+      CUDA_ROOT=$(readlink -f "$cand"); break
+    fi
+  done
+  if [ -n "${CUDA_ROOT:-}" ]; then
+    export CUDA_HOME=$CUDA_ROOT CUDAToolkit_ROOT=$CUDA_ROOT
+    CUDA_OPT=cuda$("$CUDA_ROOT/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+    # NCCL only where there is a GPU to run it and an nccl.h to build against.
+    if nvidia-smi -L >/dev/null 2>&1; then
+      NCCL_DIR=${HOROVOD_NCCL_HOME:-$("$VPY" -c "import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])" 2>/dev/null || true)}
+      if [ -n "$NCCL_DIR" ] && [ -f "$NCCL_DIR/include/nccl.h" ]; then
+        # pip's NCCL ships libnccl.so.2 only; Horovod's FindNCCL looks for libnccl.so.
+        [ -e "$NCCL_DIR/lib/libnccl.so" ] || ln -s libnccl.so.2 "$NCCL_DIR/lib/libnccl.so"
+        export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_HOME=$NCCL_DIR
+        CUDA_OPT=$CUDA_OPT-nccl
+      else
+        log "GPU present but no NCCL headers found: Horovod will stage CUDA tensors through the CPU."
+      fi
+    fi
+  else
+    log "torch is a CUDA build but no CUDA toolkit was found: building Horovod for CPU tensors only."
+  fi
+fi
+
+MPI_ID=none
+[ $MPI = existing ] && MPI_ID=$( (mpirun --version 2>/dev/null | head -n1; mpicc -show 2>/dev/null) | sha256sum | cut -c1-8)
+PATCH_ID=$(printf '%s|%s' "$PATCH_FILES" "$PATCH_SED" | sha256sum | cut -c1-8)
+KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VER-py$PY_VER-mpi$MPI_ID-gloo-$CUDA_OPT-patch$PATCH_ID"
+WHEEL_DIR=$CACHE/wheels/$KEY
+installed_key=$(cat "$VENV/.hvdfast-horovod-key" 2>/dev/null || true)
+
+if [ "$installed_key" = "$KEY" ] && "$VPY" -c "import horovod.torch" >/dev/null 2>&1; then
+  log "Horovod $HOROVOD_VERSION already installed ($KEY)"
+else
+  if ! ls "$WHEEL_DIR"/horovod-*.whl >/dev/null 2>&1; then
+    log "building Horovod $HOROVOD_VERSION from source ($KEY); takes a few minutes"
+    src=$(mktemp -d "${TMPDIR:-/tmp}/hvdfast-horovod.XXXXXX")
+    trap 'rm -rf "$src"' EXIT
+    "$VPY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+        "horovod==$HOROVOD_VERSION" -d "$src"
+    tar -xzf "$src/horovod-$HOROVOD_VERSION.tar.gz" -C "$src"
+    tree=$src/horovod-$HOROVOD_VERSION
+    for f in $PATCH_FILES; do
+      grep -q 'set(CMAKE_CXX_STANDARD 14)' "$tree/$f" || die "Horovod patch no longer applies to $f"
+      sed -i "$PATCH_SED" "$tree/$f"
+    done
+    mkdir -p "$WHEEL_DIR.tmp"
+    if ! (cd "$tree" && "$VPY" -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps \
+            -w "$WHEEL_DIR.tmp" . > "$src/build.log" 2>&1); then
+      tail -n 40 "$src/build.log" >&2
+      die "Horovod build failed (full log above; re-run with the same environment to retry)"
+    fi
+    rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
+  else
+    log "Horovod wheel from cache: $WHEEL_DIR"
+  fi
+  "$VPY" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$WHEEL_DIR"/horovod-*.whl
+  echo "$KEY" > "$VENV/.hvdfast-horovod-key"
+fi
+
+"$VPY" -c "import horovod.torch" || die "Horovod installed but does not import (see the error above)"
+echo "$stamp_want" > "$stamp_file"
+log "done: activate with 'source $VENV/bin/activate'; check with 'hvdfast doctor'"

@@ -1,0 +1,28 @@
+"""hvdfast: Horovod + DALI training toolkit. Horovod itself is built by launch/install.sh (see README)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hvdfast",
+    version="0.1.0",
+    description="Fast Horovod ring-allreduce training of ResNet-50 with DALI input pipelines",
+    packages=find_packages(include=["hvdfast", "hvdfast.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "numpy",
+        "pyyaml",          # configs
+        "tqdm",            # rank-0 progress bar
+        "timm",            # LARS / LAMB optimizers
+        "matplotlib",      # hvdfast plot, benchmark figures
+        "scikit-learn",    # the embedded digits data set
+        "pillow",          # JPEG writing for the data tools
+        "tensorboard",     # event files beside metrics.jsonl
+    ],
+    extras_require={
+        "mpi": ["mpi4py"],
+        "dali": ["nvidia-dali-cuda130"],
+        "test": ["pytest", "pytest-timeout"],
+    },
+    entry_points={"console_scripts": ["hvdfast=hvdfast.cli:main"]},
+)
