@@ -121,6 +121,13 @@ def allreduce_sum(values: Iterable[float] | torch.Tensor, name: str) -> torch.Te
     return hvd.allreduce_(t, op=hvd.Sum, name=name)
 
 
+def allreduce_mean(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Average a tensor over all ranks (out of place)."""
+    hvd = _h()
+    # Horovod: average = sum / size, done by Horovod's postscale.
+    return hvd.allreduce(tensor.contiguous(), op=hvd.Average, name=name)
+
+
 def allgather_object(obj, name: str):
     # Horovod: pickled gather, for rare small things (sample ids in tests, per-rank status).
     return _h().allgather_object(obj, name=name)

@@ -101,7 +101,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
         if micro == accumulation:
             micro = 0
             optimizer_step(optimizer, model, prec, clip_grad_norm)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()  # Horovod: its zero_grad takes no arguments (torch default: set_to_none)
             step += 1
             done += 1
             on_step(step)

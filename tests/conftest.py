@@ -1,0 +1,74 @@
+"""Shared fixtures: the embedded digits data set, small JPEG trees, and the real launchers."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def launcher_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    # Open MPI refuses root without these; CI containers run as root.
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    # No ptrace (CMA) in most containers: use copy-in/copy-out shared memory.
+    env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+    return env
+
+
+def launch_cmd(kind: str, np: int, args: list[str]) -> list[str]:
+    if kind == "gloo":
+        return [str(BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo", *args]
+    if kind == "horovodrun-mpi":
+        return [str(BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--mpi", *args]
+    if kind == "mpirun":
+        return [shutil.which("mpirun") or "mpirun", "-np", str(np), "-bind-to", "none", "-map-by", "slot",
+                "--oversubscribe", *args]
+    raise ValueError(kind)
+
+
+def run_launcher(kind: str, np: int, args: list[str], timeout: float = 300,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
+    if kind == "mpirun" and shutil.which("mpirun") is None:
+        pytest.skip("mpirun not on PATH (Horovod built with Gloo only)")
+    return subprocess.run(launch_cmd(kind, np, args), env=launcher_env(), cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def hvdfast_cmd(*args: str) -> list[str]:
+    return [str(BIN / "hvdfast"), *args]
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    from hvdfast.data import digits
+    d = tmp_path_factory.mktemp("digits")
+    digits.write(d)
+    return d
+
+
+def make_jpeg_tree(root: Path, classes: int, per_class: dict, side: int = 40, seed: int = 0) -> Path:
+    """A small ImageFolder of real JPEG files: per_class = {'train': n, 'val': m}."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for c in range(classes):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.zeros((side, side, 3), np.uint8)
+                base[..., c % 3] = 60 + 60 * (c // 3)
+                img = (base + rng.integers(0, 40, base.shape)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"img_{c}_{i:03d}.jpg", quality=90)
+    return root

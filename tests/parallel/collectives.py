@@ -1,0 +1,66 @@
+"""Started by the real launchers (horovodrun / mpirun) from tests/test_parallel.py.
+
+Each rank computes collectives and one optimizer step per compression, and writes what it computed to
+OUT/rank<r>.json; the pytest side asserts on those values (a wrong value on any rank fails the test).
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from hvdfast import dist
+from hvdfast.config import HorovodConfig
+
+
+def tiny_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+
+
+def param_vector(model) -> list:
+    return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]).tolist()
+
+
+def grads_after_step(compression: str, rank: int) -> dict:
+    cfg = HorovodConfig(compression=compression)
+    model = tiny_model(seed=100 + rank)          # different init on every rank ...
+    dist.broadcast_model(model)                  # ... until rank 0's weights are broadcast
+    after_bcast = param_vector(model)
+    model = model.to(memory_format=torch.channels_last)
+    opt = dist.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model, cfg)
+    torch.manual_seed(1000 + rank)               # different data on every rank
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 4, (4,))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    local = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    loss.backward()
+    opt.synchronize()
+    reduced = [p.grad.detach().clone() for p in model.parameters()]
+    channels_last_kept = all(g.is_contiguous(memory_format=torch.channels_last)
+                             for g in reduced if g.dim() == 4)
+    with opt.skip_synchronize():
+        opt.step()
+    return {"after_broadcast": after_bcast, "params": param_vector(model),
+            "local_grad": torch.cat([g.reshape(-1).double() for g in local]).tolist(),
+            "reduced_grad": torch.cat([g.reshape(-1).double() for g in reduced]).tolist(),
+            "channels_last_kept": channels_last_kept}
+
+
+def main(out: Path) -> None:
+    info = dist.init(HorovodConfig())
+    r = info.rank
+    res = {"rank": r, "size": info.size, "controller": info.controller}
+    res["sum"] = dist.allreduce_sum([r + 1.0, 2.0 * r], name="t.sum").tolist()
+    res["mean"] = dist.allreduce_mean(torch.tensor([float(r), 10.0 * r]), name="t.mean").tolist()
+    res["bcast"] = dist.broadcast_object({"from": r, "payload": list(range(r, r + 3))}, root=0, name="t.obj")
+    res["gathered"] = dist.allgather_object(r * r, name="t.gather")
+    res["steps"] = {c: grads_after_step(c, r) for c in ("none", "fp16", "bf16")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{r}.json").write_text(json.dumps(res))
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

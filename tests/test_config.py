@@ -1,0 +1,71 @@
+import pytest
+
+from hvdfast import config
+from hvdfast.config import ConfigError
+
+from conftest import ROOT
+
+RECIPES = sorted((ROOT / "launch/configs").glob("*.yaml"))
+
+
+def test_recipes_exist_and_load():
+    names = {p.stem for p in RECIPES}
+    assert {"digits-cpu", "imagenet-rn50-sgd", "imagenet-rn50-lars-32k"} <= names
+    for p in RECIPES:
+        cfg = config.load(p)
+        assert cfg.train.run_dir  # {config} resolved or explicit
+        assert "{config}" not in cfg.train.run_dir
+
+
+def test_large_batch_recipe_is_the_large_batch_recipe():
+    cfg = config.load(ROOT / "launch/configs/imagenet-rn50-lars-32k.yaml")
+    assert cfg.optim.name == "lars" and cfg.optim.warmup_epochs > 0 and cfg.optim.label_smoothing > 0
+    assert cfg.horovod.compression == "fp16"
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = config.load(None, ["optim.lr=0.25", "data.crop_scale=[0.35, 1]", "data.flip=false",
+                             "train.run_dir=/tmp/x"])
+    assert cfg.optim.lr == 0.25 and cfg.data.crop_scale == (0.35, 1) and cfg.data.flip is False
+    assert cfg.train.run_dir == "/tmp/x"
+
+
+def test_unknown_key_names_the_closest_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'.*Did you mean 'optim.lr'"):
+        config.load(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"unknown config section 'horovd'.*'horovod'"):
+        config.from_dict({"horovd": {}})
+
+
+def test_wrong_types_are_rejected():
+    with pytest.raises(ConfigError, match=r"'data.batch_size' must be int, got 'big'"):
+        config.load(None, ["data.batch_size=big"])
+    with pytest.raises(ConfigError, match=r"'train.epochs' must be float"):
+        config.load(None, ["train.epochs=true"])
+    with pytest.raises(ConfigError, match=r"'data.batch_size' must be int, got 3.5"):
+        config.load(None, ["data.batch_size=3.5"])
+
+
+def test_choices_and_ranges():
+    with pytest.raises(ConfigError, match=r"'horovod.compression' must be one of none, fp16, bf16.*'fp16'"):
+        config.load(None, ["horovod.compression=fp61"])
+    with pytest.raises(ConfigError, match=r"must be > 0"):
+        config.load(None, ["data.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"crop_scale"):
+        config.load(None, ["data.crop_scale=[0.9, 0.1]"])
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        config.load(p)
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = config.load(ROOT / "launch/configs/digits-cpu.yaml", ["optim.lr=0.3"])
+    p = tmp_path / "c.yaml"
+    p.write_text(config.dump(cfg))
+    assert config.load(p) == cfg

@@ -1,0 +1,50 @@
+import pytest
+
+from hvdfast.data.folder import DataError, check_size, scan, shard_indices
+
+from conftest import make_jpeg_tree
+
+
+@pytest.mark.parametrize("n,size", [(10, 2), (11, 2), (7, 3), (5, 4)])
+def test_training_shards_cover_everything_with_equal_sizes(n, size):
+    shards = [shard_indices(n, r, size, seed=3, epoch=1) for r in range(size)]
+    assert len({len(s) for s in shards}) == 1                 # same steps on every rank
+    assert set().union(*map(set, shards)) == set(range(n))    # nothing left out
+    assert sum(map(len, shards)) - n < size                   # padding only to a multiple of size
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    a = shard_indices(100, 0, 2, seed=1, epoch=4)
+    assert a == shard_indices(100, 0, 2, seed=1, epoch=4)
+    assert a != shard_indices(100, 0, 2, seed=1, epoch=5)
+    assert a != shard_indices(100, 0, 2, seed=2, epoch=4)
+
+
+def test_validation_shards_count_every_image_once():
+    shards = [shard_indices(11, r, 3, seed=0, epoch=0, shuffle=False) for r in range(3)]
+    flat = sorted(i for s in shards for i in s)
+    assert flat == list(range(11))
+
+
+def test_scan_reports_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*hvdfast data digits"):
+        scan(tmp_path / "nope")
+    make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 2, "val": 1})
+    (tmp_path / "d/train/c9").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*c9' has no images"):
+        scan(tmp_path / "d")
+
+
+def test_scan_counts_and_class_mismatch(tmp_path):
+    root = make_jpeg_tree(tmp_path / "d", classes=3, per_class={"train": 4, "val": 2})
+    train, val = scan(root)
+    assert train.classes == ("c0", "c1", "c2") and len(train) == 12 and len(val) == 6
+    assert sorted(set(train.labels)) == [0, 1, 2]
+    (root / "val/c2").rename(root / "val/c7")
+    with pytest.raises(DataError, match="differ from the training split"):
+        scan(root)
+
+
+def test_too_few_images_for_workers_times_batch():
+    with pytest.raises(DataError, match=r"fewer than workers x batch = 4 x 32.*at most 2"):
+        check_size(10, 4, 32, "training split 'x'")

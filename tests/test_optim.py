@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from hvdfast import optim
+from hvdfast.config import OptimConfig
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+
+
+def test_lars_step_matches_hand_computed_trust_ratio():
+    model = _model()
+    cfg = OptimConfig(name="lars", lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coeff=0.02)
+    opt = optim.build(model, cfg)
+    lr = 0.5
+    for g in opt.param_groups:
+        g["lr"] = lr
+    x = torch.randn(8, 5)
+    model(x).pow(2).mean().backward()
+    w0 = model[0].weight.detach().clone()
+    g0 = model[0].weight.grad.detach().clone()
+    b0, gb = model[0].bias.detach().clone(), model[0].bias.grad.detach().clone()
+    gamma0, ggamma = model[1].weight.detach().clone(), model[1].weight.grad.detach().clone()
+    opt.step()
+    # decay group: trust ratio eta * |w| / (|g| + wd * |w|), applied to (g + wd * w); first momentum step = grad
+    trust = 0.02 * w0.norm() / (g0.norm() + 1e-3 * w0.norm())
+    assert 0 < trust < 1
+    expected_w = w0 - lr * trust * (g0 + 1e-3 * w0)
+    torch.testing.assert_close(model[0].weight.detach(), expected_w, rtol=1e-5, atol=1e-7)
+    # no-decay group (ndim <= 1): plain SGD, neither weight decay nor trust ratio
+    torch.testing.assert_close(model[0].bias.detach(), b0 - lr * gb)
+    torch.testing.assert_close(model[1].weight.detach(), gamma0 - lr * ggamma)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "lamb"])
+def test_every_optimizer_reduces_a_simple_loss(name):
+    model = _model()
+    # LARS scales the decay group by its trust ratio (eta * |w| / |g|), so it takes a larger nominal lr.
+    lr = 0.5 if name == "lars" else 0.05
+    opt = optim.build(model, OptimConfig(name=name, lr=lr, weight_decay=1e-4, trust_coeff=0.02))
+    for g in opt.param_groups:
+        g["lr"] = lr
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]

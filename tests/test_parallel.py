@@ -1,0 +1,59 @@
+"""Collectives and optimizer steps through the real launchers: horovodrun --gloo and mpirun, 2 ranks."""
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT, run_launcher
+
+NP = 2
+
+
+@pytest.fixture(scope="module", params=["gloo", "mpirun"])
+def ranks(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"coll-{request.param}")
+    proc = run_launcher(request.param, NP, [sys.executable, str(ROOT / "tests/parallel/collectives.py"), str(out)], timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(NP)]
+    return request.param, results
+
+
+def test_every_rank_ran_under_the_launcher(ranks):
+    kind, res = ranks
+    assert [r["rank"] for r in res] == list(range(NP))
+    assert all(r["size"] == NP for r in res)
+    assert all(r["controller"] == ("gloo" if kind == "gloo" else "mpi") for r in res)
+
+
+def test_allreduce_sum_and_mean(ranks):
+    _, res = ranks
+    want_sum = [sum(r + 1.0 for r in range(NP)), sum(2.0 * r for r in range(NP))]
+    want_mean = [sum(range(NP)) / NP, 10.0 * sum(range(NP)) / NP]
+    for r in res:
+        assert r["sum"] == pytest.approx(want_sum)
+        assert r["mean"] == pytest.approx(want_mean)
+
+
+def test_broadcast_and_allgather(ranks):
+    _, res = ranks
+    for r in res:
+        assert r["bcast"] == {"from": 0, "payload": [0, 1, 2]}
+        assert r["gathered"] == [k * k for k in range(NP)]
+
+
+@pytest.mark.parametrize("compression,tol", [("none", 1e-6), ("fp16", 2e-3), ("bf16", 1.6e-2)])
+def test_optimizer_step_averages_gradients_and_keeps_ranks_identical(ranks, compression, tol):
+    _, res = ranks
+    steps = [r["steps"][compression] for r in res]
+    # Parameters broadcast from rank 0 although every rank initialised differently.
+    assert steps[0]["after_broadcast"] == steps[1]["after_broadcast"]
+    # The reduced gradient is the mean of the ranks' local gradients (within the wire format's precision) ...
+    mean = [sum(vals) / NP for vals in zip(*(s["local_grad"] for s in steps))]
+    scale = max(abs(v) for v in mean)
+    for s in steps:
+        assert s["reduced_grad"] == pytest.approx(mean, abs=tol * scale)
+        assert s["channels_last_kept"]
+    # ... and differs from each rank's own gradient (the ranks had different data), so the test can fail.
+    assert steps[0]["local_grad"] != pytest.approx(mean, abs=tol * scale)
+    # After the step every rank holds bit-identical parameters.
+    assert steps[0]["params"] == steps[1]["params"]

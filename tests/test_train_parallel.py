@@ -1,0 +1,47 @@
+"""hvdfast train through the real horovodrun with 2 ranks: ranks stay identical and the model learns."""
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT, run_launcher
+
+
+@pytest.fixture(scope="module")
+def trained(digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train2")
+    proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(out),
+                                    str(digits_dir), "none,fp16,bf16"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)], proc.stdout
+
+
+@pytest.mark.parametrize("compression", ["none", "fp16", "bf16"])
+def test_parameters_identical_on_both_ranks(trained, compression):
+    _, ranks, _ = trained
+    assert ranks[0][compression]["params"] == ranks[1][compression]["params"]
+
+
+@pytest.mark.parametrize("compression", ["none", "fp16", "bf16"])
+def test_two_rank_training_learns(trained, compression):
+    out, ranks, _ = trained
+    rows = [json.loads(line) for line in (out / compression / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert len(train) >= 3
+    assert train[-1]["loss"] < 0.7 * train[0]["loss"]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert val and val[-1]["images"] == 360          # every validation image counted once over 2 ranks
+    assert ranks[0][compression]["best_top1"] > 30   # 10 classes: chance is 10%
+
+
+def test_run_directory_has_what_a_user_expects(trained):
+    out, _, stdout = trained
+    run = out / "none"
+    assert (run / "config.yaml").is_file() and (run / "versions.json").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "checkpoints").glob("ckpt-*.pt"))
+    versions = json.loads((run / "versions.json").read_text())
+    assert versions["workers"] == 2 and versions["horovod"]["version"] == "0.28.1"
+    assert "SUMMARY best top-1" in stdout
+    # only rank 0 reports
+    assert "[1]<stdout>:SUMMARY" not in stdout
