@@ -72,6 +72,8 @@ class HorovodConfig:
     stall_check_shutdown_s: int = 0   # seconds before Horovod shuts a stalled job down; 0 = never
     autotune: bool = False            # Horovod's Bayesian autotuning of fusion / cycle time
     autotune_log: str = ""            # CSV written by Horovod's autotuner; "" = none
+    mpi_yield_when_idle: bool = False  # Open MPI ranks sleep instead of spinning while they wait: faster when
+                                       # ranks share few cores (CPU training), slower on GPU nodes
 
 
 @dataclass(frozen=True)
