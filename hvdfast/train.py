@@ -101,6 +101,7 @@ def run(cfg: config.Config) -> dict:
     rep.line(f"run directory: {run_dir}")
 
     best = {"top1": -1.0, "epoch": -1}
+    final = {"top1": None}
     history = {"img_s": [], "time_to_target": None}
     train_time = float(state.get("train_time_s", 0.0)) if state is not None else 0.0
     skipped_before = int(state.get("skipped", 0)) if state is not None else 0
@@ -141,6 +142,7 @@ def run(cfg: config.Config) -> dict:
             ev = eval_metrics(dist.allreduce_sum(engine.evaluate(model, d.val.epoch(0), prec, criterion),
                                                  name=f"eval.{step}"))
             elapsed = time.perf_counter() - t_start
+            final["top1"] = ev["top1"]
             if ev["top1"] > best["top1"]:
                 best = {"top1": ev["top1"], "epoch": epoch + 1}
             if cfg.train.target_top1 and history["time_to_target"] is None and ev["top1"] >= cfg.train.target_top1:
@@ -165,7 +167,8 @@ def run(cfg: config.Config) -> dict:
     total = time.perf_counter() - t_start
     skipped = int(dist.allreduce_sum([d.train.skipped], name="skipped")[0]) + skipped_before
     mean_img_s = float(np.mean(history["img_s"][1:] or history["img_s"] or [0.0]))
-    summary = {"best_top1": best["top1"], "best_epoch": best["epoch"], "train_time_s": total,
+    summary = {"best_top1": best["top1"], "best_epoch": best["epoch"], "final_top1": final["top1"],
+               "train_time_s": total,
                "time_to_target_s": history["time_to_target"], "target_top1": cfg.train.target_top1 or None,
                "mean_img_s": mean_img_s, "workers": info.size, "global_batch": global_batch,
                "skipped_images": skipped, "steps": step}
@@ -175,7 +178,9 @@ def run(cfg: config.Config) -> dict:
         target = (f" | time to {cfg.train.target_top1:g}% top-1: " +
                   (f"{ttt:.1f} s" if ttt is not None else "not reached"))
     rep.record("summary", step, summary,
-               show=f"SUMMARY best top-1 {best['top1']:.2f}% (epoch {best['epoch']}) | train time {total:.1f} s"
+               show=f"SUMMARY best top-1 {best['top1']:.2f}% (epoch {best['epoch']})"
+                    + (f", final {final['top1']:.2f}%" if final["top1"] is not None else "")
+                    + f" | train time {total:.1f} s"
                     f"{target} | mean {mean_img_s:.1f} img/s over {info.size} worker(s)"
                     + (f" | skipped {skipped} undecodable image(s)" if skipped else ""))
     rep.close()
