@@ -1,0 +1,50 @@
+"""A corrupt JPEG in the training set: one message naming it, or skipped and counted with data.skip_corrupt."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, hvdfast_cmd, launch_cmd, launcher_env, make_jpeg_tree
+
+COMMON = ["data.batch_size=4", "data.image_size=32", "data.val_resize=32", "model.name=resnet18",
+          "train.epochs=1", "train.resume=never", "train.progress=lines"]
+
+
+@pytest.fixture(scope="module")
+def corrupt_tree(tmp_path_factory):
+    root = make_jpeg_tree(tmp_path_factory.mktemp("corrupt"), classes=2, per_class={"train": 8, "val": 2})
+    good = (root / "train/c1/img_1_000.jpg").read_bytes()
+    (root / "train/c1/broken.jpg").write_bytes(good[:300])   # a truncated JPEG
+    return root
+
+
+@pytest.mark.parametrize("backend", ["dali", "torchvision"])
+def test_training_stops_naming_the_file(corrupt_tree, tmp_path, backend):
+    p = subprocess.run(hvdfast_cmd("train", f"data.dir={corrupt_tree}", f"data.backend={backend}",
+                                   f"train.run_dir={tmp_path}", *COMMON),
+                       capture_output=True, text=True, timeout=180, env=launcher_env(), cwd=ROOT)
+    assert p.returncode == 2
+    errors = [line for line in p.stderr.splitlines() if line.startswith("hvdfast: error")]
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and "data.skip_corrupt=true" in errors[0]
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("backend", ["dali", "torchvision"])
+def test_skip_corrupt_skips_and_counts(corrupt_tree, tmp_path, backend):
+    p = subprocess.run(hvdfast_cmd("train", f"data.dir={corrupt_tree}", f"data.backend={backend}",
+                                   f"train.run_dir={tmp_path}", "data.skip_corrupt=true", *COMMON),
+                       capture_output=True, text=True, timeout=180, env=launcher_env(), cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "skipped 1 undecodable image(s)" in p.stdout
+
+
+def test_two_ranks_stop_without_hanging(corrupt_tree, tmp_path):
+    args = [sys.executable, "-m", "hvdfast.cli", "train", f"data.dir={corrupt_tree}", "data.backend=torchvision",
+            f"train.run_dir={tmp_path}", *COMMON]
+    t0 = time.monotonic()
+    p = subprocess.run(launch_cmd("gloo", 2, args), capture_output=True, text=True, timeout=240,
+                       env=launcher_env(), cwd=ROOT)
+    assert p.returncode != 0 and time.monotonic() - t0 < 120
+    out = p.stdout + p.stderr
+    assert out.count("cannot decode image") >= 1 and "broken.jpg" in out

@@ -1,0 +1,53 @@
+"""The GPU path: DALI mixed (nvJPEG) decode to fp16 NHWC, and an fp16 AMP step in Horovod's order.
+Skipped where there is no CUDA device (CI and the 2-core machine); run on a GPU node with launch/test.sh -k gpu."""
+import pytest
+import torch
+
+from hvdfast import engine
+from hvdfast.data.folder import scan
+
+from conftest import make_jpeg_tree
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@gpu
+def test_dali_mixed_decode_gives_fp16_channels_last_on_the_gpu(tmp_path):
+    from hvdfast.data.dali import DaliLoader
+    root = make_jpeg_tree(tmp_path, classes=2, per_class={"train": 8, "val": 2}, side=96)
+    train, _ = scan(root)
+    loader = DaliLoader(train, train=True, rank=0, size=1, batch=4, seed=0, threads=2, image_size=64,
+                        val_resize=72, crop_scale=(0.5, 1.0), flip=True, device=torch.device("cuda", 0),
+                        channels_last=True, skip_corrupt=False)
+    batches = list(loader.epoch(0))
+    assert len(batches) == loader.steps_per_epoch == 4
+    images, labels = batches[0]
+    assert images.is_cuda and images.dtype == torch.float16 and images.shape == (4, 3, 64, 64)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert labels.is_cuda and labels.dtype == torch.long
+
+
+@gpu
+def test_fp16_amp_step_with_loss_scaler():
+    prec = engine.precision_for("auto", torch.device("cuda"))
+    assert prec.name == "fp16" and prec.scaler is not None
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)).cuda()
+    x = torch.randn(4, 3, 8, 8, device="cuda")
+    model(x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.synchronize = lambda: None            # a single process: Horovod's extra methods are no-ops here
+    import contextlib
+    opt.skip_synchronize = contextlib.nullcontext
+    before = [p.detach().clone() for p in model.parameters()]
+    with prec.autocast():
+        loss = model(x).float().pow(2).mean()
+    prec.scaler.scale(loss).backward()
+    engine.optimizer_step(opt, model, prec, clip_grad_norm=1.0)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_cpu_precision_is_bf16_without_a_scaler():
+    prec = engine.precision_for("auto", torch.device("cpu"))
+    assert prec.name == "bf16" and prec.scaler is None
+    with pytest.raises(ValueError, match="needs a GPU"):
+        engine.precision_for("fp16", torch.device("cpu"))
