@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check the installed stack (and every rank's, under mpirun)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
 
+    b = sub.add_parser("bench", help="benchmarks: train (hvdfast vs plain Horovod, under the real launcher)",
+                       description="Benchmarks print the hardware and write JSON + markdown to runs/bench/. "
+                                   "'hvdfast bench train --help' for the options.")
+    b.add_argument("which", choices=["train"], help="which benchmark")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
+
     pl = sub.add_parser("plot", help="PNG curves (loss, top-1, img/s) from a run directory")
     pl.add_argument("run_dir")
     pl.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
@@ -86,6 +92,11 @@ def _plot(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import train as bench_train
+    return bench_train.main(args.args)
+
+
 def _doctor(args) -> int:
     from . import doctor
     return doctor.main(as_json=args.json)
@@ -100,7 +111,7 @@ def main(argv=None) -> int:
     try:
         from .train import TrainingError
         user_errors += (TrainingError,)
-        handler = {"train": _train, "data": _data, "doctor": _doctor, "plot": _plot}[args.verb]
+        handler = {"train": _train, "data": _data, "doctor": _doctor, "plot": _plot, "bench": _bench}[args.verb]
         return handler(args)
     except user_errors as exc:
         # Every rank meets the same config/data problem; one message, from rank 0, is enough.

@@ -67,17 +67,20 @@ def cores_owned(local_size: int) -> int:
     return max(1, total // max(1, local_size))
 
 
-def init(cfg: HorovodConfig | None = None) -> DistInfo:
-    """Set Horovod's knobs, hvd.init(), pin the device and the CPU threads of this worker."""
+def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True) -> DistInfo:
+    """Set Horovod's knobs (cfg=None leaves Horovod's own defaults), hvd.init(), pin the device and, unless
+    pin_threads is False, the CPU threads of this worker."""
     global _hvd
-    os.environ.update(horovod_env(cfg or HorovodConfig()))
+    if cfg is not None:
+        os.environ.update(horovod_env(cfg))
     import horovod.torch as hvd  # Horovod: the only import of it in hvdfast
 
     hvd.init()
     _hvd = hvd
     cores = cores_owned(hvd.local_size())
-    # Horovod: one worker per core share; oversubscribed intra-op threads cost 3x on small machines.
-    torch.set_num_threads(cores)
+    if pin_threads:
+        # Horovod: one worker per core share; oversubscribed intra-op threads cost 3x on small machines.
+        torch.set_num_threads(cores)
     if torch.cuda.is_available():
         # Horovod: one GPU per process, chosen by local rank (never by global rank).
         torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())

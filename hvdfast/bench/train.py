@@ -1,0 +1,189 @@
+"""`hvdfast bench train`: synthetic training throughput under the real launcher, hvdfast vs plain Horovod.
+
+The driver (no launcher) starts `horovodrun -np N` once per variant, side by side in one command, and prints one
+table with the hardware. A variant's worker runs WARMUP untimed steps, then STEPS timed ones, and splits each step
+into forward+backward, waiting for the gradient allreduce after backward, and the optimizer update.
+
+* baseline: what Horovod's examples/pytorch/pytorch_synthetic_benchmark.py does — fp32, NCHW, SGD(lr=0.01),
+  DistributedOptimizer with no compression, Horovod's default knobs, and `--baseline-threads` torch threads.
+* hvdfast: the training engine's settings from a recipe — autocast (bf16 on CPU, fp16 on GPU), channels_last,
+  one thread per owned core, and the recipe's Horovod knobs (fusion, cycle time, compression, MPI yield).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+# ------------------------------------------------------------------------------------------------- worker side
+def _worker(args) -> None:
+    from .. import config, dist, engine, models
+    cfg = config.load(args.config, args.overrides)
+    baseline = args.variant == "baseline"
+    if baseline:
+        info = dist.init(None, pin_threads=False)  # Horovod's defaults, as its example runs
+        if args.baseline_threads != "default":
+            torch.set_num_threads(int(args.baseline_threads))
+        prec = engine.precision_for("fp32", info.device)
+        hcfg = config.HorovodConfig()
+    else:
+        info = dist.init(cfg.horovod)
+        prec = engine.precision_for(cfg.train.precision, info.device)
+        hcfg = cfg.horovod
+    model = models.build(args.model, 1000, zero_init_residual=not baseline).to(info.device)
+    dist.broadcast_model(model)
+    channels_last = not baseline and cfg.model.channels_last
+    if channels_last:
+        models.to_channels_last(model)
+    opt = dist.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), model, hcfg)
+    g = torch.Generator().manual_seed(info.rank)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(info.device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (args.batch,), generator=g).to(info.device)
+    sync = torch.cuda.synchronize if info.device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        with prec.autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        if prec.scaler is not None:
+            prec.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        sync()
+        t1 = time.perf_counter()
+        opt.synchronize()   # Horovod: the allreduces started during backward; this is the part not hidden
+        t2 = time.perf_counter()
+        with opt.skip_synchronize():
+            if prec.scaler is not None:
+                prec.scaler.step(opt)
+                prec.scaler.update()
+            else:
+                opt.step()
+        opt.zero_grad()
+        sync()
+        t3 = time.perf_counter()
+        if i >= args.warmup:
+            times.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
+    per_rank = {"rank": info.rank, "threads": torch.get_num_threads(), "controller": info.controller,
+                "compute_s": statistics.median(t[0] for t in times),
+                "comm_wait_s": statistics.median(t[1] for t in times),
+                "optimizer_s": statistics.median(t[2] for t in times),
+                "step_s": statistics.median(t[3] for t in times),
+                "img_s": args.batch / statistics.median(t[3] for t in times),
+                "precision": prec.name, "channels_last": channels_last, "compression": hcfg.compression}
+    gathered = dist.allgather_object(per_rank, name="bench.gather")
+    if info.rank == 0:
+        Path(args.out).write_text(json.dumps(gathered))
+    dist.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------- driver side
+def _launch(variant: str, args, np_: int, out: Path) -> list[dict]:
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "hvdfast.bench.train", "--worker", "--variant", variant, "--out", str(out),
+           "--model", args.model, "--batch", str(args.batch), "--image-size", str(args.image_size),
+           "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--baseline-threads", str(args.baseline_threads)]
+    if args.config:
+        cmd += ["--config", args.config]
+    cmd += args.overrides
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if os.geteuid() == 0:
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    launcher = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
+                f"--{args.controller}"]
+    proc = subprocess.run(launcher + cmd, env=env, cwd=root, capture_output=True, text=True,
+                          timeout=args.timeout)
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise SystemExit(f"hvdfast bench train: the {variant} run at {np_} worker(s) failed:\n{tail}")
+    return json.loads(out.read_text())
+
+
+def _summarise(variant: str, np_: int, ranks: list[dict]) -> dict:
+    mean = lambda k: statistics.mean(r[k] for r in ranks)  # noqa: E731
+    return {"variant": variant, "workers": np_, "threads_per_worker": ranks[0]["threads"],
+            "controller": ranks[0]["controller"], "precision": ranks[0]["precision"],
+            "channels_last": ranks[0]["channels_last"], "compression": ranks[0]["compression"],
+            "img_s_per_worker": mean("img_s"), "img_s_total": sum(r["img_s"] for r in ranks),
+            "compute_s": mean("compute_s"), "comm_wait_s": mean("comm_wait_s"),
+            "optimizer_s": mean("optimizer_s"), "step_s": mean("step_s")}
+
+
+def _driver(args) -> int:
+    from .report import hardware, header, markdown_table, write
+    hw = hardware()
+    nps = [int(n) for n in str(args.np).split(",")]
+    variants = (["baseline"] if args.baseline else []) + ["hvdfast"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for np_ in nps:
+            for v in variants:
+                print(f"running {v} at {np_} worker(s) ...", file=sys.stderr, flush=True)
+                rows.append(_summarise(v, np_, _launch(v, args, np_, Path(tmp) / f"{v}-{np_}.json")))
+    cols = [("variant", "variant"), ("workers", "workers"), ("threads_per_worker", "threads/worker"),
+            ("controller", "controller"), ("precision", "precision"), ("channels_last", "NHWC"),
+            ("compression", "compression"), ("img_s_total", "img/s total"), ("img_s_per_worker", "img/s/worker"),
+            ("compute_s", "fwd+bwd s"), ("comm_wait_s", "comm wait s"), ("optimizer_s", "optim s"),
+            ("step_s", "step s")]
+    table = markdown_table(rows, cols)
+    ratios = []
+    for np_ in nps:
+        by = {r["variant"]: r for r in rows if r["workers"] == np_}
+        if "baseline" in by:
+            ratios.append(f"hvdfast / baseline at {np_} worker(s): "
+                          f"{by['hvdfast']['img_s_total'] / by['baseline']['img_s_total']:.2f}x")
+    text = (f"{header(hw)}\nmodel {args.model}, {args.image_size} px, batch {args.batch}/worker, synthetic data, "
+            f"median of {args.steps} steps after {args.warmup} warm-up\n\n{table}\n" + "\n".join(ratios))
+    print(text)
+    j, md = write(Path(args.out_dir), "train", {"hardware": hw, "rows": rows, "ratios": ratios}, table + "\n\n"
+                  + "\n".join(ratios))
+    print(f"\nwrote {j} and {md}")
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="launch/configs/digits-cpu.yaml",
+                   help="recipe whose precision, channels_last and Horovod knobs the hvdfast variant uses")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("--np", default="2", help="worker counts, comma separated (default 2)")
+    p.add_argument("--baseline", action="store_true", help="also run plain Horovod's synthetic-benchmark setup")
+    p.add_argument("--baseline-threads", default="1", help="torch threads per baseline worker: N or default")
+    p.add_argument("--controller", choices=["mpi", "gloo"], default="mpi")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=8, help="images per worker per step")
+    p.add_argument("--image-size", type=int, default=224, help="px")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--timeout", type=int, default=900, help="seconds per launcher run")
+    p.add_argument("--out-dir", default="runs/bench", help="where the JSON and markdown reports go")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="hvdfast bench train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="hvdfast", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return 0
+    return _driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
