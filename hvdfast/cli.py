@@ -41,10 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    dt = sub.add_parser("data", help="data set tools (digits, check)")
+    dt = sub.add_parser("data", help="data set tools (digits, pack, check)")
     dsub = dt.add_subparsers(dest="data_verb", metavar="TOOL", required=True)
     dg = dsub.add_parser("digits", help="write the embedded digits data set (1,797 real images) as JPEG folders")
     dg.add_argument("dir", help="output folder (gets train/ and val/)")
+    dp = dsub.add_parser("pack", help="write an ImageFolder as WebDataset tar shards with DALI index files")
+    dp.add_argument("src", help="ImageFolder root with train/ and val/")
+    dp.add_argument("dst", help="output folder (gets train/ and val/ shards, classes.txt)")
+    dp.add_argument("--shard-size", type=int, default=1000, help="images per tar shard (default 1000)")
     dc = dsub.add_parser("check", help="count classes and images, list files that fail to decode")
     dc.add_argument("dir", help="ImageFolder root with train/ and val/")
 
@@ -80,6 +84,12 @@ def _data(args) -> int:
         from .data import digits
         counts = digits.write(args.dir)
         print(f"wrote {counts['train']} training and {counts['val']} validation images to {args.dir}")
+        return 0
+    if args.data_verb == "pack":
+        from .data import pack
+        counts = pack.pack(args.src, args.dst, args.shard_size)
+        for split, c in counts.items():
+            print(f"{split}: {c['samples']} images in {c['shards']} shard(s) under {args.dst}/{split}")
         return 0
     from .data import check
     return check.main(args.dir)

@@ -127,6 +127,25 @@ def allreduce_sum(values: Iterable[float] | torch.Tensor, name: str) -> torch.Te
     return hvd.allreduce_(t, op=hvd.Sum, name=name)
 
 
+def average_buffers(model: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running mean / var) over ranks, in place.
+
+    Each rank's BN statistics come from its own shard; without this, a sharded validation would score a different
+    model on every rank, and the checkpoint would hold rank 0's statistics only (timm's distribute_bn does this).
+    """
+    hvd = _h()
+    pending = []
+    for name, buf in model.named_buffers():
+        if buf.is_floating_point():
+            flat = buf.detach().contiguous()
+            # Horovod: all buffer averages in flight at once, then one wait.
+            pending.append((buf, flat, hvd.allreduce_async_(flat, op=hvd.Average, name=f"buffer.{name}")))
+    for buf, flat, handle in pending:
+        hvd.synchronize(handle)
+        if flat.data_ptr() != buf.data_ptr():
+            buf.copy_(flat)
+
+
 def allreduce_mean(tensor: torch.Tensor, name: str) -> torch.Tensor:
     """Average a tensor over all ranks (out of place)."""
     hvd = _h()

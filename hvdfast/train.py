@@ -138,6 +138,8 @@ def run(cfg: config.Config) -> dict:
         skip = 0
         epoch_done = step % steps_per_epoch == 0 or step >= total_steps
         last = step >= total_steps
+        if epoch_done and info.size > 1:
+            dist.average_buffers(model)  # one model everywhere for validation and the checkpoint
         if epoch_done and ((epoch + 1) % cfg.train.eval_every == 0 or last):
             ev = eval_metrics(dist.allreduce_sum(engine.evaluate(model, d.val.epoch(0), prec, criterion),
                                                  name=f"eval.{step}"))

@@ -68,7 +68,7 @@ def make_jpeg_tree(root: Path, classes: int, per_class: dict, side: int = 40, se
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 base = np.zeros((side, side, 3), np.uint8)
-                base[..., c % 3] = 60 + 60 * (c // 3)
+                base[..., c % 3] = 30 + (60 + 37 * c) % 200
                 img = (base + rng.integers(0, 40, base.shape)).clip(0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"img_{c}_{i:03d}.jpg", quality=90)
     return root

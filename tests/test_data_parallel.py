@@ -11,17 +11,30 @@ BATCH = 4
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    # 3 classes x 7 = 21 training images: not a multiple of 2 ranks x 4, so the last batches need padding.
-    return make_jpeg_tree(tmp_path_factory.mktemp("tree"), classes=3, per_class={"train": 7, "val": 3})
+    # 21 classes of one image each, so a label names an image. 21 training images are not a multiple of
+    # 2 ranks x 4, so the last batches need padding.
+    return make_jpeg_tree(tmp_path_factory.mktemp("tree"), classes=21, per_class={"train": 1, "val": 1})
 
 
-@pytest.fixture(scope="module", params=["dali", "torchvision"])
-def shards(request, tree, tmp_path_factory):
+@pytest.fixture(scope="module")
+def packed(tree, tmp_path_factory):
+    from hvdfast.data.pack import pack
+    dst = tmp_path_factory.mktemp("packed")
+    counts = pack(tree, dst, shard_size=8)
+    assert counts == {"train": {"samples": 21, "shards": 3}, "val": {"samples": 21, "shards": 3}}
+    return dst
+
+
+@pytest.fixture(scope="module", params=["dali", "torchvision", "dali-webdataset"])
+def shards(request, tree, packed, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"shards-{request.param}")
-    proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/shards.py"), str(out), str(tree),
-                                    request.param, str(BATCH)], timeout=240)
+    source, backend = (packed, "dali") if request.param == "dali-webdataset" else (tree, request.param)
+    proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/shards.py"), str(out), str(source),
+                                    backend, str(BATCH)], timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return request.param, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["backend"] == {"dali-webdataset": "dali-webdataset"}.get(request.param, request.param)
+    return request.param, ranks
 
 
 def test_every_rank_takes_the_same_number_of_full_steps(shards):
@@ -48,3 +61,17 @@ def test_validation_counts_every_image_exactly_once(shards):
     _, ranks = shards
     both = sorted(ranks[0]["val"] + ranks[1]["val"])
     assert both == list(range(ranks[0]["n_val"]))
+
+
+def test_validation_over_two_ranks_equals_one_rank_alone(digits_dir, tmp_path):
+    proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/eval_equiv.py"), str(tmp_path),
+                                    str(digits_dir)], timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "rank0.json").read_text())
+    for backend, r in res.items():
+        loss2, top1_2, top5_2, n2 = r["two_ranks"]
+        loss1, top1_1, top5_1, n1 = r["one_rank"]
+        assert n2 == n1 == 360, backend                   # every validation image once, none twice
+        assert top1_2 == top1_1 and top5_2 == top5_1, backend
+        assert loss2 == pytest.approx(loss1, rel=1e-4), backend
+        assert 36 < top1_1 < 360                          # trained weights: neither chance nor trivial

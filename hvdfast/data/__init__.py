@@ -1,0 +1,64 @@
+"""Input pipelines behind one interface: build(cfg, dist) -> Data(train, val, num_classes, backend)."""
+from __future__ import annotations
+
+from .common import Data, Loader
+from pathlib import Path
+
+from .folder import DataError, check_size, scan
+from .pack import is_packed
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def resolve_backend(name: str) -> str:
+    if name == "auto":
+        return "dali" if dali_available() else "torchvision"
+    if name == "dali" and not dali_available():
+        raise DataError("data.backend=dali but NVIDIA DALI does not import here; install it with "
+                        "launch/install.sh (nvidia-dali-cuda130) or set data.backend=torchvision.")
+    return name
+
+
+def loader_workers(requested: int, cores: int) -> int:
+    """Loader processes / decode threads per worker: the cores it owns, in-process when it owns one."""
+    if requested >= 0:
+        return requested
+    return cores if cores > 1 else 0
+
+
+def build(cfg, dist) -> Data:
+    backend = resolve_backend(cfg.data.backend)
+    if backend == "synthetic":
+        from . import synthetic
+        train, val = synthetic.build(cfg, dist)
+        return Data(train=train, val=val, num_classes=cfg.data.synthetic_classes, backend=backend)
+    workers = loader_workers(cfg.data.workers, dist.cores_per_rank)
+    if is_packed(cfg.data.dir):
+        # Horovod: WebDataset shards (hvdfast data pack) are read by DALI, sharded by global rank.
+        if backend != "dali":
+            raise DataError(f"'{cfg.data.dir}' holds packed WebDataset shards, which only the DALI backend reads; "
+                            f"set data.backend=dali, or point data.dir at the unpacked ImageFolder.")
+        from . import dali
+        train, val = dali.build(cfg, dist, None, None, threads=max(1, workers))
+        check_size(train.images, dist.size, cfg.data.batch_size, f"training shards in '{cfg.data.dir}'")
+        classes = (Path(cfg.data.dir) / "classes.txt").read_text().split()
+        return Data(train=train, val=val, num_classes=len(classes), backend="dali-webdataset")
+    train_split, val_split = scan(cfg.data.dir)
+    check_size(len(train_split), dist.size, cfg.data.batch_size, f"training split '{train_split.root}'")
+    if backend == "dali":
+        from . import dali
+        train, val = dali.build(cfg, dist, train_split, val_split, threads=max(1, workers))
+    else:
+        from . import torchvision as tv
+        train, val = tv.build(cfg, dist, train_split, val_split, workers)
+    return Data(train=train, val=val, num_classes=len(train_split.classes), backend=backend)
+
+
+__all__ = ["Data", "DataError", "Loader", "build", "dali_available", "resolve_backend"]

@@ -1,0 +1,180 @@
+"""NVIDIA DALI backend: JPEG decoding on the GPU (nvJPEG, device="mixed") or on the CPU, sharded by global rank.
+
+Sharding follows the rule DALI's own ResNet-50 example gets wrong on several nodes: shard_id = rank,
+num_shards = size, device_id = local_rank. The training file list is permuted by (seed, epoch) before DALI shards
+it, so the order is a function of the seed and the epoch alone (a resumed run replays it) and every rank sees a
+different random subset each epoch; pad_last_batch + LastBatchPolicy.FILL give every rank the same number of full batches
+(the last one padded by repeating a sample), so every image is trained on each epoch and no rank waits at epoch
+end. Validation keeps the file order and uses LastBatchPolicy.PARTIAL with padding
+removed, so every image is counted exactly once across ranks.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .common import IMAGENET_MEAN, IMAGENET_STD
+from .folder import DataError, Split, shard_indices
+from .pack import read_meta
+from .torchvision import corrupt_error
+
+READER = "Reader"
+
+
+class FolderSource:
+    """An ImageFolder split read by fn.readers.file, over a file list permuted by (seed, epoch)."""
+
+    def __init__(self, split: Split, train: bool, seed: int, skip_corrupt: bool):
+        self.split, self.train, self.seed = split, train, seed
+        self.valid = list(range(len(split)))
+        if skip_corrupt:
+            from .check import undecodable
+            bad = {p for p, _ in undecodable(split.path(i) for i in range(len(split)))}
+            self.valid = [i for i in range(len(split)) if split.path(i) not in bad]
+        self.images = len(split)
+        self.usable = len(self.valid)
+        self.skipped = self.images - self.usable
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.train:
+            return self.valid
+        # The same global permutation on every rank (shard_indices with size 1); DALI then shards it by rank.
+        return [self.valid[i] for i in shard_indices(len(self.valid), 0, 1, self.seed, epoch, shuffle=True)]
+
+    def reader(self, epoch: int, rank: int, size: int):
+        from nvidia.dali import fn
+        order = self.order(epoch)
+        files = [self.split.files[i] for i in order]
+        labels = [self.split.labels[i] for i in order]
+        return lambda: fn.readers.file(file_root=str(self.split.root), files=files, labels=labels, name=READER,
+                                       shard_id=rank, num_shards=size, random_shuffle=False, pad_last_batch=True)
+
+    def diagnose(self, exc: Exception):
+        """DALI's decode errors do not always name the file: find it, and say what to do."""
+        from .check import undecodable
+        bad = undecodable(self.split.path(i) for i in self.valid)
+        return corrupt_error(*bad[0], self.split.root.parent) if bad else exc
+
+
+class ShardSource:
+    """WebDataset tar shards (hvdfast data pack) read by fn.readers.webdataset with DALI's index files.
+    Samples were shuffled at pack time; DALI's shuffle buffer, seeded per epoch, reorders them within a rank's
+    contiguous block, and the blocks rotate between ranks every epoch (as DALI's iterator does by default)."""
+
+    def __init__(self, split_dir: Path, train: bool, seed: int):
+        meta = read_meta(split_dir)
+        self.paths = [str(split_dir / s) for s in meta["shards"]]
+        self.index_paths = [p[:-4] + ".idx" for p in self.paths]
+        self.train, self.seed = train, seed
+        self.images = self.usable = int(meta["samples"])
+        self.skipped = 0
+
+    def reader(self, epoch: int, rank: int, size: int):
+        from nvidia.dali import fn, types
+        return lambda: fn.readers.webdataset(
+            paths=self.paths, index_paths=self.index_paths, ext=["jpg", "label"],
+            dtypes=[types.UINT8, types.INT64], name=READER, shard_id=(rank + epoch) % size, num_shards=size,
+            random_shuffle=self.train, seed=self.seed * 1_000_003 + epoch, pad_last_batch=True)
+
+    def diagnose(self, exc: Exception):
+        return exc
+
+
+def _pipeline(read, *, train: bool, batch: int, threads: int, image_size: int, val_resize: int, crop_scale,
+              flip: bool, gpu: bool, device_id, seed: int):
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=device_id if gpu else None, seed=seed,
+                  prefetch_queue_depth=2)
+    def pipe():
+        jpegs, lab = read()
+        decode_kw = {}
+        if gpu:
+            # nvJPEG scratch sizes of NVIDIA's ResNet-50 example: avoids reallocations during the first epochs.
+            decode_kw = dict(device_memory_padding=211_025_920, host_memory_padding=140_544_512)
+        dev = "mixed" if gpu else "cpu"
+        if train:
+            images = fn.decoders.image_random_crop(jpegs, device=dev, output_type=types.RGB,
+                                                   random_area=list(crop_scale),
+                                                   random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=100,
+                                                   **decode_kw)
+            images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+            mirror = fn.random.coin_flip(probability=0.5) if flip else 0
+        else:
+            images = fn.decoders.image(jpegs, device=dev, output_type=types.RGB, **decode_kw)
+            images = fn.resize(images, resize_shorter=val_resize)
+            mirror = 0
+        images = fn.crop_mirror_normalize(
+            images, dtype=types.FLOAT16 if gpu else types.FLOAT, output_layout="HWC",
+            crop=(image_size, image_size), mean=[m * 255 for m in IMAGENET_MEAN],
+            std=[s * 255 for s in IMAGENET_STD], mirror=mirror)
+        if gpu:
+            lab = lab.gpu()
+        return images, lab
+
+    return pipe()
+
+
+class DaliLoader:
+    def __init__(self, source, *, train: bool, rank: int, size: int, batch: int, seed: int, threads: int,
+                 image_size: int, val_resize: int, crop_scale, flip: bool, device: torch.device,
+                 channels_last: bool):
+        self.source, self.train, self.rank, self.size, self.seed = source, train, rank, size, seed
+        self.kw = dict(batch=batch, threads=threads, image_size=image_size, val_resize=val_resize,
+                       crop_scale=crop_scale, flip=flip, gpu=device.type == "cuda",
+                       device_id=device.index if device.type == "cuda" else None)
+        self.device, self.channels_last = device, channels_last
+        self.images, self.skipped = source.images, source.skipped
+        # DALI shards contiguously; with pad_last_batch every shard is padded to the largest one's full batches.
+        self.steps_per_epoch = math.ceil(math.ceil(source.usable / size) / batch)
+        self._val_iter = None
+
+    def _iterator(self, epoch: int):
+        from nvidia.dali.plugin.pytorch import DALIClassificationIterator, LastBatchPolicy
+        pipe = _pipeline(self.source.reader(epoch, self.rank, self.size), train=self.train,
+                         seed=self.seed * 1_000_003 + epoch * 1_009 + self.rank, **self.kw)
+        pipe.build()
+        policy = LastBatchPolicy.FILL if self.train else LastBatchPolicy.PARTIAL
+        return DALIClassificationIterator(pipe, reader_name=READER, last_batch_policy=policy, auto_reset=True)
+
+    def epoch(self, epoch: int, skip: int = 0):
+        if self.train:
+            it = self._iterator(epoch)
+        else:
+            self._val_iter = self._val_iter or self._iterator(0)
+            it = self._val_iter
+        try:
+            for i, out in enumerate(it):
+                if i < skip:
+                    continue  # mid-epoch resume: the order is replayed, consumed batches are dropped
+                images = out[0]["data"].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last, no copy
+                if not self.channels_last:
+                    images = images.contiguous()
+                if images.dtype != torch.float32 and self.device.type != "cuda":
+                    images = images.float()
+                labels = out[0]["label"].reshape(-1).long()
+                yield images, labels.to(self.device, non_blocking=True)
+        except RuntimeError as exc:
+            if "decod" in str(exc).lower() or "jpeg" in str(exc).lower():
+                raise self.source.diagnose(exc) from None
+            raise
+
+
+def build(cfg, dist, train_split: Split | None, val_split: Split | None, threads: int):
+    """Loaders over an ImageFolder (train_split / val_split) or, when they are None, over packed shards."""
+    d = cfg.data
+    common = dict(rank=dist.rank, size=dist.size, batch=d.batch_size, seed=cfg.train.seed, threads=threads,
+                  image_size=d.image_size, val_resize=d.val_resize, crop_scale=tuple(d.crop_scale), flip=d.flip,
+                  device=dist.device, channels_last=cfg.model.channels_last)
+    if train_split is None:
+        if d.skip_corrupt:
+            raise DataError("data.skip_corrupt is not supported for packed shards; run 'hvdfast data check' on "
+                            "the folder and re-pack it.")
+        root = Path(d.dir)
+        sources = ShardSource(root / "train", True, cfg.train.seed), ShardSource(root / "val", False, 0)
+    else:
+        sources = (FolderSource(train_split, True, cfg.train.seed, d.skip_corrupt),
+                   FolderSource(val_split, False, 0, d.skip_corrupt))
+    return DaliLoader(sources[0], train=True, **common), DaliLoader(sources[1], train=False, **common)

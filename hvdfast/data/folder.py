@@ -1,0 +1,93 @@
+"""ImageFolder scanning, shared by every file-based backend and by `hvdfast data check`.
+
+A data set is DIR/train/<class>/<image> and DIR/val/<class>/<image>. Problems are raised as DataError with a
+message that says what to do, before any worker starts decoding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DataError(RuntimeError):
+    """A data problem the user can fix; the message names the path and the remedy."""
+
+
+@dataclass(frozen=True)
+class Split:
+    root: Path
+    classes: tuple[str, ...]
+    files: tuple[str, ...]     # paths relative to root, sorted
+    labels: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, i: int) -> Path:
+        return self.root / self.files[i]
+
+
+def scan_split(root: Path, classes: tuple[str, ...] | None = None) -> Split:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder '{root}' does not exist. Create the embedded data set with "
+                        f"'hvdfast data digits {root.parent}', or set data.dir to an ImageFolder root "
+                        f"(train/<class>/*.jpg, val/<class>/*.jpg).")
+    found = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if not found:
+        raise DataError(f"data folder '{root}' has no class folders; expected {root}/<class>/<image>.jpg.")
+    if classes is not None and found != classes:
+        missing = sorted(set(classes) - set(found))
+        extra = sorted(set(found) - set(classes))
+        raise DataError(f"class folders in '{root}' differ from the training split "
+                        f"(missing: {missing[:5] or 'none'}, extra: {extra[:5] or 'none'}); "
+                        f"train/ and val/ must hold the same classes.")
+    files, labels = [], []
+    for label, name in enumerate(found):
+        imgs = sorted(p.name for p in (root / name).iterdir()
+                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not imgs:
+            raise DataError(f"class folder '{root / name}' has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            f"add images or remove the folder.")
+        files.extend(f"{name}/{f}" for f in imgs)
+        labels.extend([label] * len(imgs))
+    return Split(root=root, classes=found, files=tuple(files), labels=tuple(labels))
+
+
+def scan(data_dir: str | Path) -> tuple[Split, Split]:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder '{data_dir}' does not exist. Create the embedded data set with "
+                        f"'hvdfast data digits {data_dir}', or set data.dir to an ImageFolder root.")
+    train = scan_split(data_dir / "train")
+    val = scan_split(data_dir / "val", classes=train.classes)
+    return train, val
+
+
+def check_size(n_images: int, size: int, batch: int, what: str) -> None:
+    if n_images < size * batch:
+        raise DataError(f"{what} has {n_images} images, fewer than workers x batch = {size} x {batch}; "
+                        f"lower data.batch_size to at most {max(1, n_images // size)} or use fewer workers.")
+
+
+def shard_indices(n: int, rank: int, size: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """This rank's sample order for one epoch: a function of (seed, epoch) alone, so a resumed run replays it.
+
+    Training (shuffle=True): a seeded permutation padded by wrap-around to a multiple of `size`, then strided,
+    so every rank gets exactly ceil(n / size) samples (same steps per epoch everywhere, no rank waits).
+    Validation (shuffle=False): a strided slice without padding, so every image is counted exactly once.
+    """
+    import torch
+
+    if shuffle:
+        g = torch.Generator()
+        g.manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        total = math.ceil(n / size) * size
+        order = (order * (total // n + 1))[:total]
+    else:
+        order = list(range(n))
+    return order[rank::size]
