@@ -41,10 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    dt = sub.add_parser("data", help="data set tools (digits, pack, check)")
+    dt = sub.add_parser("data", help="data set tools (digits, photos, pack, check)")
     dsub = dt.add_subparsers(dest="data_verb", metavar="TOOL", required=True)
     dg = dsub.add_parser("digits", help="write the embedded digits data set (1,797 real images) as JPEG folders")
     dg.add_argument("dir", help="output folder (gets train/ and val/)")
+    dph = dsub.add_parser("photos", help="write photo-like JPEGs of ImageNet-like sizes (for bench data)")
+    dph.add_argument("dir", help="output folder (gets train/ and val/)")
+    dph.add_argument("--images", type=int, default=512, help="training images (default 512)")
     dp = dsub.add_parser("pack", help="write an ImageFolder as WebDataset tar shards with DALI index files")
     dp.add_argument("src", help="ImageFolder root with train/ and val/")
     dp.add_argument("dst", help="output folder (gets train/ and val/ shards, classes.txt)")
@@ -55,11 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check the installed stack (and every rank's, under mpirun)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
 
-    b = sub.add_parser("bench", help="benchmarks: train (hvdfast vs plain Horovod, under the real launcher)",
+    b = sub.add_parser("bench", help="benchmarks: train (hvdfast vs plain Horovod), allreduce (controller x fusion x "
+                            "cycle x compression), data (DALI vs torchvision)",
                        description="Benchmarks print the hardware and write JSON + markdown to runs/bench/. "
-                                   "'hvdfast bench train --help' for the options.")
-    b.add_argument("which", choices=["train"], help="which benchmark")
+                                   "'hvdfast bench train --help' (or data) for the options.")
+    b.add_argument("which", choices=["train", "data", "allreduce"], help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
+
+    sub.add_parser("tune", help="measure the allreduce grid here and save the fastest Horovod settings",
+                   add_help=False)
 
     pl = sub.add_parser("plot", help="PNG curves (loss, top-1, img/s) from a run directory")
     pl.add_argument("run_dir")
@@ -85,6 +92,11 @@ def _data(args) -> int:
         counts = digits.write(args.dir)
         print(f"wrote {counts['train']} training and {counts['val']} validation images to {args.dir}")
         return 0
+    if args.data_verb == "photos":
+        from .data import photos
+        counts = photos.write(args.dir, images=args.images)
+        print(f"wrote {counts['train']} training and {counts['val']} validation photos to {args.dir}")
+        return 0
     if args.data_verb == "pack":
         from .data import pack
         counts = pack.pack(args.src, args.dst, args.shard_size)
@@ -103,6 +115,12 @@ def _plot(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.which == "allreduce":
+        from .bench import allreduce as bench_allreduce
+        return bench_allreduce.main(args.args)
+    if args.which == "data":
+        from .bench import data as bench_data
+        return bench_data.main(args.args)
     from .bench import train as bench_train
     return bench_train.main(args.args)
 
@@ -113,6 +131,10 @@ def _doctor(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tune"]:
+        from . import tune
+        return tune.main(argv[1:])
     args = _parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .config import ConfigError

@@ -62,7 +62,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class HorovodConfig:
     compression: str = "none"         # none | fp16 | bf16 (gradient wire format)
-    fusion_threshold_mb: float = 64.0  # MiB; tensor fusion buffer (HOROVOD_FUSION_THRESHOLD)
+    fusion_threshold_mb: float = 64.0  # MiB; tensor fusion buffer (HOROVOD_FUSION_THRESHOLD); 0 = no fusion
     cycle_time_ms: float = 1.0        # ms between Horovod background cycles (HOROVOD_CYCLE_TIME)
     backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
     gradient_predivide_factor: float = 1.0  # divide before the sum and after it (average only)
@@ -72,6 +72,7 @@ class HorovodConfig:
     stall_check_shutdown_s: int = 0   # seconds before Horovod shuts a stalled job down; 0 = never
     autotune: bool = False            # Horovod's Bayesian autotuning of fusion / cycle time
     autotune_log: str = ""            # CSV written by Horovod's autotuner; "" = none
+    tuned: str = "auto"               # auto: apply `hvdfast tune`'s file if it exists | never | its path
     mpi_yield_when_idle: bool = False  # Open MPI ranks sleep instead of spinning while they wait: faster when
                                        # ranks share few cores (CPU training), slower on GPU nodes
 
@@ -112,7 +113,10 @@ CHOICES = {
 }
 POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.backward_passes_per_step",
             "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "train.epochs",
-            "horovod.fusion_threshold_mb", "horovod.cycle_time_ms", "horovod.gradient_predivide_factor"}
+            "horovod.cycle_time_ms", "horovod.gradient_predivide_factor"}
+NON_NEGATIVE = {"horovod.fusion_threshold_mb", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
+                "optim.clip_grad_norm", "train.checkpoint_every", "horovod.stall_check_warning_s",
+                "horovod.stall_check_shutdown_s"}
 
 
 def _suggest(name: str, options) -> str:
@@ -197,6 +201,9 @@ def validate(cfg: Config) -> None:
     for path in POSITIVE:
         if not flat[path] > 0:
             raise ConfigError(f"config key '{path}' must be > 0, got {flat[path]!r}.")
+    for path in NON_NEGATIVE:
+        if flat[path] < 0:
+            raise ConfigError(f"config key '{path}' must be >= 0, got {flat[path]!r}.")
     lo, hi = (tuple(cfg.data.crop_scale) + (None, None))[:2]
     if len(cfg.data.crop_scale) != 2 or not (0 < lo <= hi <= 1):
         raise ConfigError(f"config key 'data.crop_scale' must be [min, max] with 0 < min <= max <= 1, "
@@ -239,6 +246,8 @@ def load(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()
             raise ConfigError(f"config file '{p}' must be a YAML mapping of sections "
                               f"(data, model, optim, horovod, train), got {type(raw).__name__}.")
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    parsed = [parse_override(t) for t in overrides]
+    _apply_tuned(raw, parsed)
     for text in overrides:
         key, value = parse_override(text)
         sec, name = key.split(".")
@@ -252,6 +261,25 @@ def load(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()
     elif "{config}" in cfg.train.run_dir:
         cfg = replace(cfg, "train.run_dir", cfg.train.run_dir.replace("{config}", "default"))
     return cfg
+
+
+def _apply_tuned(raw: dict, overrides: list) -> None:
+    """Overlay `hvdfast tune`'s settings: recipe < tuned file < command-line overrides."""
+    from . import tune
+    hv = raw.get("horovod") if isinstance(raw.get("horovod"), dict) else {}
+    choice = dict(overrides).get("horovod.tuned", hv.get("tuned", "auto"))
+    if choice == "never" or not isinstance(choice, str):
+        return
+    doc = tune.load(None if choice == "auto" else choice)
+    if doc is None:
+        if choice != "auto":
+            raise ConfigError(f"horovod.tuned='{choice}' is not a file written by 'hvdfast tune'.")
+        return
+    explicit = {k for k, _ in overrides}
+    section = raw.setdefault("horovod", {}) if isinstance(raw.get("horovod", {}), dict) else {}
+    for key in tune.TUNED_KEYS:
+        if key in (doc.get("horovod") or {}) and f"horovod.{key}" not in explicit:
+            section[key] = doc["horovod"][key]
 
 
 def replace(cfg: Config, path: str, value: Any) -> Config:

@@ -146,6 +146,16 @@ def average_buffers(model: torch.nn.Module) -> None:
             buf.copy_(flat)
 
 
+def allreduce_async_(tensor: torch.Tensor, name: str):
+    """Start an in-place average of a contiguous tensor; pass the handle to synchronize()."""
+    hvd = _h()
+    return hvd.allreduce_async_(tensor, op=hvd.Average, name=name)
+
+
+def synchronize(handle) -> torch.Tensor:
+    return _h().synchronize(handle)
+
+
 def allreduce_mean(tensor: torch.Tensor, name: str) -> torch.Tensor:
     """Average a tensor over all ranks (out of place)."""
     hvd = _h()

@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Tests must not pick up this machine's `hvdfast tune` result (in this process or in launched ones).
+os.environ["HVDFAST_TUNED"] = str(ROOT / "tests" / "no-tuned-file.yaml")
 
 
 def launcher_env() -> dict:

@@ -1,0 +1,213 @@
+"""`hvdfast bench allreduce`: a model's real gradient set through Horovod over a grid of controller, fusion
+threshold, cycle time and compression, with a raw MPI_Allreduce reference and a memcpy floor from the same run.
+
+Controller, fusion threshold and cycle time are read by hvd.init(), so the driver starts one launcher run per
+(controller, fusion, cycle) cell; compressions are measured inside each run. Reported per cell: median wall time of
+one full gradient allreduce (compress -> allreduce every tensor -> synchronize -> decompress), algorithm bandwidth
+(gradient bytes / time), bus bandwidth (algbw x 2(n-1)/n, the bytes each link carries in a ring) and the ratio to a
+memcpy of the same bytes measured on this machine in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+COMPRESSIONS = ("none", "fp16", "bf16")
+
+
+def gradient_shapes(model_name: str) -> list[tuple[int, ...]]:
+    from .. import models
+    return [tuple(p.shape) for p in models.build(model_name, 1000).parameters()]
+
+
+def memcpy_floor(nbytes: int, repeat: int = 5) -> float:
+    """Median seconds to copy nbytes once with all of this host's cores: a floor no allreduce of those bytes
+    can beat (every byte must at least be read and written once)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    times = []
+    for _ in range(repeat + 1):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    return statistics.median(times[1:])
+
+
+# ------------------------------------------------------------------------------------------------- worker side
+def _worker(args) -> None:
+    from .. import compression, dist
+    from ..config import HorovodConfig
+    hcfg = HorovodConfig(fusion_threshold_mb=args.fusion_mb, cycle_time_ms=args.cycle_ms)
+    info = dist.init(hcfg)
+    shapes = gradient_shapes(args.model)
+    g = torch.Generator().manual_seed(info.rank)
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    nbytes = sum(t.numel() * 4 for t in grads)
+    results = {"controller": info.controller, "fusion_mb": args.fusion_mb, "cycle_ms": args.cycle_ms,
+               "tensors": len(grads), "bytes": nbytes, "size": info.size, "cells": {}}
+    for name in args.compressions.split(","):
+        comp = compression.get(name)
+        times = []
+        for it in range(args.warmup + args.repeat):
+            dist.barrier()
+            t0 = time.perf_counter()
+            handles = []
+            for i, t in enumerate(grads):
+                wire, ctx = comp.compress(t)
+                handles.append((dist.allreduce_async_(wire, name=f"g{i}"), ctx))
+            for h, ctx in handles:
+                comp.decompress(dist.synchronize(h), ctx)
+            times.append(time.perf_counter() - t0)
+        # the slowest rank defines the step
+        per_rank = dist.allgather_object(statistics.median(times[args.warmup:]), name=f"t.{name}")
+        results["cells"][name] = max(per_rank)
+    if info.controller == "mpi":
+        results["raw_mpi_allreduce_s"] = _raw_mpi(nbytes, args.warmup, args.repeat)
+    if info.rank == 0:
+        results["memcpy_s"] = memcpy_floor(nbytes)
+        Path(args.out).write_text(json.dumps(results))
+    dist.shutdown()
+
+
+def _raw_mpi(nbytes: int, warmup: int, repeat: int) -> float:
+    """One MPI_Allreduce (SUM, float32, in place) of all gradient bytes: what the MPI library alone achieves."""
+    from mpi4py import MPI
+    import numpy as np
+    comm = MPI.COMM_WORLD
+    buf = np.ones(nbytes // 4, dtype=np.float32)
+    times = []
+    for _ in range(warmup + repeat):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        times.append(time.perf_counter() - t0)
+    return max(comm.allgather(statistics.median(times[warmup:])))
+
+
+# ------------------------------------------------------------------------------------------------- driver side
+def run_cell(controller: str, np_: int, fusion_mb: float, cycle_ms: float, args, out: Path) -> dict:
+    root = Path(__file__).resolve().parents[2]
+    cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
+           f"--{controller}", sys.executable, "-m", "hvdfast.bench.allreduce", "--worker", "--out", str(out),
+           "--model", args.model, "--fusion-mb", str(fusion_mb), "--cycle-ms", str(cycle_ms),
+           "--compressions", args.compressions, "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if os.geteuid() == 0:
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0 or not out.is_file():
+        raise SystemExit(f"hvdfast bench allreduce: {controller} fusion={fusion_mb} cycle={cycle_ms} failed:\n"
+                         + (proc.stdout + proc.stderr)[-3000:])
+    return json.loads(out.read_text())
+
+
+def rows_from(cell: dict) -> list[dict]:
+    n = cell["size"]
+    rows = []
+    for comp, t in cell["cells"].items():
+        algbw = cell["bytes"] / t / 1e9
+        rows.append({"controller": cell["controller"], "fusion_mb": cell["fusion_mb"], "cycle_ms": cell["cycle_ms"],
+                     "compression": comp, "ms": 1e3 * t, "algbw_gbs": algbw, "busbw_gbs": algbw * 2 * (n - 1) / n,
+                     "x_memcpy": t / cell["memcpy_s"]})
+    return rows
+
+
+def grid(args) -> tuple[list[dict], list[dict]]:
+    controllers = args.controllers.split(",")
+    fusions = [float(x) for x in args.fusion_mb.split(",")]
+    cycles = [float(x) for x in args.cycle_ms.split(",")]
+    cells, rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (ctl, fus, cyc) in enumerate(itertools.product(controllers, fusions, cycles)):
+            print(f"  {ctl:4s} fusion {fus:g} MB, cycle {cyc:g} ms ...", file=sys.stderr, flush=True)
+            cell = run_cell(ctl, args.np, fus, cyc, args, Path(tmp) / f"cell{i}.json")
+            cells.append(cell)
+            rows += rows_from(cell)
+    return cells, rows
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--np", type=int, default=2, help="ranks (default 2)")
+    p.add_argument("--model", default="resnet50", help="whose gradient set (count and shapes) to reduce")
+    p.add_argument("--controllers", default="mpi,gloo")
+    p.add_argument("--fusion-mb", default="0,16,64", help="fusion thresholds in MiB, comma separated")
+    p.add_argument("--cycle-ms", default="1,5", help="cycle times in ms, comma separated")
+    p.add_argument("--compressions", default=",".join(COMPRESSIONS))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--timeout", type=int, default=600, help="seconds per launcher run")
+    p.add_argument("--out-dir", default="runs/bench")
+
+
+def main(argv=None) -> int:
+    from .report import hardware, header, markdown_table, write
+    p = argparse.ArgumentParser(prog="hvdfast bench allreduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        args.fusion_mb, args.cycle_ms = float(args.fusion_mb), float(args.cycle_ms)
+        _worker(args)
+        return 0
+    hw = hardware()
+    print(f"{args.model} gradients, {args.np} ranks, median of {args.repeat}:", file=sys.stderr)
+    cells, rows = grid(args)
+    rows.sort(key=lambda r: r["ms"])
+    table = markdown_table(rows, [("controller", "controller"), ("fusion_mb", "fusion MiB"),
+                                  ("cycle_ms", "cycle ms"), ("compression", "compression"), ("ms", "ms"),
+                                  ("algbw_gbs", "algbw GB/s"), ("busbw_gbs", "busbw GB/s"),
+                                  ("x_memcpy", "x memcpy")])
+    memcpy_ms = 1e3 * statistics.median(c["memcpy_s"] for c in cells)
+    raw = [c["raw_mpi_allreduce_s"] for c in cells if "raw_mpi_allreduce_s" in c]
+    lines = [f"{cells[0]['tensors']} tensors, {cells[0]['bytes'] / 1e6:.1f} MB fp32; "
+             f"memcpy of the same bytes: {memcpy_ms:.1f} ms"]
+    if raw:
+        lines.append(f"raw MPI_Allreduce (mpi4py, one fused fp32 buffer): {1e3 * statistics.median(raw):.1f} ms")
+    best = rows[0]
+    lines.append(f"fastest: {best['controller']} fusion {best['fusion_mb']:g} MiB cycle {best['cycle_ms']:g} ms "
+                 f"{best['compression']}: {best['ms']:.1f} ms ({best['x_memcpy']:.1f}x memcpy)")
+    text = "\n".join(lines)
+    print(f"{header(hw)}\n{text}\n\n{table}")
+    j, md = write(Path(args.out_dir), "allreduce", {"hardware": hw, "cells": cells, "rows": rows,
+                                                    "memcpy_ms": memcpy_ms}, f"{text}\n\n{table}")
+    _plot(rows, j.with_suffix(".png"))
+    print(f"\nwrote {j}, {md} and {j.with_suffix('.png')}")
+    return 0
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    keys = sorted({(r["controller"], r["cycle_ms"], r["compression"]) for r in rows})
+    for ctl, cyc, comp in keys:
+        pts = sorted((r["fusion_mb"], r["ms"]) for r in rows
+                     if (r["controller"], r["cycle_ms"], r["compression"]) == (ctl, cyc, comp))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{ctl} {comp} cycle {cyc:g}ms")
+    ax.set(xlabel="fusion threshold (MiB)", ylabel="allreduce time (ms)", yscale="log",
+           title="gradient allreduce time vs fusion threshold")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+import pytest
+import yaml
+
+from hvdfast import config, tune
+from hvdfast.config import ConfigError
+
+
+def row(ctl, fus, cyc, comp, ms):
+    return {"controller": ctl, "fusion_mb": fus, "cycle_ms": cyc, "compression": comp, "ms": ms}
+
+
+def test_choose_picks_the_fastest_and_explains_the_alternatives():
+    rows = [row("gloo", 64, 1, "none", 168), row("gloo", 64, 1, "fp16", 800), row("mpi", 0, 1, "none", 32),
+            row("mpi", 0, 1, "fp16", 27), row("mpi", 64, 1, "fp16", 60)]
+    best, why = tune.choose(rows)
+    assert (best["controller"], best["fusion_mb"], best["compression"]) == ("mpi", 0, "fp16")
+    assert "gloo at its best (none, fusion 64): 168.0 ms (6.2x slower)" in why[1]
+    assert any(line.startswith("compression none on mpi: 32.0 ms") for line in why)
+
+
+def test_tuned_file_sits_between_recipe_and_overrides(tmp_path, monkeypatch):
+    f = tmp_path / "tuned.yaml"
+    f.write_text(yaml.safe_dump({"horovod": {"fusion_threshold_mb": 0.0, "cycle_time_ms": 5.0,
+                                             "compression": "fp16"}, "launcher": {"controller": "mpi"}}))
+    monkeypatch.setenv("HVDFAST_TUNED", str(f))
+    cfg = config.load(None, ["horovod.cycle_time_ms=2"])
+    assert cfg.horovod.fusion_threshold_mb == 0.0 and cfg.horovod.compression == "fp16"
+    assert cfg.horovod.cycle_time_ms == 2.0                     # the command line wins
+    off = config.load(None, ["horovod.tuned=never"])
+    assert off.horovod.compression == "none" and off.horovod.fusion_threshold_mb == 64.0
+    with pytest.raises(ConfigError, match="not a file written by 'hvdfast tune'"):
+        config.load(None, [f"horovod.tuned={tmp_path / 'missing.yaml'}"])
+
+
+def test_no_tuned_file_means_the_recipe_alone():
+    cfg = config.load(None)
+    assert cfg.horovod.compression == "none" and cfg.horovod.tuned == "auto"
