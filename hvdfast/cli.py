@@ -59,10 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="machine-readable output")
 
     b = sub.add_parser("bench", help="benchmarks: train (hvdfast vs plain Horovod), allreduce (controller x fusion x "
-                            "cycle x compression), data (DALI vs torchvision)",
+                            "cycle x compression), data (DALI vs torchvision), scaling, model (cluster "
+                            "predictions)",
                        description="Benchmarks print the hardware and write JSON + markdown to runs/bench/. "
                                    "'hvdfast bench train --help' (or data) for the options.")
-    b.add_argument("which", choices=["train", "data", "allreduce"], help="which benchmark")
+    b.add_argument("which", choices=["train", "data", "allreduce", "scaling", "model"],
+                   help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
 
     sub.add_parser("tune", help="measure the allreduce grid here and save the fastest Horovod settings",
@@ -115,6 +117,12 @@ def _plot(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.which == "model":
+        from .bench import model as bench_model
+        return bench_model.main(args.args)
+    if args.which == "scaling":
+        from .bench import train as bench_train
+        return bench_train.scaling(args.args)
     if args.which == "allreduce":
         from .bench import allreduce as bench_allreduce
         return bench_allreduce.main(args.args)

@@ -37,6 +37,8 @@ def _worker(args) -> None:
         hcfg = config.HorovodConfig()
     else:
         info = dist.init(cfg.horovod)
+        if args.threads:
+            torch.set_num_threads(args.threads)  # scaling: the same cores per worker at every worker count
         prec = engine.precision_for(cfg.train.precision, info.device)
         hcfg = cfg.horovod
     model = models.build(args.model, 1000, zero_init_residual=not baseline).to(info.device)
@@ -89,12 +91,12 @@ def _worker(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- driver side
-def _launch(variant: str, args, np_: int, out: Path) -> list[dict]:
+def _launch(variant: str, args, np_: int, out: Path, threads: int = 0) -> list[dict]:
     root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-m", "hvdfast.bench.train", "--worker", "--variant", variant, "--out", str(out),
            "--model", args.model, "--batch", str(args.batch), "--image-size", str(args.image_size),
            "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--baseline-threads", str(args.baseline_threads)]
+           "--baseline-threads", str(args.baseline_threads), "--threads", str(threads)]
     if args.config:
         cmd += ["--config", args.config]
     cmd += args.overrides
@@ -154,6 +156,57 @@ def _driver(args) -> int:
     return 0
 
 
+def scaling(argv=None) -> int:
+    """`hvdfast bench scaling --np 1,2`: the hvdfast variant at each worker count on this machine."""
+    from .report import hardware, header, markdown_table, write
+    p = argparse.ArgumentParser(prog="hvdfast bench scaling", description=scaling.__doc__)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    nps = sorted({int(n) for n in str(args.np).split(",")} | {1})
+    cores = os.cpu_count() or 1
+    per_worker = max(1, cores // max(nps))
+    hw = hardware()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"running 1 worker with {per_worker} core(s) ...", file=sys.stderr, flush=True)
+        same = _summarise("hvdfast", 1, _launch("hvdfast", args, 1, Path(tmp) / "same.json", threads=per_worker))
+        same["variant"] = f"1 worker, {per_worker} core(s)"
+        for np_ in nps:
+            print(f"running {np_} worker(s) ...", file=sys.stderr, flush=True)
+            r = _summarise("hvdfast", np_, _launch("hvdfast", args, np_, Path(tmp) / f"n{np_}.json"))
+            r["variant"] = f"{np_} worker(s), {r['threads_per_worker']} core(s) each"
+            rows.append(r)
+    full = rows[0]  # 1 worker with every core
+    for r in rows[1:]:
+        r["eff_same_cores"] = r["img_s_total"] / (r["workers"] * same["img_s_total"])
+        r["vs_1_worker_all_cores"] = r["img_s_total"] / full["img_s_total"]
+    rows.insert(0, same)
+    table = markdown_table(rows, [("variant", "run"), ("img_s_total", "img/s total"),
+                                  ("img_s_per_worker", "img/s/worker"), ("comm_wait_s", "comm wait s"),
+                                  ("eff_same_cores", "efficiency (same cores/worker)"),
+                                  ("vs_1_worker_all_cores", "vs 1 worker, all cores")])
+    print(f"{header(hw)}\nmodel {args.model}, {args.image_size} px, batch {args.batch}/worker\n\n{table}")
+    j, md = write(Path(args.out_dir), "scaling", {"hardware": hw, "rows": rows}, table)
+    _plot_scaling(rows[1:], j.with_suffix(".png"))
+    print(f"\nwrote {j}, {md} and {j.with_suffix('.png')}")
+    return 0
+
+
+def _plot_scaling(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 4))
+    n = [r["workers"] for r in rows]
+    ax.plot(n, [r["img_s_total"] for r in rows], "o-", label="measured")
+    ax.plot(n, [rows[0]["img_s_total"] * k / n[0] for k in n], "--", label="linear from 1 worker")
+    ax.set(xlabel="workers", ylabel="images/s (all workers)", title="hvdfast bench scaling")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="launch/configs/digits-cpu.yaml",
                    help="recipe whose precision, channels_last and Horovod knobs the hvdfast variant uses")
@@ -176,6 +229,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--variant", default="hvdfast", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -1,0 +1,48 @@
+"""Benchmarks are not tests: these check the benchmarks' arithmetic and that they run, never their timings."""
+import json
+import subprocess
+
+import pytest
+
+from hvdfast.bench import model
+from hvdfast.bench.report import markdown_table
+
+from conftest import ROOT, hvdfast_cmd, launcher_env
+
+
+def test_ring_model_arithmetic():
+    s = model.Setup(compute_s=1.0, grad_bytes=100e6, workers=4, gpus_per_node=1, net="25gbe", eta=1.0,
+                    fusion_bytes=200e6)
+    bw, lat = model.LINKS["25gbe"]
+    assert model.comm_time(s, "ring") == pytest.approx(2 * 3 / 4 * 100e6 / (bw * 1e9) + 2 * 3 * lat)
+    # fully hidden behind the backward pass -> efficiency 1; a slow link exposes the rest
+    assert model.efficiency(s, "ring")[1] == pytest.approx(1.0)
+    slow = model._with(s, eta=0.01)
+    step, eff = model.efficiency(slow, "ring")
+    assert step == pytest.approx(1.0 + model.comm_time(slow, "ring") - 2 / 3) and eff < 1
+
+
+def test_calibration_reproduces_the_reference_it_was_fitted_to():
+    rows = model.calibrate()
+    assert rows[0]["model"] == pytest.approx(rows[0]["published"], abs=1e-3)
+    assert 0 < rows[0]["eta"] <= 1
+
+
+def test_markdown_table():
+    t = markdown_table([{"a": 1.23456, "b": "x"}], [("a", "A"), ("b", "B")])
+    assert t.splitlines() == ["| A | B |", "| --- | --- |", "| 1.23 | x |"]
+
+
+def test_bench_allreduce_runs_under_the_launcher(tmp_path):
+    p = subprocess.run(hvdfast_cmd("bench", "allreduce", "--controllers", "gloo", "--fusion-mb", "0",
+                                   "--cycle-ms", "1", "--model", "resnet18", "--compressions", "none,fp16",
+                                   "--repeat", "1", "--warmup", "0", "--out-dir", str(tmp_path)),
+                       capture_output=True, text=True, timeout=300, env=launcher_env(), cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    result = json.loads(next(tmp_path.glob("allreduce-*.json")).read_text())
+    rows = result["rows"]
+    assert {r["compression"] for r in rows} == {"none", "fp16"}
+    assert result["cells"][0]["tensors"] == 62            # resnet18's parameter tensors
+    # No allreduce of N bytes between processes beats one memcpy of N bytes.
+    assert all(r["x_memcpy"] > 1 for r in rows)
+    assert "| controller |" in p.stdout
