@@ -142,11 +142,15 @@ def _driver(args) -> int:
             ("step_s", "step s")]
     table = markdown_table(rows, cols)
     ratios = []
+    one = next((r for r in rows if r["variant"] == "hvdfast" and r["workers"] == 1), None)
     for np_ in nps:
         by = {r["variant"]: r for r in rows if r["workers"] == np_}
         if "baseline" in by:
             ratios.append(f"hvdfast / baseline at {np_} worker(s): "
                           f"{by['hvdfast']['img_s_total'] / by['baseline']['img_s_total']:.2f}x")
+        if one is not None and np_ > 1:
+            ratios.append(f"hvdfast at {np_} workers / hvdfast at 1 worker with all {one['threads_per_worker']} "
+                          f"cores: {by['hvdfast']['img_s_total'] / one['img_s_total']:.2f}x")
     text = (f"{header(hw)}\nmodel {args.model}, {args.image_size} px, batch {args.batch}/worker, synthetic data, "
             f"median of {args.steps} steps after {args.warmup} warm-up\n\n{table}\n" + "\n".join(ratios))
     print(text)
