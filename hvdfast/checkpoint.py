@@ -52,8 +52,11 @@ def set_rng_state(state: dict) -> None:
 def save(directory: Path, state: dict, keep: int) -> Path:
     """Write atomically; on any failure (disk full, kill) the previous checkpoints stay intact."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / name_for(state["epoch"], state["step"])
+    final = directory / name_for(int(state["epoch"]), state["step"])
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
+    for stale in directory.glob(".ckpt-*.tmp-*"):  # left by a process killed mid-write
+        if stale != tmp:
+            stale.unlink(missing_ok=True)
     state = dict(state, format_version=FORMAT_VERSION)
     try:
         with open(tmp, "wb") as f:
@@ -66,6 +69,13 @@ def save(directory: Path, state: dict, keep: int) -> Path:
             os.fsync(dir_fd)  # make the rename itself durable
         finally:
             os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        previous = list_checkpoints(directory)
+        kept = f"the previous checkpoint {previous[0]} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not write checkpoint {final} ({exc.strerror or exc}); {kept}. Free space "
+                              f"in {directory} (or set train.run_dir elsewhere) and rerun the same command to "
+                              f"resume.") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -89,6 +89,7 @@ class TrainConfig:
     run_dir: str = "runs/{config}"    # output folder; {config} is the recipe's file name without .yaml
     resume: str = "auto"              # auto (newest checkpoint in run_dir) | never | path of a checkpoint
     checkpoint_every: int = 1         # epochs between checkpoints; 0 = only at the end
+    checkpoint_every_steps: int = 0   # also checkpoint every N optimizer steps (mid-epoch); 0 = off
     keep_checkpoints: int = 2         # newest checkpoints kept
     progress: str = "auto"            # auto (bar on a TTY, lines otherwise) | bar | lines
 
@@ -115,7 +116,8 @@ POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.ba
             "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "train.epochs",
             "horovod.cycle_time_ms", "horovod.gradient_predivide_factor"}
 NON_NEGATIVE = {"horovod.fusion_threshold_mb", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
-                "optim.clip_grad_norm", "train.checkpoint_every", "horovod.stall_check_warning_s",
+                "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",
+                "horovod.stall_check_warning_s",
                 "horovod.stall_check_shutdown_s"}
 
 

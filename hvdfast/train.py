@@ -76,11 +76,12 @@ def run(cfg: config.Config) -> dict:
         models.to_channels_last(model)
     opt = optim.build(model, cfg.optim)
     prec = engine.precision_for(cfg.train.precision, info.device)
+    opt = dist.wrap_optimizer(opt, model, cfg.horovod)
     if state is not None:
+        # After wrapping: Horovod's DistributedOptimizer is a new instance with empty state.
         opt.load_state_dict(state["optimizer"])
         if prec.scaler is not None and state.get("scaler"):
             prec.scaler.load_state_dict(state["scaler"])
-    opt = dist.wrap_optimizer(opt, model, cfg.horovod)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
 
     step = int(state["step"]) if state is not None else 0
@@ -125,6 +126,26 @@ def run(cfg: config.Config) -> dict:
                                 f"{consecutive_nonfinite[0]} log intervals; lower optim.lr or raise "
                                 f"optim.warmup_epochs, and resume from the last checkpoint.")
 
+    def save_checkpoint(at_step: int, epochs_done: float) -> None:
+        if not info.is_main:
+            return
+        checkpoint.save(run_dir / "checkpoints", {
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scaler": prec.scaler.state_dict() if prec.scaler is not None else {},
+            "step": at_step, "epoch": epochs_done, "step_in_epoch": at_step % steps_per_epoch,
+            "rng": checkpoint.rng_state(), "config": config.to_dict(cfg), "model_name": cfg.model.name,
+            "num_classes": d.num_classes, "best": best, "train_time_s": time.perf_counter() - t_start,
+            "skipped": skipped_before + d.train.skipped, "world_size": info.size,
+        }, keep=cfg.train.keep_checkpoints)
+
+    every_steps = cfg.train.checkpoint_every_steps
+
+    def on_step(at_step: int) -> None:
+        # Mid-epoch checkpoints: the data order is a function of (seed, epoch), so a resumed run skips exactly
+        # the batches this one consumed.
+        if every_steps and at_step % every_steps == 0 and at_step % steps_per_epoch and at_step < total_steps:
+            save_checkpoint(at_step, at_step / steps_per_epoch)
+
     epoch = start_epoch
     skip = step - start_epoch * steps_per_epoch
     n_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -134,7 +155,7 @@ def run(cfg: config.Config) -> dict:
         step = engine.train_epoch(
             model, opt, d.train.epoch(epoch, skip=skip * accum), steps=steps_now, first_step=step, lr_fn=lr_fn,
             criterion=criterion, prec=prec, accumulation=accum, clip_grad_norm=cfg.optim.clip_grad_norm,
-            log_every=cfg.train.log_every, on_log=on_log)
+            log_every=cfg.train.log_every, on_log=on_log, on_step=on_step)
         skip = 0
         epoch_done = step % steps_per_epoch == 0 or step >= total_steps
         last = step >= total_steps
@@ -153,16 +174,8 @@ def run(cfg: config.Config) -> dict:
                        f"top1 {ev['top1']:.2f}% top5 {ev['top5']:.2f}% loss {ev['loss']:.4f} "
                        f"({ev['images']} images) at {elapsed:.1f}s")
         every = cfg.train.checkpoint_every
-        if epoch_done and (last or (every > 0 and (epoch + 1) % every == 0)) and info.is_main:
-            checkpoint.save(run_dir / "checkpoints", {
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": prec.scaler.state_dict() if prec.scaler is not None else {},
-                "step": step, "epoch": epoch + 1,
-                "step_in_epoch": step % steps_per_epoch, "rng": checkpoint.rng_state(),
-                "config": config.to_dict(cfg), "model_name": cfg.model.name, "num_classes": d.num_classes,
-                "best": best, "train_time_s": time.perf_counter() - t_start,
-                "skipped": skipped_before + d.train.skipped, "world_size": info.size,
-            }, keep=cfg.train.keep_checkpoints)
+        if epoch_done and (last or (every > 0 and (epoch + 1) % every == 0)):
+            save_checkpoint(step, step / steps_per_epoch)
         if epoch_done:
             epoch += 1
 

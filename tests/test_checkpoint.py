@@ -55,3 +55,50 @@ def test_incompatible_model_is_refused(tmp_path):
     st = _state(1)
     with pytest.raises(CheckpointError, match="holds lin with 2 classes.*resnet50 with 10 classes"):
         checkpoint.check_compatible(st, tmp_path / "x.pt", "resnet50", 10)
+
+
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = f"""
+import torch
+from hvdfast import checkpoint
+from pathlib import Path
+d = Path({str(tmp_path)!r})
+checkpoint.save(d, {{"model": {{"w": torch.ones(3)}}, "step": 1, "epoch": 0, "model_name": "m",
+                    "num_classes": 2}}, keep=5)
+print("first", flush=True)
+big = torch.zeros(400_000_000 // 4)
+while True:
+    checkpoint.save(d, {{"model": {{"w": big}}, "step": 2, "epoch": 0, "model_name": "m", "num_classes": 2}},
+                    keep=5)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "first"
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".ckpt-*.tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(tmp_path.glob(".ckpt-*.tmp-*")), "the writer never started its second checkpoint"
+    proc.send_signal(signal.SIGKILL)                 # killed in the middle of writing 400 MB
+    proc.wait(timeout=30)
+    names = [p.name for p in checkpoint.list_checkpoints(tmp_path)]
+    assert checkpoint.name_for(0, 1) in names
+    for name in names:  # whatever made it to its final name is complete
+        checkpoint.load(tmp_path / name)
+    st = checkpoint.load(tmp_path / checkpoint.name_for(0, 1))
+    assert torch.equal(st["model"]["w"], torch.ones(3))
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
+    import os
+    checkpoint.save(tmp_path, _state(10), keep=3)
+    final = tmp_path / checkpoint.name_for(1, 20)
+    tmp = tmp_path / f".{final.name}.tmp-{os.getpid()}"
+    tmp.symlink_to("/dev/full")                      # every write to it fails with ENOSPC
+    with pytest.raises(CheckpointError, match=r"No space left on device.*previous checkpoint .*s00000010.pt "
+                                              r"is intact.*rerun the same command"):
+        checkpoint.save(tmp_path, _state(20), keep=3)
+    assert not final.exists() and not tmp.exists()
+    assert checkpoint.load(tmp_path / checkpoint.name_for(1, 10))["step"] == 10

@@ -29,8 +29,9 @@ def val_transform(image_size: int, resize: int):
 
 
 class FolderDataset(Dataset):
-    def __init__(self, split: Split, transform, skip_corrupt: bool):
+    def __init__(self, split: Split, transform, skip_corrupt: bool, seed: int = 0):
         self.split, self.transform, self.skip_corrupt = split, transform, skip_corrupt
+        self.seed, self.epoch = seed, 0
 
     def __len__(self):
         return len(self.split)
@@ -44,6 +45,9 @@ class FolderDataset(Dataset):
         except Exception as exc:  # PIL raises several types for bad files
             # Reported from the main process (an exception raised in a loader worker arrives as a traceback dump).
             return Undecodable(str(path), f"{type(exc).__name__}: {exc}")
+        # Augmentation is a function of (seed, epoch, sample): the same in any worker process, and replayed
+        # exactly by a run resumed mid-epoch.
+        torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
         return self.transform(img), self.split.labels[i]
 
 
@@ -70,7 +74,7 @@ def _collate(batch):
 class TorchvisionLoader:
     def __init__(self, split: Split, transform, *, rank: int, size: int, batch: int, seed: int, train: bool,
                  workers: int, device: torch.device, channels_last: bool, skip_corrupt: bool):
-        self.dataset = FolderDataset(split, transform, skip_corrupt)
+        self.dataset = FolderDataset(split, transform, skip_corrupt, seed)
         self.rank, self.size, self.batch, self.seed, self.train = rank, size, batch, seed, train
         self.workers, self.device, self.channels_last = workers, device, channels_last
         self.images = len(split)
@@ -89,8 +93,7 @@ class TorchvisionLoader:
         if self.train:
             idx = (idx * 2)[: self.steps_per_epoch * self.batch]
         idx = idx[skip * self.batch:]
-        # Augmentation randomness is a function of (seed, epoch, rank) too.
-        torch.manual_seed(self.seed * 1_000_003 + epoch * 1_009 + self.rank)
+        self.dataset.epoch = epoch  # read by the loader's worker processes, which start below
         loader = DataLoader(self.dataset, batch_size=self.batch, sampler=idx, num_workers=self.workers,
                             collate_fn=_collate, pin_memory=self.device.type == "cuda",
                             persistent_workers=False, drop_last=False)
