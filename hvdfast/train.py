@@ -85,8 +85,16 @@ def run(cfg: config.Config) -> dict:
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
 
     step = int(state["step"]) if state is not None else 0
-    start_epoch = step // steps_per_epoch
     rep = Reporter(run_dir, info.is_main, cfg.train.progress, total_steps)
+    saved_batch = int(state.get("global_batch", global_batch)) if state is not None else global_batch
+    if saved_batch != global_batch:
+        # A different world size (or batch): keep the images seen, and with them the LR schedule's position.
+        images_seen = step * saved_batch
+        step = images_seen // global_batch
+        rep.line(f"resuming with global batch {global_batch} instead of {saved_batch} "
+                 f"({state.get('world_size')} -> {info.size} workers): {images_seen} images seen = step {step}; "
+                 f"to keep the global batch instead, set data.batch_size or horovod.backward_passes_per_step")
+    start_epoch = step // steps_per_epoch
     if info.is_main:
         (run_dir / "config.yaml").write_text(config.dump(cfg))
         (run_dir / "versions.json").write_text(json.dumps(versions(info), indent=2) + "\n")
@@ -135,7 +143,7 @@ def run(cfg: config.Config) -> dict:
             "step": at_step, "epoch": epochs_done, "step_in_epoch": at_step % steps_per_epoch,
             "rng": checkpoint.rng_state(), "config": config.to_dict(cfg), "model_name": cfg.model.name,
             "num_classes": d.num_classes, "best": best, "train_time_s": time.perf_counter() - t_start,
-            "skipped": skipped_before + d.train.skipped, "world_size": info.size,
+            "skipped": skipped_before + d.train.skipped, "world_size": info.size, "global_batch": global_batch,
         }, keep=cfg.train.keep_checkpoints)
 
     every_steps = cfg.train.checkpoint_every_steps

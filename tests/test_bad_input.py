@@ -1,0 +1,90 @@
+"""Each bad input ends with one clear line from rank 0 (what is wrong, what to do), exit code 2, no traceback."""
+import subprocess
+
+import pytest
+import torch
+
+from conftest import ROOT, hvdfast_cmd, launcher_env, make_jpeg_tree
+
+SMALL = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
+         "data.backend=torchvision", "train.progress=lines", "train.target_top1=0"]
+
+
+def train(*args, timeout=300):
+    return subprocess.run(hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml", *args),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=launcher_env())
+
+
+def one_error(p, *needles):
+    assert p.returncode == 2, p.stdout[-1500:] + p.stderr[-1500:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("hvdfast: error")]
+    assert len(errors) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- list\n")
+    p = subprocess.run(hvdfast_cmd("train", "--config", str(bad)), capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, env=launcher_env())
+    one_error(p, "must be a YAML mapping")
+
+
+def test_class_folder_without_images(tmp_path):
+    root = make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 2, "val": 1})
+    (root / "train/c5").mkdir()
+    (root / "val/c5").mkdir()
+    one_error(train(f"data.dir={root}", f"train.run_dir={tmp_path / 'r'}", *SMALL), "c5' has no images")
+
+
+def test_fewer_images_than_workers_times_batch(digits_dir, tmp_path):
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL, "data.batch_size=4096"),
+              "fewer than workers x batch = 1 x 4096", "lower data.batch_size")
+
+
+@pytest.fixture(scope="module")
+def trained_run(digits_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    p = train(f"data.dir={digits_dir}", f"train.run_dir={run}", *SMALL, "train.epochs=0.25")
+    assert p.returncode == 0, p.stderr[-2000:]
+    return run
+
+
+def test_truncated_and_foreign_checkpoints(trained_run, digits_dir, tmp_path):
+    from hvdfast import checkpoint
+    good = checkpoint.list_checkpoints(trained_run / "checkpoints")[0]
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:5000])
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'r1'}", *SMALL, f"train.resume={cut}"),
+              "cut.pt", "truncated or not an hvdfast checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'r2'}", *SMALL,
+                    f"train.resume={foreign}"), "not an hvdfast checkpoint")
+    assert checkpoint.load(good)["step"] > 0       # nothing was damaged
+
+
+def test_checkpoint_of_another_model(trained_run, digits_dir):
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={trained_run}", *SMALL, "model.name=resnet34"),
+              "holds resnet18 with 10 classes", "resnet34 with 10 classes", "train.resume=never")
+
+
+def test_diverging_loss_stops_the_run(digits_dir, tmp_path):
+    err = one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL, "optim.lr=1.0e+9",
+                          "optim.warmup_epochs=0", "train.log_every=1", "train.epochs=0.2"),
+                    "loss is NaN/inf", "lower optim.lr")
+    assert "resume from the last checkpoint" in err
+
+
+def test_resume_with_another_global_batch_keeps_images_seen(trained_run, digits_dir, tmp_path):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    p = train(f"data.dir={digits_dir}", f"train.run_dir={run}", *SMALL, "data.batch_size=32", "train.epochs=0.5")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming with global batch 32 instead of 16" in p.stdout
+    # 0.25 epoch of 90 steps at 16 = 22 steps = 352 images = step 11 at batch 32
+    assert "352 images seen = step 11" in p.stdout
