@@ -16,6 +16,7 @@ import torch
 
 from . import checkpoint, config, data, dist, engine, models, optim
 from .metrics import Reporter, eval_metrics, window_metrics
+from .watchdog import Watchdog
 
 
 class TrainingError(RuntimeError):
@@ -85,6 +86,7 @@ def run(cfg: config.Config) -> dict:
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
 
     step = int(state["step"]) if state is not None else 0
+    wd = Watchdog(run_dir, info.rank, info.size, cfg.train.hang_timeout_s)
     rep = Reporter(run_dir, info.is_main, cfg.train.progress, total_steps)
     saved_batch = int(state.get("global_batch", global_batch)) if state is not None else global_batch
     if saved_batch != global_batch:
@@ -137,6 +139,7 @@ def run(cfg: config.Config) -> dict:
     def save_checkpoint(at_step: int, epochs_done: float) -> None:
         if not info.is_main:
             return
+        wd.beat("checkpoint write")
         checkpoint.save(run_dir / "checkpoints", {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scaler": prec.scaler.state_dict() if prec.scaler is not None else {},
@@ -149,6 +152,7 @@ def run(cfg: config.Config) -> dict:
     every_steps = cfg.train.checkpoint_every_steps
 
     def on_step(at_step: int) -> None:
+        wd.beat("training step", at_step)
         # Mid-epoch checkpoints: the data order is a function of (seed, epoch), so a resumed run skips exactly
         # the batches this one consumed.
         if every_steps and at_step % every_steps == 0 and at_step % steps_per_epoch and at_step < total_steps:
@@ -161,7 +165,8 @@ def run(cfg: config.Config) -> dict:
     while step < total_steps:
         steps_now = min(steps_per_epoch - skip, total_steps - step)
         step = engine.train_epoch(
-            model, opt, d.train.epoch(epoch, skip=skip * accum), steps=steps_now, first_step=step, lr_fn=lr_fn,
+            model, opt, wd.watch(d.train.epoch(epoch, skip=skip * accum)), steps=steps_now, first_step=step,
+            lr_fn=lr_fn,
             criterion=criterion, prec=prec, accumulation=accum, clip_grad_norm=cfg.optim.clip_grad_norm,
             log_every=cfg.train.log_every, on_log=on_log, on_step=on_step)
         skip = 0
@@ -170,7 +175,8 @@ def run(cfg: config.Config) -> dict:
         if epoch_done and info.size > 1:
             dist.average_buffers(model)  # one model everywhere for validation and the checkpoint
         if epoch_done and ((epoch + 1) % cfg.train.eval_every == 0 or last):
-            ev = eval_metrics(dist.allreduce_sum(engine.evaluate(model, d.val.epoch(0), prec, criterion),
+            val_batches = wd.watch(d.val.epoch(0), phase="validation data loader", then="validation")
+            ev = eval_metrics(dist.allreduce_sum(engine.evaluate(model, val_batches, prec, criterion),
                                                  name=f"eval.{step}"))
             elapsed = time.perf_counter() - t_start
             final["top1"] = ev["top1"]
@@ -187,6 +193,7 @@ def run(cfg: config.Config) -> dict:
         if epoch_done:
             epoch += 1
 
+    wd.stop()
     total = time.perf_counter() - t_start
     skipped = int(dist.allreduce_sum([d.train.skipped], name="skipped")[0]) + skipped_before
     mean_img_s = float(np.mean(history["img_s"][1:] or history["img_s"] or [0.0]))

@@ -48,7 +48,7 @@ def scan_split(root: Path, classes: tuple[str, ...] | None = None) -> Split:
     files, labels = [], []
     for label, name in enumerate(found):
         imgs = sorted(p.name for p in (root / name).iterdir()
-                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                      if not p.is_dir() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not imgs:
             raise DataError(f"class folder '{root / name}' has no images ({', '.join(IMAGE_EXTENSIONS)}); "
                             f"add images or remove the folder.")
