@@ -83,6 +83,10 @@ def _train(args) -> int:
         if env_rank() == 0:
             print(config.dump(cfg), end="")
         return 0
+    if cfg.train.elastic:
+        from . import elastic
+        elastic.run(cfg)
+        return 0
     from . import train
     train.run(cfg)
     return 0

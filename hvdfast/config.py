@@ -92,6 +92,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0   # also checkpoint every N optimizer steps (mid-epoch); 0 = off
     keep_checkpoints: int = 2         # newest checkpoints kept
     progress: str = "auto"            # auto (bar on a TTY, lines otherwise) | bar | lines
+    threads: int = 0                  # torch threads per worker; 0 = the cores it owns (affinity / local ranks)
+    elastic: bool = False             # Horovod elastic training (horovodrun --min-np/--max-np/--host-discovery-script)
     hang_timeout_s: float = 600.0     # seconds without progress before every rank dumps its stack and rank 0
                                       # names the rank that is behind; 0 = off
 
@@ -118,7 +120,7 @@ POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.ba
             "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "train.epochs",
             "horovod.cycle_time_ms", "horovod.gradient_predivide_factor"}
 NON_NEGATIVE = {"horovod.fusion_threshold_mb", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
-                "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps", "train.hang_timeout_s",
+                "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps", "train.hang_timeout_s", "train.threads",
                 "horovod.stall_check_warning_s",
                 "horovod.stall_check_shutdown_s"}
 

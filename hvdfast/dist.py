@@ -67,17 +67,23 @@ def cores_owned(local_size: int) -> int:
     return max(1, total // max(1, local_size))
 
 
-def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True) -> DistInfo:
+def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads: int = 0,
+         elastic: bool = False) -> DistInfo:
     """Set Horovod's knobs (cfg=None leaves Horovod's own defaults), hvd.init(), pin the device and, unless
     pin_threads is False, the CPU threads of this worker."""
     global _hvd
     if cfg is not None:
-        os.environ.update(horovod_env(cfg))
+        env = horovod_env(cfg)
+        if elastic:
+            # Horovod 0.28.1 elastic: with HOROVOD_FUSION_THRESHOLD set, a survivor segfaulted in hvd.init()
+            # during the reset after a worker died (reproduced without hvdfast); keep Horovod's default there.
+            env.pop("HOROVOD_FUSION_THRESHOLD")
+        os.environ.update(env)
     import horovod.torch as hvd  # Horovod: the only import of it in hvdfast
 
     hvd.init()
     _hvd = hvd
-    cores = cores_owned(hvd.local_size())
+    cores = threads or cores_owned(hvd.local_size())
     if pin_threads:
         # Horovod: one worker per core share; oversubscribed intra-op threads cost 3x on small machines.
         torch.set_num_threads(cores)
@@ -90,6 +96,26 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True) -> DistI
     return DistInfo(rank=hvd.rank(), local_rank=hvd.local_rank(), size=hvd.size(), local_size=hvd.local_size(),
                     cores_per_rank=cores, device=device,
                     controller="mpi" if hvd.mpi_enabled() else "gloo")
+
+
+def current() -> DistInfo:
+    """DistInfo for the current world (after an elastic reset the rank and size may have changed)."""
+    hvd = _h()
+    cores = torch.get_num_threads()
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return DistInfo(rank=hvd.rank(), local_rank=hvd.local_rank(), size=hvd.size(), local_size=hvd.local_size(),
+                    cores_per_rank=cores, device=device, controller="mpi" if hvd.mpi_enabled() else "gloo")
+
+
+def elastic_state(model: torch.nn.Module, optimizer, **counters):
+    """Horovod elastic state: model + optimizer + counters, committed in host memory, synced on resets."""
+    # Horovod: TorchState broadcasts from rank 0 on every reset, so new workers join with current weights.
+    return _h().elastic.TorchState(model=model, optimizer=optimizer, **counters)
+
+
+def elastic_run(fn):
+    """Horovod's elastic retry loop: restore the last commit and re-rendezvous when workers come or go."""
+    return _h().elastic.run(fn)
 
 
 def _h():

@@ -48,7 +48,7 @@ def versions(info: dist.DistInfo) -> dict:
 
 
 def run(cfg: config.Config) -> dict:
-    info = dist.init(cfg.horovod)
+    info = dist.init(cfg.horovod, threads=cfg.train.threads)
     run_dir = Path(cfg.train.run_dir)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     d = data.build(cfg, info)

@@ -1,0 +1,57 @@
+"""Horovod elastic through the real horovodrun: one of two workers is SIGKILLed mid-run and training finishes
+with the survivor. The two "hosts" are two names of this machine (localhost, 127.0.0.1), so Horovod can
+blacklist the failed one and keep the other; both run locally, without ssh."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import BIN, ROOT, launcher_env
+
+
+def pid_on_host(host: str, marker: str):
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"HOROVOD_HOSTNAME={host}".encode() in env and marker.encode() in cmdline and b"hvdfast" in cmdline:
+            return int(d.name)
+    return None
+
+
+def test_elastic_run_survives_a_dead_worker(digits_dir, tmp_path):
+    discover = tmp_path / "discover.sh"
+    discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    run = tmp_path / "run"
+    cmd = [str(BIN / "horovodrun"), "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
+           str(discover), sys.executable, "-m", "hvdfast.cli", "train", "--config",
+           str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", f"data.dir={digits_dir}",
+           "data.backend=torchvision", "data.workers=0", "model.name=resnet18", "data.image_size=32",
+           "data.val_resize=32", "data.batch_size=16", "train.epochs=2", "train.threads=1", "train.log_every=5",
+           "train.checkpoint_every_steps=5", f"train.run_dir={run}"]
+    job = subprocess.Popen(cmd, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           cwd=ROOT)
+    lines = []
+    killed = False
+    deadline = time.monotonic() + 400
+    for line in job.stdout:
+        lines.append(line)
+        if not killed and "step 20 " in line and "(2 workers)" in line:
+            pid = pid_on_host("127.0.0.1", str(run))
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+        assert time.monotonic() < deadline, "elastic run did not finish"
+    job.wait(timeout=60)
+    out = "".join(lines)
+    assert killed, out[-3000:]
+    assert job.returncode == 0, out[-4000:]
+    assert "elastic: 1 worker(s), global batch 16" in out        # rebuilt for the smaller world
+    assert "SUMMARY elastic: final top-1" in out and "finished with 1 worker(s)" in out
