@@ -47,6 +47,22 @@ def run_launcher(kind: str, np: int, args: list[str], timeout: float = 300,
                           text=True, timeout=timeout)
 
 
+def worker_pid(env_entry: str, marker: str):
+    """PID of the hvdfast worker whose environment holds `env_entry` (e.g. HOROVOD_RANK=1) and whose command
+    line contains `marker` (a run directory): how tests find the one worker to kill."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if env_entry.encode() in env and marker.encode() in cmdline and b"hvdfast" in cmdline:
+            return int(d.name)
+    return None
+
+
 def hvdfast_cmd(*args: str) -> list[str]:
     return [str(BIN / "hvdfast"), *args]
 

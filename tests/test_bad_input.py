@@ -88,3 +88,10 @@ def test_resume_with_another_global_batch_keeps_images_seen(trained_run, digits_
     assert "resuming with global batch 32 instead of 16" in p.stdout
     # 0.25 epoch of 90 steps at 16 = 22 steps = 352 images = step 11 at batch 32
     assert "352 images seen = step 11" in p.stdout
+
+
+def test_empty_data_folder(tmp_path):
+    (tmp_path / "d/train").mkdir(parents=True)
+    (tmp_path / "d/val").mkdir()
+    one_error(train(f"data.dir={tmp_path / 'd'}", f"train.run_dir={tmp_path / 'r'}", *SMALL),
+              "has no class folders")

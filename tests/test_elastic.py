@@ -6,23 +6,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from conftest import BIN, ROOT, launcher_env
-
-
-def pid_on_host(host: str, marker: str):
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            env = (d / "environ").read_bytes().split(b"\0")
-            cmdline = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"HOROVOD_HOSTNAME={host}".encode() in env and marker.encode() in cmdline and b"hvdfast" in cmdline:
-            return int(d.name)
-    return None
+from conftest import BIN, ROOT, launcher_env, worker_pid
 
 
 def test_elastic_run_survives_a_dead_worker(digits_dir, tmp_path):
@@ -44,7 +29,7 @@ def test_elastic_run_survives_a_dead_worker(digits_dir, tmp_path):
     for line in job.stdout:
         lines.append(line)
         if not killed and "step 20 " in line and "(2 workers)" in line:
-            pid = pid_on_host("127.0.0.1", str(run))
+            pid = worker_pid("HOROVOD_HOSTNAME=127.0.0.1", str(run))
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             killed = True

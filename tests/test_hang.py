@@ -2,12 +2,11 @@
 network mount). Every rank dumps its stack; rank 0 names the rank that is behind; the job ends, no hang."""
 import os
 import re
+import subprocess
 import sys
 import time
 
 from conftest import ROOT, launch_cmd, launcher_env, make_jpeg_tree
-
-import subprocess
 
 
 def test_hang_names_the_rank_in_its_data_loader(tmp_path):

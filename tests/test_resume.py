@@ -11,7 +11,7 @@ import torch
 
 from hvdfast import checkpoint
 
-from conftest import ROOT, launch_cmd, launcher_env
+from conftest import ROOT, launch_cmd, launcher_env, worker_pid
 
 KILL_AFTER_STEP = 50    # epoch 2 of 2 starts at step 45: the kill lands mid-epoch
 
@@ -23,20 +23,6 @@ def train_cmd(digits_dir, run_dir):
         "data.image_size=32", "data.val_resize=32", "data.batch_size=16", "train.epochs=2",
         "train.deterministic=true", "train.checkpoint_every_steps=10", "train.keep_checkpoints=20",
         "train.log_every=10", "train.progress=lines", "train.target_top1=0", f"train.run_dir={run_dir}"])
-
-
-def rank_pid(rank: int, marker: str):
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            env = (d / "environ").read_bytes().split(b"\0")
-            cmdline = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"HOROVOD_RANK={rank}".encode() in env and marker.encode() in cmdline and b"hvdfast.cli" in cmdline:
-            return int(d.name)
-    return None
 
 
 def final_params(run_dir: Path) -> dict:
@@ -63,7 +49,7 @@ def test_killed_worker_ends_the_job_and_the_rerun_matches_an_uninterrupted_run(d
             break
         time.sleep(0.05)
     assert job.poll() is None, "training finished before the kill: " + job.stdout.read()[-2000:]
-    pid = rank_pid(1, str(run))
+    pid = worker_pid("HOROVOD_RANK=1", str(run))
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     t_kill = time.monotonic()
