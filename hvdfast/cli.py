@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tune", help="measure the allreduce grid here and save the fastest Horovod settings",
                    add_help=False)
+    sub.add_parser("launch", help="the exact horovodrun / mpirun / sbatch / qsub command for a recipe",
+                   add_help=False)
 
     pl = sub.add_parser("plot", help="PNG curves (loss, top-1, img/s) from a run directory")
     pl.add_argument("run_dir")
@@ -147,6 +149,14 @@ def main(argv=None) -> int:
     if argv[:1] == ["tune"]:
         from . import tune
         return tune.main(argv[1:])
+    if argv[:1] == ["launch"]:
+        from . import launch
+        from .config import ConfigError
+        try:
+            return launch.main(argv[1:])
+        except ConfigError as exc:
+            print(f"hvdfast: error: {exc}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .config import ConfigError

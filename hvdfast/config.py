@@ -120,7 +120,8 @@ POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.ba
             "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "train.epochs",
             "horovod.cycle_time_ms", "horovod.gradient_predivide_factor"}
 NON_NEGATIVE = {"horovod.fusion_threshold_mb", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
-                "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps", "train.hang_timeout_s", "train.threads",
+                "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",
+                "train.hang_timeout_s", "train.threads",
                 "horovod.stall_check_warning_s",
                 "horovod.stall_check_shutdown_s"}
 

@@ -102,9 +102,10 @@ def run(cfg: config.Config) -> dict:
         (run_dir / "versions.json").write_text(json.dumps(versions(info), indent=2) + "\n")
     for note in notes:
         rep.line(note)
+    peak_lr = optim.schedule.scaled_lr(cfg.optim.lr, global_batch)
     rep.line(f"hvdfast train: {cfg.model.name} on {d.backend} data ({d.train.images} train / {d.val.images} val "
              f"images, {d.num_classes} classes), {info.size} worker(s) x {cfg.data.batch_size} x {accum} = "
-             f"global batch {global_batch}, {cfg.optim.name} peak lr {optim.schedule.scaled_lr(cfg.optim.lr, global_batch):.4g}, "
+             f"global batch {global_batch}, {cfg.optim.name} peak lr {peak_lr:.4g}, "
              f"{prec.name}, compression {cfg.horovod.compression}, {info.controller}, "
              f"{info.cores_per_rank} core(s)/worker, {steps_per_epoch} steps/epoch, {total_steps} steps")
     if resume_path is not None:

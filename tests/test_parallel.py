@@ -12,7 +12,8 @@ NP = 2
 @pytest.fixture(scope="module", params=["gloo", "mpirun"])
 def ranks(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"coll-{request.param}")
-    proc = run_launcher(request.param, NP, [sys.executable, str(ROOT / "tests/parallel/collectives.py"), str(out)], timeout=240)
+    script = str(ROOT / "tests/parallel/collectives.py")
+    proc = run_launcher(request.param, NP, [sys.executable, script, str(out)], timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(NP)]
     return request.param, results

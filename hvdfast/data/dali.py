@@ -3,9 +3,9 @@
 Sharding follows the rule DALI's own ResNet-50 example gets wrong on several nodes: shard_id = rank,
 num_shards = size, device_id = local_rank. The training file list is permuted by (seed, epoch) before DALI shards
 it, so the order is a function of the seed and the epoch alone (a resumed run replays it) and every rank sees a
-different random subset each epoch; pad_last_batch + LastBatchPolicy.FILL give every rank the same number of full batches
-(the last one padded by repeating a sample), so every image is trained on each epoch and no rank waits at epoch
-end. Validation keeps the file order and uses LastBatchPolicy.PARTIAL with padding
+different random subset each epoch; pad_last_batch + LastBatchPolicy.FILL give every rank the same number of
+full batches (the last one padded by repeating a sample), so every image is trained on each epoch and no rank
+waits at epoch end. Validation keeps the file order and uses LastBatchPolicy.PARTIAL with padding
 removed, so every image is counted exactly once across ranks.
 """
 from __future__ import annotations

@@ -1,0 +1,75 @@
+"""hvdfast launch: the exact commands for each target (dry run), and a real local launch."""
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import ROOT, hvdfast_cmd, launcher_env
+
+CFG = ["--config", "launch/configs/digits-cpu.yaml"]
+
+
+def dry(*args, env=None):
+    p = subprocess.run(hvdfast_cmd("launch", *args, "--dry-run"), capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, env=env or launcher_env())
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_local_and_hosts():
+    out = dry("local", *CFG, "--np", "2", "--controller", "mpi")
+    assert out.startswith("horovodrun -np 2 -H localhost:2 --mpi hvdfast train --config "
+                          "launch/configs/digits-cpu.yaml")
+    out = dry("hosts", *CFG, "--np", "8", "--hosts", "a:4,b:4", "--nic", "ib0", "--controller", "gloo",
+              "optim.lr=0.2")
+    assert "horovodrun -np 8 -H a:4,b:4 --network-interface ib0 --gloo hvdfast train" in out
+    assert out.strip().endswith("optim.lr=0.2")
+    p = subprocess.run(hvdfast_cmd("launch", "hosts", *CFG, "--dry-run"), capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env=launcher_env())
+    assert p.returncode == 2 and "needs --hosts" in p.stderr
+
+
+def test_mpirun_forwards_environment_and_horovod_knobs():
+    out = dry("mpirun", *CFG, "--np", "16", "--hosts", "n1:8,n2:8", "--nic", "eth0")
+    for piece in ("mpirun -np 16 -H n1:8,n2:8 -bind-to none -map-by slot", "-x PATH",
+                  "-mca btl_tcp_if_include eth0", "-x HOROVOD_CYCLE_TIME=20.0",
+                  "-x HOROVOD_FUSION_THRESHOLD=67108864", "-x OMPI_MCA_mpi_yield_when_idle=1"):
+        assert piece in out, piece
+    assert "hvdfast train --config launch/configs/digits-cpu.yaml" in out
+
+
+def test_tuned_settings_become_flags(tmp_path):
+    f = tmp_path / "tuned.yaml"
+    f.write_text(yaml.safe_dump({"horovod": {"fusion_threshold_mb": 8.0, "cycle_time_ms": 1.0,
+                                             "compression": "none"}, "launcher": {"controller": "gloo"}}))
+    env = launcher_env()
+    env["HVDFAST_TUNED"] = str(f)
+    assert "--gloo" in dry("local", *CFG, env=env)
+    out = dry("mpirun", *CFG, env=env)
+    assert "-x HOROVOD_FUSION_THRESHOLD=8388608" in out and "-x HOROVOD_CYCLE_TIME=1.0" in out
+
+
+@pytest.mark.parametrize("target", ["slurm", "pbs"])
+def test_batch_scripts(target):
+    out = dry(target, *CFG, "--nodes", "4", "--gpus-per-node", "8", "--time", "02:00:00", "--partition", "gpu")
+    assert out.startswith("#!/bin/bash\n")
+    if target == "slurm":
+        for piece in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                      "#SBATCH --partition=gpu", "srun --mpi=pmix --cpu-bind=none hvdfast train",
+                      "export HOROVOD_CYCLE_TIME=20.0"):
+            assert piece in out, piece
+    else:
+        for piece in ("#PBS -l select=4:mpiprocs=8:ngpus=8", "#PBS -l walltime=02:00:00",
+                      'mpirun -np 32 -hostfile "$PBS_NODEFILE" -bind-to none', "-x HOROVOD_FUSION_THRESHOLD"):
+            assert piece in out, piece
+    assert "bin/activate" in out
+
+
+def test_launch_local_trains_the_digits_recipe(digits_dir, tmp_path):
+    p = subprocess.run(hvdfast_cmd("launch", "local", *CFG, "--np", "2", "--controller", "gloo",
+                                   f"data.dir={digits_dir}", "model.name=resnet18", "data.image_size=32",
+                                   "data.val_resize=32", "train.epochs=0.3", f"train.run_dir={tmp_path}",
+                                   "train.progress=lines"),
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=launcher_env())
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "SUMMARY best top-1" in p.stdout and "over 2 worker(s)" in p.stdout
