@@ -25,10 +25,10 @@ def run(cfg: config.Config) -> dict:
     torch.manual_seed(cfg.train.seed)
     ctx: dict = {}
 
-    def rebuild() -> None:
-        """(Re)build everything that depends on the world size."""
+    def rebuild(d=None) -> None:
+        """(Re)build everything that depends on the world size (`d`: loaders already built for it)."""
         i = dist.current()
-        d = data.build(cfg, i)
+        d = d or data.build(cfg, i)
         global_batch = cfg.data.batch_size * i.size
         spe = d.train.steps_per_epoch
         lr_fn, total = optim.schedule.from_config(cfg.optim, global_batch=global_batch, steps_per_epoch=spe,
@@ -47,8 +47,8 @@ def run(cfg: config.Config) -> dict:
     opt = dist.wrap_optimizer(optim.build(model, cfg.optim), model, cfg.horovod)
     prec = engine.precision_for(cfg.train.precision, info.device)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    state = dist.elastic_state(model, opt, images=0, resets=0)
-    rebuild()
+    state = dist.elastic_state(model, opt, images=0)
+    rebuild(d0)
     state.register_reset_callbacks([rebuild])
     commit_every = cfg.train.checkpoint_every_steps or 10
     t0 = time.perf_counter()

@@ -56,6 +56,10 @@ class Reporter:
             from tqdm import tqdm
             self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
 
+    @property
+    def has_bar(self) -> bool:
+        return self._bar is not None
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 

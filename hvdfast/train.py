@@ -128,7 +128,7 @@ def run(cfg: config.Config) -> dict:
         history["img_s"].append(m["img_s"])
         lr = lr_fn(at_step - 1)
         rep.record("train", at_step, {"epoch": epoch, "lr": lr, **m},
-                   show=None if rep._bar is not None else
+                   show=None if rep.has_bar else
                    f"epoch {epoch} step {at_step}/{total_steps} loss {m['loss']:.4f} top1 {m['top1']:.1f}% "
                    f"lr {lr:.4g} {m['img_s']:.1f} img/s data-wait {m['data_wait_s']:.2f}s")
         rep.progress(at_step, f"loss {m['loss']:.3f} {m['img_s']:.0f} img/s")

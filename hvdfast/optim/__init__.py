@@ -19,8 +19,3 @@ def build(model: torch.nn.Module, ocfg) -> torch.optim.Optimizer:
         from timm.optim import Lamb
         return Lamb(groups, lr=lr)
     raise ValueError(f"unknown optimizer '{ocfg.name}'")
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr
