@@ -90,18 +90,14 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
     if torch.cuda.is_available():
         # Horovod: one GPU per process, chosen by local rank (never by global rank).
         torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
-        device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
-    return DistInfo(rank=hvd.rank(), local_rank=hvd.local_rank(), size=hvd.size(), local_size=hvd.local_size(),
-                    cores_per_rank=cores, device=device,
-                    controller="mpi" if hvd.mpi_enabled() else "gloo")
+    return current(cores)
 
 
-def current() -> DistInfo:
-    """DistInfo for the current world (after an elastic reset the rank and size may have changed)."""
+def current(cores: int | None = None) -> DistInfo:
+    """DistInfo for the current world (after an elastic reset the rank and size may have changed).
+    cores: the CPU cores this worker owns (default: its torch thread count)."""
     hvd = _h()
-    cores = torch.get_num_threads()
+    cores = cores or torch.get_num_threads()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return DistInfo(rank=hvd.rank(), local_rank=hvd.local_rank(), size=hvd.size(), local_size=hvd.local_size(),
                     cores_per_rank=cores, device=device, controller="mpi" if hvd.mpi_enabled() else "gloo")
