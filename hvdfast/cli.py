@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -55,8 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("check", help="count classes and images, list files that fail to decode")
     dc.add_argument("dir", help="ImageFolder root with train/ and val/")
 
-    d = sub.add_parser("doctor", help="check the installed stack (and every rank's, under mpirun)")
+    d = sub.add_parser("doctor", help="check the installed stack (every rank's under mpirun; every host's over "
+                                      "ssh with --hosts)",
+                       description="Without --hosts: this host's stack, and under mpirun every rank's (versions "
+                                   "and hostnames compared with mpi4py). With --hosts/--hostfile: the ssh "
+                                   "preflight a multi-host launch needs (reachable without a password, unique "
+                                   "hostnames, same versions, the interface and data folder present).")
     d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.add_argument("--hosts", help="preflight these hosts over ssh: h1:4,h2:4 (slots are ignored)")
+    d.add_argument("--hostfile", help="preflight the hosts of a hostfile ('h1 slots=4' lines)")
+    d.add_argument("--nic", help="with --hosts: check this network interface exists on every host")
+    d.add_argument("--data", help="with --hosts: check this data folder is readable on every host")
+    d.add_argument("--remote-python", help="with --hosts: the Python to run there (default: this one, "
+                                           "the same path on every host)")
 
     b = sub.add_parser("bench", help="benchmarks: train (hvdfast vs plain Horovod), allreduce (controller x fusion x "
                             "cycle x compression), data (DALI vs torchvision), scaling, model (cluster "
@@ -140,6 +152,14 @@ def _bench(args) -> int:
 
 
 def _doctor(args) -> int:
+    if args.hosts or args.hostfile:
+        from . import preflight
+        hosts = preflight.parse_hosts(args.hosts, args.hostfile)
+        data = os.path.abspath(args.data) if args.data else None
+        reports, problems = preflight.check(hosts, args.nic, data, args.remote_python)
+        print(json.dumps({"hosts": reports, "problems": problems}, indent=2, default=str) if args.json
+              else preflight.render(reports, problems))
+        return 1 if problems else 0
     from . import doctor
     return doctor.main(as_json=args.json)
 

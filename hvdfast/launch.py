@@ -103,6 +103,23 @@ def pbs_script(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _preflight(args) -> bool:
+    """ssh to every host first: a missing key, a duplicate hostname or version skew fails here in seconds, with
+    the host named, instead of as a hang at hvd.init()."""
+    from . import preflight
+    hosts = preflight.parse_hosts(args.hosts, args.hostfile)
+    cfg = config.load(args.config, args.overrides)
+    data = None if cfg.data.backend == "synthetic" else os.path.abspath(cfg.data.dir)
+    reports, problems = preflight.check(hosts, args.nic, data)
+    if problems:
+        print(preflight.render(reports, problems), file=sys.stderr, flush=True)
+        print("hvdfast launch: preflight failed; fix the above (or pass --no-preflight).", file=sys.stderr)
+        return False
+    print(f"preflight: {len(hosts)} host(s) OK ({', '.join(r['hostname'] for r in reports.values())})",
+          flush=True)
+    return True
+
+
 def build(args) -> tuple[str, list[str] | None]:
     """(text to show, command to run or None for a batch script written to disk)."""
     if args.target == "local":
@@ -141,6 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--srun-mpi", default="pmix", help="srun --mpi= plugin (pmix, pmi2)")
     p.add_argument("--script", help="slurm / pbs: where to write the batch script (default hvdfast-<target>.sh)")
     p.add_argument("--dry-run", action="store_true", help="print the command or script; run nothing")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="hosts / mpirun: skip the ssh preflight (hvdfast doctor --hosts) before launching")
     args = p.parse_intermixed_args(argv)  # overrides may follow options
     text, cmd = build(args)
     if args.dry_run:
@@ -152,6 +171,9 @@ def main(argv=None) -> int:
         submit = ["sbatch", str(path)] if args.target == "slurm" else ["qsub", str(path)]
         print(f"wrote {path}; submitting with {_q(submit)}", flush=True)
         return subprocess.call(submit)
+    if args.target in ("hosts", "mpirun") and (args.hosts or args.hostfile) and not args.no_preflight:
+        if not _preflight(args):
+            return 2
     print(text, flush=True)
     env = dict(os.environ)
     if os.geteuid() == 0:  # Open MPI refuses root without these

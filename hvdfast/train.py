@@ -4,6 +4,7 @@ Every rank runs this same function; only rank 0 writes files and prints (through
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -45,6 +46,21 @@ def versions(info: dist.DistInfo) -> dict:
     except Exception:
         out["dali"] = None
     return out
+
+
+def param_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes, in order: equal on all ranks when data parallelism kept them in step."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def consistency(model: torch.nn.Module, size: int) -> list[dict]:
+    """Every rank's host and parameter digest (rank order), gathered at the end of a run."""
+    mine = {"host": platform.node(), "params_sha256": param_digest(model)}
+    got = dist.allgather_object(mine, name="consistency") if size > 1 else [mine]
+    return [{"rank": r, **g} for r, g in enumerate(got)]
 
 
 def run(cfg: config.Config) -> dict:
@@ -196,13 +212,15 @@ def run(cfg: config.Config) -> dict:
 
     wd.stop()
     total = time.perf_counter() - t_start
+    ranks = consistency(model, info.size)
     skipped = int(dist.allreduce_sum([d.train.skipped], name="skipped")[0]) + skipped_before
     mean_img_s = float(np.mean(history["img_s"][1:] or history["img_s"] or [0.0]))
     summary = {"best_top1": best["top1"], "best_epoch": best["epoch"], "final_top1": final["top1"],
                "train_time_s": total,
                "time_to_target_s": history["time_to_target"], "target_top1": cfg.train.target_top1 or None,
                "mean_img_s": mean_img_s, "workers": info.size, "global_batch": global_batch,
-               "skipped_images": skipped, "steps": step}
+               "skipped_images": skipped, "steps": step, "params_sha256": ranks[0]["params_sha256"],
+               "ranks_agree": len({r["params_sha256"] for r in ranks}) == 1, "ranks": ranks}
     target = ""
     if cfg.train.target_top1:
         ttt = history["time_to_target"]
@@ -214,6 +232,11 @@ def run(cfg: config.Config) -> dict:
                     + f" | train time {total:.1f} s"
                     f"{target} | mean {mean_img_s:.1f} img/s over {info.size} worker(s)"
                     + (f" | skipped {skipped} undecodable image(s)" if skipped else ""))
+    if not summary["ranks_agree"]:
+        odd = [f"rank {r['rank']} on {r['host']}" for r in ranks if r["params_sha256"] != ranks[0]["params_sha256"]]
+        rep.line(f"WARNING: the ranks finished with different parameters ({', '.join(odd)} differ from rank 0): "
+                 f"a rank ran a different code or library version, or a non-deterministic op; check "
+                 f"`hvdfast doctor --hosts` and the run's versions.json.")
     rep.close()
     summary["model"] = model
     summary["rank"] = info.rank

@@ -13,6 +13,8 @@
 #   PYTHON=python3.X         interpreter used to create the venv
 #   HVDFAST_DALI=cuda130|cuda120|none   DALI build (default: matches torch's CUDA major version)
 #   HVDFAST_NO_APT=1         never call apt-get (use the MPI on PATH or build Horovod with Gloo only)
+#   HVDFAST_NCCL=auto|1|0    build Horovod's NCCL operations: auto = when nvidia-smi sees a GPU; 1 = always (image
+#                            builds, where no GPU is visible); 0 = never
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -123,8 +125,9 @@ if [ "$TORCH_CUDA" != cpu ]; then
   if [ -n "${CUDA_ROOT:-}" ]; then
     export CUDA_HOME=$CUDA_ROOT CUDAToolkit_ROOT=$CUDA_ROOT
     CUDA_OPT=cuda$("$CUDA_ROOT/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
-    # NCCL only where there is a GPU to run it and an nccl.h to build against.
-    if nvidia-smi -L >/dev/null 2>&1; then
+    # NCCL where there is a GPU to run it (or HVDFAST_NCCL=1: image builds see no GPU) and an nccl.h to build
+    # against.
+    if [ "${HVDFAST_NCCL:-auto}" = 1 ] || { [ "${HVDFAST_NCCL:-auto}" = auto ] && nvidia-smi -L >/dev/null 2>&1; }; then
       NCCL_DIR=${HOROVOD_NCCL_HOME:-$("$VPY" -c "import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])" 2>/dev/null || true)}
       if [ -n "$NCCL_DIR" ] && [ -f "$NCCL_DIR/include/nccl.h" ]; then
         # pip's NCCL ships libnccl.so.2 only; Horovod's FindNCCL looks for libnccl.so.

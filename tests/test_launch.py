@@ -73,3 +73,17 @@ def test_launch_local_trains_the_digits_recipe(digits_dir, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=ROOT, env=launcher_env())
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert "SUMMARY best top-1" in p.stdout and "over 2 worker(s)" in p.stdout
+
+
+def test_preflight_reads_hosts_and_hostfiles(tmp_path):
+    from hvdfast import preflight
+    from hvdfast.config import ConfigError
+    f = tmp_path / "hostfile"
+    f.write_text("# nodes\nn1 slots=8\nn2:8\n\nn1 slots=8\n")
+    assert preflight.parse_hosts("a:4,b:4,a", None) == ["a", "b"]
+    assert preflight.parse_hosts(None, str(f)) == ["n1", "n2"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        preflight.parse_hosts(None, str(tmp_path / "missing"))
+    p = subprocess.run(hvdfast_cmd("doctor", "--hostfile", str(tmp_path / "missing")), capture_output=True,
+                       text=True, timeout=120, cwd=ROOT, env=launcher_env())
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "hostfile" in p.stderr

@@ -1,0 +1,160 @@
+"""Preflight over ssh (`hvdfast doctor --hosts …`, and the first step of `hvdfast launch hosts|mpirun`).
+
+For every host, in parallel: ssh in the way horovodrun and Open MPI will (no password prompt: BatchMode), run
+`<python> -m hvdfast.preflight --probe` there, and compare what comes back. One line per problem, naming the host
+and the remedy:
+  - not reachable over ssh without a password,
+  - hvdfast's Python missing at the same path,
+  - two hosts reporting the same hostname (Horovod and Open MPI tell nodes apart by hostname),
+  - Python / torch / torchvision / Horovod (version and build) / DALI different from this host,
+  - the chosen network interface missing, the data folder not readable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+MARK = "HVDFAST-PROBE "
+SSH_OPTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]
+COMPARED = ("python", "torch", "torchvision", "horovod", "dali", "hvdfast")
+
+
+def parse_hosts(hosts: str | None = None, hostfile: str | None = None) -> list[str]:
+    """Host names from 'h1:4,h2:4' or a hostfile ('h1 slots=4' / 'h1:4' lines, # comments), in order, unique."""
+    from .config import ConfigError
+    names = []
+    if hostfile:
+        if not Path(hostfile).is_file():
+            raise ConfigError(f"hostfile {hostfile} does not exist; write one 'host slots=N' line per node.")
+        for line in Path(hostfile).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                names.append(line.split()[0].split(":")[0])
+    if hosts:
+        names += [h.strip().split(":")[0] for h in hosts.split(",") if h.strip()]
+    if not names:
+        raise ConfigError("no hosts given: --hosts h1:4,h2:4 or --hostfile FILE.")
+    return list(dict.fromkeys(names))
+
+
+def probe(nic: str | None = None, data: str | None = None) -> dict:
+    """What this host has: the doctor report, reduced to what must match, plus interfaces and the data folder."""
+    from . import __version__, doctor
+    report, problems = doctor.collect()
+    h = report.get("horovod")
+    horovod = None
+    if isinstance(h, dict):
+        horovod = h.get("version")
+        if "controllers" in h:
+            built = [k.upper() for k, v in {**h["controllers"], **h["tensor_operations"]}.items() if v]
+            horovod = f"{horovod} ({', '.join(sorted(set(built)))}{', CUDA' if h['cuda'] else ''})"
+    out = {"hostname": socket.gethostname(), "python": report["python"], "executable": sys.executable,
+           "torch": report.get("torch"), "torchvision": report.get("torchvision"), "horovod": horovod,
+           "dali": report.get("dali"), "hvdfast": __version__, "nics": [n for _, n in socket.if_nameindex()],
+           "problems": problems}
+    if data:
+        out["data_readable"] = os.path.isdir(data) and os.access(data, os.R_OK | os.X_OK)
+    return out
+
+
+def _ssh_remedy(host: str, said: str) -> str:
+    if "resolve hostname" in said:
+        return f"Fix the name, or make {host} resolve on this host (DNS or /etc/hosts)."
+    if "Permission denied" in said:
+        return f"Set up key-based login (ssh-copy-id {host}), then re-run."
+    if "Host key verification failed" in said:
+        return f"Accept its host key once (ssh {host} true), then re-run."
+    return f"Check that {host} is up and that sshd listens on it (port 22 unless ~/.ssh/config says otherwise)."
+
+
+def _remote(host: str, python: str, nic: str | None, data: str | None, ssh: str) -> dict:
+    cmd = [python, "-m", "hvdfast.preflight", "--probe"] + (["--nic", nic] if nic else []) + \
+        (["--data", data] if data else [])
+    try:
+        p = subprocess.run([ssh, *SSH_OPTS, host, " ".join(shlex.quote(c) for c in cmd)], capture_output=True,
+                           text=True, timeout=180, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": f"{host}: ssh did not answer within 180 s; check that the host is up and reachable."}
+    for line in p.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    said = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    if p.returncode == 255:
+        return {"error": f"{host}: not reachable over ssh without a password ({said}). {_ssh_remedy(host, said)}"}
+    if p.returncode == 127 or "No such file" in said:
+        return {"error": f"{host}: {python} does not exist there ({said}). Install hvdfast at the same path on "
+                         f"every host (launch/install.sh), or pass --remote-python."}
+    return {"error": f"{host}: the probe failed (exit {p.returncode}: {said}). Run `{python} -m hvdfast doctor` "
+                     f"on {host} to see why."}
+
+
+def check(hosts: list[str], nic: str | None = None, data: str | None = None, python: str | None = None,
+          ssh: str = "ssh") -> tuple[dict, list[str]]:
+    """(reports by host, problems): every problem is one line naming the host and the remedy."""
+    python = python or sys.executable
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(hosts)))) as pool:
+        reports = dict(zip(hosts, pool.map(lambda h: _remote(h, python, nic, data, ssh), hosts)))
+    problems = [r["error"] for r in reports.values() if "error" in r]
+    ok = {h: r for h, r in reports.items() if "error" not in r}
+    by_name: dict[str, list[str]] = {}
+    for h, r in ok.items():
+        by_name.setdefault(r["hostname"], []).append(h)
+    for name, hs in by_name.items():
+        if len(hs) > 1:
+            problems.append(f"{', '.join(hs[:-1])} and {hs[-1]} report the same hostname '{name}': Horovod "
+                            f"and Open MPI tell nodes apart by hostname, so their ranks would share local ranks. "
+                            f"Give each node a unique hostname (hostnamectl set-hostname), or list each machine "
+                            f"once.")
+    here = probe()
+    for h, r in ok.items():
+        for k in COMPARED:
+            if r.get(k) != here.get(k):
+                problems.append(f"{h}: {k} {r.get(k)} but this host ({here['hostname']}) has {here.get(k)}; "
+                                f"install the same versions everywhere (launch/install.sh on every node).")
+        if nic and nic not in r["nics"]:
+            problems.append(f"{h}: no network interface '{nic}' (it has {', '.join(r['nics'])}); choose an "
+                            f"interface every host has (--nic).")
+        if data and not r.get("data_readable"):
+            problems.append(f"{h}: data folder {data} is missing or not readable; put the data set on a shared "
+                            f"file system or copy it to the same path on every host.")
+        problems += [f"{h}: {p}" for p in r.get("problems", [])]
+    return reports, problems
+
+
+def render(reports: dict, problems: list[str]) -> str:
+    lines = [f"hvdfast preflight: {len(reports)} host(s)"]
+    for h, r in reports.items():
+        if "error" in r:
+            lines.append(f"  {h:<16} UNREACHABLE")
+        else:
+            lines.append(f"  {h:<16} {r['hostname']:<16} Python {r['python']}  torch {r['torch']}  "
+                         f"Horovod {r['horovod']}  DALI {r['dali'] or 'missing'}")
+    if problems:
+        lines += ["PROBLEMS:"] + [f"  - {p}" for p in problems]
+    else:
+        lines.append("OK: every host is reachable, uniquely named and runs the same stack.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hvdfast.preflight")
+    p.add_argument("--probe", action="store_true", help="(run on each host by the preflight)")
+    p.add_argument("--nic")
+    p.add_argument("--data")
+    args = p.parse_args(argv)
+    if args.probe:
+        print(MARK + json.dumps(probe(args.nic, args.data), default=str), flush=True)
+        return 0
+    p.error("use `hvdfast doctor --hosts …`")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""A small cluster on this machine for the multi-host tests: one network namespace per "host", joined by a bridge.
+
+Each host has its own network stack (address 10.77.X.n on an interface named hvd0 everywhere, as on a real
+cluster), its own hostname (UTS namespace), an /etc/hosts naming every host (mount namespace), and its own sshd
+bound inside it. Everything else is shared (file system, Python, the venv), as on a cluster with a shared home.
+Traffic stays on the bridge; `stop()` kills the sshds and deletes the namespaces and the bridge.
+
+Hosts are declared as (name, hostname, extra sshd_config lines): a host may report another host's hostname (a
+cloned node) or carry environment through sshd's SetEnv (version skew), and `down` names get an address but no sshd.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+
+def unavailable() -> str | None:
+    """Why this machine cannot run the cluster, or None."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces and run sshd"
+    if not Path(SSHD).is_file():
+        return f"{SSHD} is missing (apt-get install openssh-server; launch/test.sh installs it when root)"
+    for tool in ("ip", "unshare", "ssh-keygen", "ssh"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (iproute2, util-linux, openssh-client)"
+    return None
+
+
+def _sh(*cmd: str) -> None:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: {p.stderr.strip()}")
+
+
+class Cluster:
+    def __init__(self, workdir: Path, hosts: list[tuple[str, str, list[str]]], down: list[str] = ()):
+        self.dir = workdir
+        self.tag = f"{os.getpid() % 100000}"
+        self.net = f"10.77.{os.getpid() % 250}"
+        self.hosts = hosts
+        self.down = list(down)
+        self.addr = {name: f"{self.net}.{i + 1}" for i, (name, _, _) in enumerate(hosts)}
+        self.addr.update({name: f"{self.net}.{200 + i}" for i, name in enumerate(self.down)})
+        self.bridge = f"hvdbr{self.tag}"
+        self.namespaces: list[str] = []
+        self.veths: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self.bin = workdir / "bin"
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def start(self) -> "Cluster":
+        d = self.dir
+        for key in ("hostkey", "id"):
+            _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key))
+        (d / "hosts").write_text("127.0.0.1 localhost\n" +
+                                 "".join(f"{a} {n}\n" for n, a in self.addr.items()))
+        (d / "ssh_config").write_text(
+            f"Host *\n  IdentityFile {d / 'id'}\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n"
+            f"  LogLevel ERROR\n  ConnectTimeout 5\n")
+        # horovodrun and Open MPI call `ssh` from PATH: this one reads the cluster's client config.
+        self.bin.mkdir()
+        (self.bin / "ssh").write_text(f"#!/bin/sh\nexec /usr/bin/ssh -F {d / 'ssh_config'} \"$@\"\n")
+        (self.bin / "ssh").chmod(0o755)
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+        _sh("ip", "link", "add", self.bridge, "type", "bridge")
+        _sh("ip", "addr", "add", f"{self.net}.254/24", "dev", self.bridge)
+        _sh("ip", "link", "set", self.bridge, "up")
+        for i, (name, hostname, extra) in enumerate(self.hosts):
+            ns = f"hvdfast{self.tag}-{name}"
+            veth = f"hv{self.tag}x{i}"
+            _sh("ip", "netns", "add", ns)
+            self.namespaces.append(ns)
+            _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "hvd0", "netns", ns)
+            self.veths.append(veth)
+            _sh("ip", "link", "set", veth, "master", self.bridge, "up")
+            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.addr[name]}/24", "dev", "hvd0")
+            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "hvd0", "up")
+            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            cfg = d / f"sshd_{name}.conf"
+            cfg.write_text("\n".join([
+                "Port 22", f"HostKey {d / 'hostkey'}", f"AuthorizedKeysFile {d / 'id.pub'}",
+                "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                "UsePAM no", "StrictModes no", "PidFile none", *extra]) + "\n")
+            inner = (f"hostname {shlex.quote(hostname)} && mount --bind {d / 'hosts'} /etc/hosts && "
+                     f"exec {SSHD} -D -e -f {cfg}")
+            log = open(d / f"sshd_{name}.log", "w")
+            self.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, "unshare", "--uts", "--mount", "--fork", "sh", "-c", inner],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        for name, _, _ in self.hosts:
+            self._wait_for_sshd(name)
+        return self
+
+    def _wait_for_sshd(self, name: str) -> None:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection((self.addr[name], 22), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"sshd on {name} did not start: {(self.dir / f'sshd_{name}.log').read_text()[-500:]}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        for veth in self.veths:
+            subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        for ns in self.namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    # -- use ---------------------------------------------------------------------------------------------------
+    def ssh(self, host: str, command: str, env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Log into `host` (as a user would on a login node) and run `command` there, in `cwd` with `env`."""
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "PATH")
+        remote = f"export {exports} PATH={self.bin}:{shlex.quote(env.get('PATH', ''))}; cd {cwd} && {command}"
+        return subprocess.run([str(self.bin / "ssh"), "-o", "BatchMode=yes", self.addr[host], remote],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)

@@ -1,0 +1,112 @@
+"""Multi-host launch through the real ssh path: hosts are network namespaces on this machine (tests/cluster.py),
+each with its own address, hostname and sshd. From a login host, `hvdfast launch` runs the ssh preflight and then
+horovodrun (Gloo) or mpirun across hosta and hostb; both must finish the digits recipe with identical parameters.
+
+The preflight's failure cases use the same cluster: an address with no sshd, a name that does not resolve, a
+cloned node reporting hosta's hostname, and a node whose Python sees another Horovod release.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import cluster
+from conftest import BIN, ROOT
+
+SKEW_VERSION = "0.27.0"
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    why = cluster.unavailable()
+    if why:
+        pytest.skip(f"multi-host tests skipped: {why}")
+    work = tmp_path_factory.mktemp("cluster")
+    # A node with another Horovod release, without building a second Horovod: a `horovod` package first on its
+    # PYTHONPATH reports 0.27.0 and defers every submodule (horovod.torch, the compiled library) to the real one.
+    import horovod
+    skew = work / "skew" / "horovod"
+    skew.mkdir(parents=True)
+    (skew / "__init__.py").write_text(f"__version__ = {SKEW_VERSION!r}\n"
+                                      f"__path__.append({str(Path(horovod.__file__).parent)!r})\n")
+    c = cluster.Cluster(work, [
+        ("login", "login", []),
+        ("hosta", "hosta", []),
+        ("hostb", "hostb", []),
+        ("hostc", "hosta", []),                                        # a cloned node: hosta's hostname
+        ("hostd", "hostd", [f"SetEnv PYTHONPATH={work / 'skew'}"]),    # version skew
+    ], down=["hostdown"])
+    try:
+        c.start()
+    except RuntimeError as exc:
+        c.stop()
+        pytest.skip(f"multi-host tests skipped: the cluster could not start ({exc})")
+    yield c
+    c.stop()
+
+
+def env() -> dict:
+    return {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONUNBUFFERED": "1",
+            "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "HVDFAST_TUNED": os.environ["HVDFAST_TUNED"]}
+
+
+def on_login(hosts, command: str, timeout: float = 600):
+    return hosts.ssh("login", command, env(), ROOT, timeout=timeout)
+
+
+def test_preflight_passes_on_a_healthy_cluster(hosts, digits_dir):
+    p = on_login(hosts, f"hvdfast doctor --hosts hosta:1,hostb:1 --nic hvd0 --data {digits_dir} --json")
+    out = json.loads(p.stdout)
+    assert p.returncode == 0, out["problems"]
+    assert [out["hosts"][h]["hostname"] for h in ("hosta", "hostb")] == ["hosta", "hostb"]
+    assert out["hosts"]["hostb"]["horovod"].startswith("0.28.1")
+
+
+def test_preflight_names_unreachable_hosts(hosts):
+    p = on_login(hosts, "hvdfast doctor --hosts hosta,hostdown,nosuchhost")
+    assert p.returncode == 1
+    problems = p.stdout.split("PROBLEMS:")[1].strip().splitlines()
+    assert len(problems) == 2, p.stdout
+    assert "hostdown: not reachable over ssh" in problems[0] and "sshd listens" in problems[0]
+    assert "nosuchhost: not reachable over ssh" in problems[1] and "/etc/hosts" in problems[1]
+
+
+def test_preflight_names_duplicate_hostnames(hosts):
+    p = on_login(hosts, "hvdfast doctor --hosts hosta,hostb,hostc")
+    assert p.returncode == 1
+    assert "hosta and hostc report the same hostname 'hosta'" in p.stdout
+    assert "hostb" not in p.stdout.split("PROBLEMS:")[1]
+
+
+def test_preflight_names_a_horovod_version_mismatch(hosts):
+    p = on_login(hosts, "hvdfast doctor --hosts hosta,hostd")
+    assert p.returncode == 1
+    problems = p.stdout.split("PROBLEMS:")[1].strip().splitlines()
+    assert len(problems) == 1, p.stdout
+    assert f"hostd: horovod {SKEW_VERSION} (" in problems[0] and "this host (login) has 0.28.1 (" in problems[0]
+
+
+def test_launch_stops_at_a_failed_preflight(hosts, digits_dir):
+    p = on_login(hosts, f"hvdfast launch hosts --config launch/configs/digits-cpu.yaml --np 2 --hosts hosta:1,hostc:1 "
+                        f"data.dir={digits_dir}", timeout=120)
+    assert p.returncode == 2
+    assert "report the same hostname" in p.stderr and "preflight failed" in p.stderr
+    assert "horovodrun" not in p.stdout
+
+
+@pytest.mark.parametrize("target", ["hosts", "mpirun"])
+def test_digits_across_two_hosts(hosts, digits_dir, tmp_path, target):
+    run = tmp_path / "run"
+    controller = "--controller gloo" if target == "hosts" else ""
+    p = on_login(hosts, f"hvdfast launch {target} --config launch/configs/digits-cpu.yaml --np 2 "
+                        f"--hosts hosta:1,hostb:1 --nic hvd0 {controller} data.dir={digits_dir} train.epochs=1 "
+                        f"train.threads=1 train.run_dir={run} train.progress=lines train.resume=never")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "preflight: 2 host(s) OK (hosta, hostb)" in p.stdout
+    summary = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert summary["kind"] == "summary" and summary["workers"] == 2 and summary["steps"] == 23
+    assert [r["host"] for r in summary["ranks"]] == ["hosta", "hostb"]
+    assert summary["ranks_agree"]
+    assert summary["ranks"][0]["params_sha256"] == summary["ranks"][1]["params_sha256"]
