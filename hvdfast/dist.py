@@ -168,10 +168,10 @@ def average_buffers(model: torch.nn.Module) -> None:
             buf.copy_(flat)
 
 
-def allreduce_async_(tensor: torch.Tensor, name: str):
-    """Start an in-place average of a contiguous tensor; pass the handle to synchronize()."""
+def allreduce_async_(tensor: torch.Tensor, name: str, op: str = "average"):
+    """Start an in-place average (or sum) of a contiguous tensor; pass the handle to synchronize()."""
     hvd = _h()
-    return hvd.allreduce_async_(tensor, op=hvd.Average, name=name)
+    return hvd.allreduce_async_(tensor, op=hvd.Sum if op == "sum" else hvd.Average, name=name)
 
 
 def synchronize(handle) -> torch.Tensor:

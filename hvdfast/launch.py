@@ -31,7 +31,7 @@ def _knobs(args) -> dict:
     cfg = config.load(args.config, args.overrides)
     env = dist.horovod_env(cfg.horovod)
     prefixed = {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_", "NCCL_")) and k not in env}
-    return {**prefixed, **env}
+    return {**prefixed, **env, **tune.launcher_env(tune.for_config(cfg))}
 
 
 def _controller(args) -> str:
@@ -46,7 +46,10 @@ def _q(cmd: list[str]) -> str:
 
 
 def horovodrun_cmd(args, hosts: str | None) -> list[str]:
-    cmd = ["horovodrun", "-np", str(args.np)]
+    # horovodrun hands its own environment to every rank (local and over ssh): start it with the tuned settings.
+    tuned = tune.launcher_env(tune.for_config(config.load(args.config, args.overrides)))
+    cmd = (["env", *[f"{k}={v}" for k, v in sorted(tuned.items())]] if tuned else []) + \
+        ["horovodrun", "-np", str(args.np)]
     if args.hostfile:
         cmd += ["--hostfile", args.hostfile]
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import random
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, config, data, dist, engine, models, optim
+from . import checkpoint, config, data, dist, engine, models, optim, tune
 from .metrics import Reporter, eval_metrics, window_metrics
 from .watchdog import Watchdog
 
@@ -127,6 +128,10 @@ def run(cfg: config.Config) -> dict:
     if resume_path is not None:
         rep.line(f"resuming from {resume_path} (step {step}, epoch {start_epoch})")
     rep.line(f"run directory: {run_dir}")
+    unset = {k: v for k, v in tune.launcher_env(tune.for_config(cfg)).items() if v not in os.environ.get(k, "")}
+    if unset:
+        rep.line(f"note: `hvdfast tune` chose {' '.join(f'{k}={v}' for k, v in unset.items())} at process start, "
+                 f"and this run did not get it; launch with `hvdfast launch` (or export it before horovodrun).")
 
     best = {"top1": -1.0, "epoch": -1}
     final = {"top1": None}

@@ -39,8 +39,9 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
     """The fastest cell and the reasons, one line per alternative it beat."""
     rows = sorted(rows, key=lambda r: r["ms"])
     best = rows[0]
-    why = [f"fastest: {best['controller']}, fusion {best['fusion_mb']:g} MiB, cycle {best['cycle_ms']:g} ms, "
-           f"compression {best['compression']}: {best['ms']:.1f} ms per gradient allreduce"]
+    why = [f"fastest: {best['controller']}, malloc {best.get('malloc', 'default')}, fusion {best['fusion_mb']:g} "
+           f"MiB, cycle {best['cycle_ms']:g} ms, compression {best['compression']}: {best['ms']:.1f} ms per "
+           f"gradient allreduce"]
 
     def best_of(pred):
         sel = [r for r in rows if pred(r)]
@@ -55,7 +56,26 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
         if alt:
             verdict = "costs more than it saves" if alt["ms"] > best["ms"] else "is no faster"
             why.append(f"compression {comp} on {best['controller']}: {alt['ms']:.1f} ms — {verdict} here")
+    for mal in sorted({r.get("malloc", "default") for r in rows} - {best.get("malloc", "default")}):
+        alt = best_of(lambda r: r.get("malloc", "default") == mal and r["controller"] == best["controller"])
+        if alt:
+            why.append(f"malloc {mal} on {best['controller']}: {alt['ms']:.1f} ms at its best "
+                       f"({alt['ms'] / best['ms']:.2f}x)")
     return best, why
+
+
+def for_config(cfg) -> dict | None:
+    """The tuned file a config uses (None with horovod.tuned=never or when there is none)."""
+    choice = cfg.horovod.tuned
+    if choice == "never" or not isinstance(choice, str):
+        return None
+    return load(None if choice == "auto" else choice)
+
+
+def launcher_env(doc: dict | None) -> dict:
+    """Environment the tuned file asks every rank to start with (set by the launch helpers: GLIBC_TUNABLES is
+    read when a process starts, before any Python runs)."""
+    return {k: str(v) for k, v in ((doc or {}).get("launcher", {}).get("env") or {}).items()}
 
 
 def main(argv=None) -> int:
@@ -66,6 +86,7 @@ def main(argv=None) -> int:
     allreduce.add_arguments(p)
     p.add_argument("--out", help=f"settings file (default {default_path()}; HVDFAST_TUNED=PATH to move it)")
     args = p.parse_args(argv)
+    args.ops = "average"  # what training runs
     hw = hardware()
     print(header(hw), file=sys.stderr)
     _, rows = allreduce.grid(args)
@@ -75,16 +96,19 @@ def main(argv=None) -> int:
     doc = {
         "horovod": {"fusion_threshold_mb": float(best["fusion_mb"]), "cycle_time_ms": float(best["cycle_ms"]),
                     "compression": best["compression"]},
-        "launcher": {"controller": best["controller"]},
+        "launcher": {"controller": best["controller"],
+                     "env": allreduce.malloc_env({}, best.get("malloc", "default"))},
         "why": why,
         "measured_on": {"host": hw["host"], "cpu": hw["cpu"], "cores": hw["cores"], "ranks": args.np,
                         "model": args.model},
-        "grid_ms": [{k: r[k] for k in ("controller", "fusion_mb", "cycle_ms", "compression", "ms")} for r in rows],
+        "grid_ms": [{k: r[k] for k in ("controller", "malloc", "fusion_mb", "cycle_ms", "compression", "ms")}
+                    for r in rows],
     }
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     print("\n".join(why))
-    print(f"\nwrote {out}: hvdfast train / bench train apply it (horovod.tuned=auto); launch with "
-          f"horovodrun --{best['controller']}")
+    env = " ".join(f"{k}={v}" for k, v in doc["launcher"]["env"].items())
+    print(f"\nwrote {out}: hvdfast train / bench train apply it (horovod.tuned=auto); hvdfast launch adds the "
+          f"launcher settings, by hand: {env + ' ' if env else ''}horovodrun --{best['controller']}")
     return 0
 
 

@@ -36,12 +36,17 @@ def test_markdown_table():
 def test_bench_allreduce_runs_under_the_launcher(tmp_path):
     p = subprocess.run(hvdfast_cmd("bench", "allreduce", "--controllers", "gloo", "--fusion-mb", "0",
                                    "--cycle-ms", "1", "--model", "resnet18", "--compressions", "none,fp16",
+                                   "--malloc", "default,hugepages",
                                    "--repeat", "1", "--warmup", "0", "--out-dir", str(tmp_path)),
                        capture_output=True, text=True, timeout=300, env=launcher_env(), cwd=ROOT)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     result = json.loads(next(tmp_path.glob("allreduce-*.json")).read_text())
     rows = result["rows"]
-    assert {r["compression"] for r in rows} == {"none", "fp16"}
+    assert {(r["malloc"], r["op"], r["compression"]) for r in rows} == {
+        (m, o, c) for m in ("default", "hugepages") for o in ("average", "sum") for c in ("none", "fp16")}
+    # each malloc mode reached the ranks (glibc reads it at process start)
+    assert {c["malloc"]: c["glibc_tunables"] for c in result["cells"]} == {
+        "default": "", "hugepages": "glibc.malloc.hugetlb=1"}
     assert result["cells"][0]["tensors"] == 62            # resnet18's parameter tensors
     # No allreduce of N bytes between processes beats one memcpy of N bytes.
     assert all(r["x_memcpy"] > 1 for r in rows)

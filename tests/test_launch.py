@@ -41,12 +41,18 @@ def test_mpirun_forwards_environment_and_horovod_knobs():
 def test_tuned_settings_become_flags(tmp_path):
     f = tmp_path / "tuned.yaml"
     f.write_text(yaml.safe_dump({"horovod": {"fusion_threshold_mb": 8.0, "cycle_time_ms": 1.0,
-                                             "compression": "none"}, "launcher": {"controller": "gloo"}}))
+                                             "compression": "none"},
+                                 "launcher": {"controller": "gloo",
+                                              "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}}))
     env = launcher_env()
     env["HVDFAST_TUNED"] = str(f)
-    assert "--gloo" in dry("local", *CFG, env=env)
+    local = dry("local", *CFG, env=env)
+    assert local.startswith("env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 horovodrun -np 2") and "--gloo" in local
     out = dry("mpirun", *CFG, env=env)
     assert "-x HOROVOD_FUSION_THRESHOLD=8388608" in out and "-x HOROVOD_CYCLE_TIME=1.0" in out
+    assert "-x GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in out
+    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in dry("slurm", *CFG, env=env).split("export ")[1]
+    assert "GLIBC_TUNABLES" not in dry("local", *CFG, "horovod.tuned=never", env=env)
 
 
 @pytest.mark.parametrize("target", ["slurm", "pbs"])

@@ -35,3 +35,18 @@ def test_tuned_file_sits_between_recipe_and_overrides(tmp_path, monkeypatch):
 def test_no_tuned_file_means_the_recipe_alone():
     cfg = config.load(None)
     assert cfg.horovod.compression == "none" and cfg.horovod.tuned == "auto"
+
+
+def test_malloc_mode_is_explained_and_becomes_launcher_environment():
+    rows = [dict(row("mpi", 2, 1, "none", 26.5), malloc="hugepages"),
+            dict(row("mpi", 8, 1, "none", 32.3), malloc="default")]
+    best, why = tune.choose(rows)
+    assert best["malloc"] == "hugepages"
+    assert "malloc hugepages" in why[0] and any(w.startswith("malloc default on mpi: 32.3 ms") for w in why)
+    from hvdfast.bench.allreduce import malloc_env
+    assert malloc_env({}, "default") == {}
+    assert malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "hugepages") == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    assert tune.launcher_env({"launcher": {"env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}}) == {
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert tune.launcher_env(None) == {}

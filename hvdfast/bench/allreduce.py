@@ -23,6 +23,18 @@ from pathlib import Path
 import torch
 
 COMPRESSIONS = ("none", "fp16", "bf16")
+# glibc malloc settings (GLIBC_TUNABLES, read at process start, so one launcher run each). MPI's collectives and
+# torch allocate large temporary buffers per call; glibc serves them with fresh mmap()s whose every 4 KiB page
+# faults on first touch. hugetlb=1 asks for transparent huge pages on those mappings: 512x fewer faults.
+MALLOC = {"default": "", "hugepages": "glibc.malloc.hugetlb=1"}
+
+
+def malloc_env(env: dict, mode: str) -> dict:
+    """env with the GLIBC_TUNABLES of malloc mode `mode` merged into any the user already set."""
+    extra = MALLOC[mode]
+    if extra:
+        env = dict(env, GLIBC_TUNABLES=":".join(t for t in (env.get("GLIBC_TUNABLES"), extra) if t))
+    return env
 
 
 def gradient_shapes(model_name: str) -> list[tuple[int, ...]]:
@@ -61,9 +73,11 @@ def _worker(args) -> None:
     g = torch.Generator().manual_seed(info.rank)
     grads = [torch.randn(s, generator=g) for s in shapes]
     nbytes = sum(t.numel() * 4 for t in grads)
-    results = {"controller": info.controller, "fusion_mb": args.fusion_mb, "cycle_ms": args.cycle_ms,
+    results = {"controller": info.controller, "malloc": args.malloc, "fusion_mb": args.fusion_mb,
+               "cycle_ms": args.cycle_ms, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                "tensors": len(grads), "bytes": nbytes, "size": info.size, "cells": {}}
-    for name in args.compressions.split(","):
+    results["times"] = []
+    for op, name in itertools.product(args.ops.split(","), args.compressions.split(",")):
         comp = compression.get(name)
         times = []
         for it in range(args.warmup + args.repeat):
@@ -72,13 +86,13 @@ def _worker(args) -> None:
             handles = []
             for i, t in enumerate(grads):
                 wire, ctx = comp.compress(t)
-                handles.append((dist.allreduce_async_(wire, name=f"g{i}"), ctx))
+                handles.append((dist.allreduce_async_(wire, name=f"g{i}", op=op), ctx))
             for h, ctx in handles:
                 comp.decompress(dist.synchronize(h), ctx)
             times.append(time.perf_counter() - t0)
         # the slowest rank defines the step
-        per_rank = dist.allgather_object(statistics.median(times[args.warmup:]), name=f"t.{name}")
-        results["cells"][name] = max(per_rank)
+        per_rank = dist.allgather_object(statistics.median(times[args.warmup:]), name=f"t.{op}.{name}")
+        results["times"].append({"op": op, "compression": name, "s": max(per_rank)})
     if raw is not None:
         results["raw_mpi_allreduce_s"] = raw
     if info.rank == 0:
@@ -110,19 +124,21 @@ def _raw_mpi(nbytes: int, warmup: int, repeat: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- driver side
-def run_cell(controller: str, np_: int, fusion_mb: float, cycle_ms: float, args, out: Path) -> dict:
+def run_cell(controller: str, malloc: str, np_: int, fusion_mb: float, cycle_ms: float, args, out: Path) -> dict:
     root = Path(__file__).resolve().parents[2]
     cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
            f"--{controller}", sys.executable, "-m", "hvdfast.bench.allreduce", "--worker", "--out", str(out),
-           "--model", args.model, "--fusion-mb", str(fusion_mb), "--cycle-ms", str(cycle_ms),
-           "--compressions", args.compressions, "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+           "--model", args.model, "--fusion-mb", str(fusion_mb), "--cycle-ms", str(cycle_ms), "--malloc", malloc,
+           "--compressions", args.compressions, "--ops", args.ops, "--warmup", str(args.warmup),
+           "--repeat", str(args.repeat)]
+    env = malloc_env(dict(os.environ, PYTHONUNBUFFERED="1"), malloc)
     if os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0 or not out.is_file():
-        raise SystemExit(f"hvdfast bench allreduce: {controller} fusion={fusion_mb} cycle={cycle_ms} failed:\n"
+        raise SystemExit(f"hvdfast bench allreduce: {controller} malloc={malloc} fusion={fusion_mb} "
+                         f"cycle={cycle_ms} failed:\n"
                          + (proc.stdout + proc.stderr)[-3000:])
     return json.loads(out.read_text())
 
@@ -130,9 +146,11 @@ def run_cell(controller: str, np_: int, fusion_mb: float, cycle_ms: float, args,
 def rows_from(cell: dict) -> list[dict]:
     n = cell["size"]
     rows = []
-    for comp, t in cell["cells"].items():
+    for m in cell["times"]:
+        comp, t = m["compression"], m["s"]
         algbw = cell["bytes"] / t / 1e9
-        rows.append({"controller": cell["controller"], "fusion_mb": cell["fusion_mb"], "cycle_ms": cell["cycle_ms"],
+        rows.append({"controller": cell["controller"], "malloc": cell["malloc"], "fusion_mb": cell["fusion_mb"],
+                     "cycle_ms": cell["cycle_ms"], "op": m["op"],
                      "compression": comp, "ms": 1e3 * t, "algbw_gbs": algbw, "busbw_gbs": algbw * 2 * (n - 1) / n,
                      "x_memcpy": t / cell["memcpy_s"]})
     return rows
@@ -142,11 +160,15 @@ def grid(args) -> tuple[list[dict], list[dict]]:
     controllers = args.controllers.split(",")
     fusions = [float(x) for x in args.fusion_mb.split(",")]
     cycles = [float(x) for x in args.cycle_ms.split(",")]
+    mallocs = args.malloc.split(",")
+    unknown = set(mallocs) - set(MALLOC)
+    if unknown:
+        raise SystemExit(f"hvdfast bench allreduce: --malloc takes {', '.join(MALLOC)}; got {', '.join(unknown)}")
     cells, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (ctl, fus, cyc) in enumerate(itertools.product(controllers, fusions, cycles)):
-            print(f"  {ctl:4s} fusion {fus:g} MB, cycle {cyc:g} ms ...", file=sys.stderr, flush=True)
-            cell = run_cell(ctl, args.np, fus, cyc, args, Path(tmp) / f"cell{i}.json")
+        for i, (ctl, mal, fus, cyc) in enumerate(itertools.product(controllers, mallocs, fusions, cycles)):
+            print(f"  {ctl:4s} malloc {mal}, fusion {fus:g} MB, cycle {cyc:g} ms ...", file=sys.stderr, flush=True)
+            cell = run_cell(ctl, mal, args.np, fus, cyc, args, Path(tmp) / f"cell{i}.json")
             cells.append(cell)
             rows += rows_from(cell)
     return cells, rows
@@ -159,6 +181,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion-mb", default="0,16,64", help="fusion thresholds in MiB, comma separated")
     p.add_argument("--cycle-ms", default="1,5", help="cycle times in ms, comma separated")
     p.add_argument("--compressions", default=",".join(COMPRESSIONS))
+    p.add_argument("--ops", default="average,sum",
+                   help="reduction ops: average (what training uses: Horovod sums, then scales the fused buffer "
+                        "in a separate pass) and sum (what MPI_Allreduce computes; compare with the raw reference)")
+    p.add_argument("--malloc", default=",".join(MALLOC),
+                   help="glibc malloc modes: default, hugepages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--timeout", type=int, default=600, help="seconds per launcher run")
@@ -181,18 +208,23 @@ def main(argv=None) -> int:
     print(f"{args.model} gradients, {args.np} ranks, median of {args.repeat}:", file=sys.stderr)
     cells, rows = grid(args)
     rows.sort(key=lambda r: r["ms"])
-    table = markdown_table(rows, [("controller", "controller"), ("fusion_mb", "fusion MiB"),
-                                  ("cycle_ms", "cycle ms"), ("compression", "compression"), ("ms", "ms"),
+    table = markdown_table(rows, [("controller", "controller"), ("malloc", "malloc"), ("fusion_mb", "fusion MiB"),
+                                  ("cycle_ms", "cycle ms"), ("op", "op"), ("compression", "compression"),
+                                  ("ms", "ms"),
                                   ("algbw_gbs", "algbw GB/s"), ("busbw_gbs", "busbw GB/s"),
                                   ("x_memcpy", "x memcpy")])
     memcpy_ms = 1e3 * min(c["memcpy_s"] for c in cells)
-    raw = [c["raw_mpi_allreduce_s"] for c in cells if "raw_mpi_allreduce_s" in c]
     lines = [f"{cells[0]['tensors']} tensors, {cells[0]['bytes'] / 1e6:.1f} MB fp32; "
              f"memcpy of the same bytes: {memcpy_ms:.1f} ms"]
-    if raw:
-        lines.append(f"raw MPI_Allreduce (mpi4py, one fused fp32 buffer): {1e3 * statistics.median(raw):.1f} ms")
-    best = rows[0]
-    lines.append(f"fastest: {best['controller']} fusion {best['fusion_mb']:g} MiB cycle {best['cycle_ms']:g} ms "
+    for mal in args.malloc.split(","):
+        raw = [c["raw_mpi_allreduce_s"] for c in cells if "raw_mpi_allreduce_s" in c and c["malloc"] == mal]
+        if raw:
+            lines.append(f"raw MPI_Allreduce (mpi4py, one fused fp32 buffer), malloc {mal}: "
+                         f"{1e3 * statistics.median(raw):.1f} ms")
+    best = [r for r in rows if r["op"] == "average"][:1] or rows[:1]
+    best = best[0]
+    lines.append(f"fastest {best['op']}: {best['controller']} malloc {best['malloc']} fusion {best['fusion_mb']:g} MiB "
+                 f"cycle {best['cycle_ms']:g} ms "
                  f"{best['compression']}: {best['ms']:.1f} ms ({best['x_memcpy']:.1f}x memcpy)")
     text = "\n".join(lines)
     print(f"{header(hw)}\n{text}\n\n{table}")
@@ -208,14 +240,15 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
-    keys = sorted({(r["controller"], r["cycle_ms"], r["compression"]) for r in rows})
-    for ctl, cyc, comp in keys:
-        pts = sorted((r["fusion_mb"], r["ms"]) for r in rows
-                     if (r["controller"], r["cycle_ms"], r["compression"]) == (ctl, cyc, comp))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{ctl} {comp} cycle {cyc:g}ms")
+    def key(r):
+        return r["controller"], r["malloc"], r["cycle_ms"], r["op"], r["compression"]
+    for k in sorted({key(r) for r in rows}):
+        pts = sorted((r["fusion_mb"], r["ms"]) for r in rows if key(r) == k)
+        ctl, mal, cyc, op, comp = k
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{ctl} {mal} {op} {comp} cycle {cyc:g}ms")
     ax.set(xlabel="fusion threshold (MiB)", ylabel="allreduce time (ms)", yscale="log",
            title="gradient allreduce time vs fusion threshold")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
