@@ -14,6 +14,22 @@ def test_channels_last_gradients_go_out_contiguous_and_come_back_channels_last(n
     back = comp.decompress(sent, ctx)
     assert back.dtype == torch.float32 and back.is_contiguous(memory_format=torch.channels_last)
     assert not back.is_contiguous()
+    if name == "bf16":
+        assert torch.equal(back, g.to(torch.bfloat16).float())
+    else:
+        torch.testing.assert_close(back, g, rtol=1e-3 if name == "fp16" else 0, atol=0)
+
+
+def test_full_precision_hands_horovod_the_gradient_storage_itself():
+    """No copy for channels_last gradients: Horovod reduces the NHWC view in place, and the optimizer sees the
+    result through the channels_last view of the same memory."""
+    g = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    sent, ctx = compression.NoneCompressor.compress(g)
+    assert sent.data_ptr() == g.data_ptr() and sent.is_contiguous()
+    sent.mul_(0.5)                                   # what an in-place allreduce average does to the wire tensor
+    back = compression.NoneCompressor.decompress(sent, ctx)
+    assert back.data_ptr() == g.data_ptr() and back.stride() == g.stride()
+    torch.testing.assert_close(back, g)              # g itself changed: same storage
 
 
 def test_bf16_round_trip_keeps_range_and_bf16_precision():

@@ -72,6 +72,8 @@ def _worker(args) -> None:
     info = dist.init(hcfg)
     g = torch.Generator().manual_seed(info.rank)
     grads = [torch.randn(s, generator=g) for s in shapes]
+    if args.layout == "channels_last":  # as a channels_last model's gradients are: our compressors' real path
+        grads = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in grads]
     nbytes = sum(t.numel() * 4 for t in grads)
     results = {"controller": info.controller, "malloc": args.malloc, "fusion_mb": args.fusion_mb,
                "cycle_ms": args.cycle_ms, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
@@ -129,7 +131,7 @@ def run_cell(controller: str, malloc: str, np_: int, fusion_mb: float, cycle_ms:
     cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
            f"--{controller}", sys.executable, "-m", "hvdfast.bench.allreduce", "--worker", "--out", str(out),
            "--model", args.model, "--fusion-mb", str(fusion_mb), "--cycle-ms", str(cycle_ms), "--malloc", malloc,
-           "--compressions", args.compressions, "--ops", args.ops, "--warmup", str(args.warmup),
+           "--compressions", args.compressions, "--ops", args.ops, "--layout", args.layout, "--warmup", str(args.warmup),
            "--repeat", str(args.repeat)]
     env = malloc_env(dict(os.environ, PYTHONUNBUFFERED="1"), malloc)
     if os.geteuid() == 0:
@@ -184,6 +186,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", default="average,sum",
                    help="reduction ops: average (what training uses: Horovod sums, then scales the fused buffer "
                         "in a separate pass) and sum (what MPI_Allreduce computes; compare with the raw reference)")
+    p.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last",
+                   help="memory format of the 4-D gradients (the recipes train channels_last)")
     p.add_argument("--malloc", default=",".join(MALLOC),
                    help="glibc malloc modes: default, hugepages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)")
     p.add_argument("--warmup", type=int, default=2)
