@@ -88,6 +88,16 @@ def test_preflight_names_a_horovod_version_mismatch(hosts):
     assert f"hostd: horovod {SKEW_VERSION} (" in problems[0] and "this host (login) has 0.28.1 (" in problems[0]
 
 
+def test_preflight_names_a_missing_interface_and_data_folder(hosts, tmp_path):
+    p = on_login(hosts, f"hvdfast doctor --hosts hosta,hostb --nic ib0 --data {tmp_path / 'nowhere'}")
+    assert p.returncode == 1
+    problems = p.stdout.split("PROBLEMS:")[1].strip().splitlines()
+    assert len(problems) == 4, p.stdout
+    for host in ("hosta", "hostb"):
+        assert any(f"{host}: no network interface 'ib0' (it has lo, hvd0)" in line for line in problems)
+        assert any(f"{host}: data folder {tmp_path / 'nowhere'} is missing" in line for line in problems)
+
+
 def test_launch_stops_at_a_failed_preflight(hosts, digits_dir):
     p = on_login(hosts, f"hvdfast launch hosts --config launch/configs/digits-cpu.yaml --np 2 --hosts hosta:1,hostc:1 "
                         f"data.dir={digits_dir}", timeout=120)
