@@ -2,8 +2,9 @@
 
 Targets: local (horovodrun on this host), hosts (horovodrun over ssh with -H/--hostfile), mpirun (with the binding
 and environment forwarding a cluster needs), slurm (an sbatch script, srun with PMI), pbs (a qsub script with
-mpirun over $PBS_NODEFILE) and ray (Horovod's RayExecutor on a Ray cluster, or a local one on loopback). The Horovod knobs of the recipe (and of `hvdfast tune`'s file) are exported to every
-rank explicitly, because remote ranks do not inherit the submitting shell's environment.
+mpirun over $PBS_NODEFILE) and ray (Horovod's RayExecutor on a Ray cluster, or a local one on loopback). The
+Horovod knobs of the recipe (and of `hvdfast tune`'s file) are exported to every rank explicitly, because remote
+ranks do not inherit the submitting shell's environment. hosts and mpirun first run the ssh preflight.
 """
 from __future__ import annotations
 

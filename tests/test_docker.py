@@ -3,7 +3,6 @@ both must install through launch/install.sh (the README's path) instead of repea
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 

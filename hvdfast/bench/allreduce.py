@@ -126,13 +126,14 @@ def _raw_mpi(nbytes: int, warmup: int, repeat: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- driver side
-def run_cell(controller: str, malloc: str, np_: int, fusion_mb: float, cycle_ms: float, args, out: Path) -> dict:
+def run_cell(controller: str, malloc: str, np_: int, fusion_mb: float, cycle_ms: float, args,
+             out: Path) -> dict:
     root = Path(__file__).resolve().parents[2]
     cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
            f"--{controller}", sys.executable, "-m", "hvdfast.bench.allreduce", "--worker", "--out", str(out),
            "--model", args.model, "--fusion-mb", str(fusion_mb), "--cycle-ms", str(cycle_ms), "--malloc", malloc,
-           "--compressions", args.compressions, "--ops", args.ops, "--layout", args.layout, "--warmup", str(args.warmup),
-           "--repeat", str(args.repeat)]
+           "--compressions", args.compressions, "--ops", args.ops, "--layout", args.layout,
+           "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
     env = malloc_env(dict(os.environ, PYTHONUNBUFFERED="1"), malloc)
     if os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")

@@ -101,6 +101,9 @@ def _launch(variant: str, args, np_: int, out: Path, threads: int = 0) -> list[d
         cmd += ["--config", args.config]
     cmd += args.overrides
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if variant == "hvdfast":  # the process environment `hvdfast tune` chose (the baseline keeps the defaults)
+        from .. import config, tune
+        env.update(tune.launcher_env(tune.for_config(config.load(args.config, args.overrides))))
     if os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
