@@ -1,15 +1,20 @@
 """`hvdfast train train.elastic=true`: Horovod elastic training, launched by
 `horovodrun -np N --min-np A --max-np B --host-discovery-script SCRIPT hvdfast train ...`.
 
-Training continues with the surviving workers when one dies and takes new ones in when the discovery script
-reports them. The state that survives a reset is Horovod's TorchState (model, optimizer, images seen), committed
-in memory every `train.checkpoint_every_steps` steps (default 10 here); after each reset the data shards, the
-global batch and the LR schedule are rebuilt for the new world size, and the schedule position is kept in images
-seen. Horovod's elastic state sync broadcasts tensors as they are, and Horovod refuses NHWC-strided ones, so an
-elastic run keeps the model in NCHW (channels_last off).
+Training continues with the surviving workers when one dies. Taking new or returning workers in (scale-up) is
+NOT supported yet: with Horovod 0.28.1 a worker that joins a running job aborted in the state sync (Gloo:
+"op.preamble.length <= op.nbytes") and the survivor's weights were reset to a fresh model's; a survivor that sees
+the world grow says so on stderr (see README, "When things go wrong").
+
+The state that survives a reset is Horovod's TorchState (model, optimizer, images seen), committed in memory every
+`train.checkpoint_every_steps` steps (default 10 here); after each reset the data shards, the global batch and the
+LR schedule are rebuilt for the new world size, and the schedule position is kept in images seen. Horovod's
+elastic state sync broadcasts tensors as they are, and Horovod refuses NHWC-strided ones, so an elastic run keeps
+the model in NCHW (channels_last off).
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -28,6 +33,12 @@ def run(cfg: config.Config) -> dict:
     def rebuild(d=None) -> None:
         """(Re)build everything that depends on the world size (`d`: loaders already built for it)."""
         i = dist.current()
+        if i.size > ctx.get("size", i.size):
+            print(f"hvdfast elastic: WARNING: the world grew from {ctx['size']} to {i.size} workers. Scale-up is not "
+                  f"supported yet (the joining worker's state sync can reset the trained weights); start elastic "
+                  f"jobs without --blacklist-cooldown-range and with a discovery script that does not add hosts.",
+                  file=sys.stderr, flush=True)
+        ctx["size"] = i.size
         d = d or data.build(cfg, i)
         global_batch = cfg.data.batch_size * i.size
         spe = d.train.steps_per_epoch
