@@ -78,6 +78,10 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
             # Horovod 0.28.1 elastic: with HOROVOD_FUSION_THRESHOLD set, a survivor segfaulted in hvd.init()
             # during the reset after a worker died (reproduced without hvdfast); keep Horovod's default there.
             env.pop("HOROVOD_FUSION_THRESHOLD")
+            # ... and its response cache (names -> cached responses) is warm on survivors and cold on a worker
+            # that joins: their first collectives after the reset disagreed and a survivor aborted in Gloo
+            # ("op.preamble.length <= op.nbytes"). Without the cache a scale-up goes through.
+            env["HOROVOD_CACHE_CAPACITY"] = "0"
         os.environ.update(env)
     import horovod.torch as hvd  # Horovod: the only import of it in hvdfast
 
@@ -106,7 +110,38 @@ def current(cores: int | None = None) -> DistInfo:
 def elastic_state(model: torch.nn.Module, optimizer, **counters):
     """Horovod elastic state: model + optimizer + counters, committed in host memory, synced on resets."""
     # Horovod: TorchState broadcasts from rank 0 on every reset, so new workers join with current weights.
+    init_optimizer_state(optimizer)
     return _h().elastic.TorchState(model=model, optimizer=optimizer, **counters)
+
+
+def init_optimizer_state(optimizer) -> None:
+    """Give a fresh optimizer its state tensors, zeroed, without changing any parameter or option.
+
+    Horovod's state sync initialises an empty optimizer state by stepping it with zero gradients, *after* the
+    model broadcast: with weight decay that step moves the weights just received, so a worker joining a running
+    elastic job kept weights that differ from everyone else's. Zeroed state is what a fresh optimizer starts from
+    (SGD/LARS momentum, Adam/LAMB moments and step counts), so nothing else changes."""
+    if optimizer.state_dict()["state"]:
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    options = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    # the wrapped optimizer's own step: the DistributedOptimizer's would allreduce (as Horovod does it)
+    super(optimizer.__class__, optimizer).step() if optimizer.__module__.startswith("horovod") else optimizer.step()
+    with torch.no_grad():
+        for p, s in zip(params, saved):
+            p.copy_(s)
+            p.grad = None
+    for g, o in zip(optimizer.param_groups, options):
+        for k in [k for k in g if k != "params" and k not in o]:
+            del g[k]                       # e.g. timm LAMB's group step counter
+        g.update(o)
+    for st in optimizer.state.values():
+        for v in st.values():
+            if torch.is_tensor(v):
+                v.zero_()
 
 
 def elastic_run(fn):

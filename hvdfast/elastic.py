@@ -1,10 +1,12 @@
 """`hvdfast train train.elastic=true`: Horovod elastic training, launched by
 `horovodrun -np N --min-np A --max-np B --host-discovery-script SCRIPT hvdfast train ...`.
 
-Training continues with the surviving workers when one dies. Taking new or returning workers in (scale-up) is
-NOT supported yet: with Horovod 0.28.1 a worker that joins a running job aborted in the state sync (Gloo:
-"op.preamble.length <= op.nbytes") and the survivor's weights were reset to a fresh model's; a survivor that sees
-the world grow says so on stderr (see README, "When things go wrong").
+Training continues with the surviving workers when one dies, and takes new or returning workers in when the
+discovery script reports them (or a blacklisted host's cooldown ends). Two Horovod 0.28.1 traps on scale-up are
+avoided in dist: the response cache is off in elastic runs (a warm cache on survivors and a cold one on the joiner
+made their first collectives disagree, and Gloo aborted), and the optimizer state exists before the state sync (on
+an empty state Horovod steps the optimizer with zero gradients after the weight broadcast, and weight decay then
+moved the joiner's weights away from everyone else's). At the end the ranks compare parameter digests.
 
 The state that survives a reset is Horovod's TorchState (model, optimizer, images seen), committed in memory every
 `train.checkpoint_every_steps` steps (default 10 here); after each reset the data shards, the global batch and the
@@ -14,13 +16,13 @@ the model in NCHW (channels_last off).
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import torch
 
 from . import config, data, dist, engine, models, optim
 from .metrics import Reporter, eval_metrics, window_metrics
+from .train import consistency
 
 
 def run(cfg: config.Config) -> dict:
@@ -33,12 +35,6 @@ def run(cfg: config.Config) -> dict:
     def rebuild(d=None) -> None:
         """(Re)build everything that depends on the world size (`d`: loaders already built for it)."""
         i = dist.current()
-        if i.size > ctx.get("size", i.size):
-            print(f"hvdfast elastic: WARNING: the world grew from {ctx['size']} to {i.size} workers. Scale-up is not "
-                  f"supported yet (the joining worker's state sync can reset the trained weights); start elastic "
-                  f"jobs without --blacklist-cooldown-range and with a discovery script that does not add hosts.",
-                  file=sys.stderr, flush=True)
-        ctx["size"] = i.size
         d = d or data.build(cfg, i)
         global_batch = cfg.data.batch_size * i.size
         spe = d.train.steps_per_epoch
@@ -93,11 +89,14 @@ def run(cfg: config.Config) -> dict:
     ev = eval_metrics(dist.allreduce_sum(engine.evaluate(model, ctx["data"].val.epoch(0), prec, criterion),
                                          name="el.eval"))
     total = time.perf_counter() - t0
+    ranks = consistency(model, ctx["info"].size)
     summary = {"final_top1": ev["top1"], "train_time_s": total, "workers": ctx["info"].size,
-               "images_seen": state.images}
+               "images_seen": state.images, "ranks_agree": len({r["params_sha256"] for r in ranks}) == 1,
+               "ranks": ranks}
     ctx["rep"].record("summary", state.images // ctx["global_batch"], summary,
                       show=f"SUMMARY elastic: final top-1 {ev['top1']:.2f}% ({ev['images']} images) | "
-                           f"train time {total:.1f} s | finished with {ctx['info'].size} worker(s)")
+                           f"train time {total:.1f} s | finished with {ctx['info'].size} worker(s)"
+                           + ("" if summary["ranks_agree"] else " | WARNING: the ranks' parameters differ"))
     ctx["rep"].close()
     return {**summary, "model": model, "rank": ctx["info"].rank}
 

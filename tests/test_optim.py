@@ -1,3 +1,4 @@
+import copy
 import pytest
 import torch
 
@@ -52,3 +53,29 @@ def test_every_optimizer_reduces_a_simple_loss(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "lamb"])
+def test_elastic_optimizer_state_init_changes_nothing_but_the_state(name):
+    """dist.init_optimizer_state (run before Horovod's elastic state sync) creates zeroed state and leaves the
+    weights and options alone; the first real step then equals a fresh optimizer's first step."""
+    from hvdfast import dist
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 2))
+    twin = copy.deepcopy(model)
+    cfg = OptimConfig(name=name, lr=0.5, weight_decay=0.1, momentum=0.9)
+    opt, ref = optim.build(model, cfg), optim.build(twin, cfg)
+    before = [p.detach().clone() for p in model.parameters()]
+    options = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    dist.init_optimizer_state(opt)
+    assert opt.state_dict()["state"], "state was not created"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == options
+    x = torch.randn(5, 3, 8, 8)
+    for m, o in ((model, opt), (twin, ref)):
+        o.zero_grad()
+        m(x).square().mean().backward()
+        o.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
