@@ -28,8 +28,15 @@ def _train_args(args) -> list[str]:
     return out + list(args.overrides)
 
 
+def _config(args) -> config.Config:
+    """The resolved training config (recipe < tuned file < overrides), loaded once per command."""
+    if getattr(args, "resolved", None) is None:
+        args.resolved = config.load(args.config, args.overrides)
+    return args.resolved
+
+
 def _knobs(args) -> dict:
-    cfg = config.load(args.config, args.overrides)
+    cfg = _config(args)
     env = dist.horovod_env(cfg.horovod)
     prefixed = {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_", "NCCL_")) and k not in env}
     return {**prefixed, **env, **tune.launcher_env(tune.for_config(cfg))}
@@ -48,7 +55,7 @@ def _q(cmd: list[str]) -> str:
 
 def horovodrun_cmd(args, hosts: str | None) -> list[str]:
     # horovodrun hands its own environment to every rank (local and over ssh): start it with the tuned settings.
-    tuned = tune.launcher_env(tune.for_config(config.load(args.config, args.overrides)))
+    tuned = tune.launcher_env(tune.for_config(_config(args)))
     cmd = (["env", *[f"{k}={v}" for k, v in sorted(tuned.items())]] if tuned else []) + \
         ["horovodrun", "-np", str(args.np)]
     if args.hostfile:
@@ -113,7 +120,7 @@ def _preflight(args) -> bool:
     the host named, instead of as a hang at hvd.init()."""
     from . import preflight
     hosts = preflight.parse_hosts(args.hosts, args.hostfile)
-    cfg = config.load(args.config, args.overrides)
+    cfg = _config(args)
     data = None if cfg.data.backend == "synthetic" else os.path.abspath(cfg.data.dir)
     reports, problems = preflight.check(hosts, args.nic, data)
     if problems:
@@ -146,7 +153,7 @@ def run_ray(args) -> int:
         from horovod.ray import RayExecutor
     except ImportError as exc:
         raise config.ConfigError(f"launch ray needs Ray ({exc}); pip install 'hvdfast[ray]'.") from None
-    config.load(args.config, args.overrides)  # a typo fails here, before any worker starts
+    _config(args)  # a typo fails here, before any worker starts
     # horovod.ray 0.28.1 calls a Ray API that Ray deprecates: one warning per worker, nothing broken.
     quiet = {"runtime_env": {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},
              "logging_level": logging.ERROR}
