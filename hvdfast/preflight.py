@@ -44,7 +44,7 @@ def parse_hosts(hosts: str | None = None, hostfile: str | None = None) -> list[s
     return list(dict.fromkeys(names))
 
 
-def probe(nic: str | None = None, data: str | None = None) -> dict:
+def probe(data: str | None = None) -> dict:
     """What this host has: the doctor report, reduced to what must match, plus interfaces and the data folder."""
     from . import __version__, doctor
     report, problems = doctor.collect()
@@ -74,9 +74,8 @@ def _ssh_remedy(host: str, said: str) -> str:
     return f"Check that {host} is up and that sshd listens on it (port 22 unless ~/.ssh/config says otherwise)."
 
 
-def _remote(host: str, python: str, nic: str | None, data: str | None, ssh: str) -> dict:
-    cmd = [python, "-m", "hvdfast.preflight", "--probe"] + (["--nic", nic] if nic else []) + \
-        (["--data", data] if data else [])
+def _remote(host: str, python: str, data: str | None, ssh: str) -> dict:
+    cmd = [python, "-m", "hvdfast.preflight", "--probe"] + (["--data", data] if data else [])
     try:
         p = subprocess.run([ssh, *SSH_OPTS, host, " ".join(shlex.quote(c) for c in cmd)], capture_output=True,
                            text=True, timeout=180, stdin=subprocess.DEVNULL)
@@ -100,7 +99,7 @@ def check(hosts: list[str], nic: str | None = None, data: str | None = None, pyt
     """(reports by host, problems): every problem is one line naming the host and the remedy."""
     python = python or sys.executable
     with ThreadPoolExecutor(max_workers=min(32, max(1, len(hosts)))) as pool:
-        reports = dict(zip(hosts, pool.map(lambda h: _remote(h, python, nic, data, ssh), hosts)))
+        reports = dict(zip(hosts, pool.map(lambda h: _remote(h, python, data, ssh), hosts)))
     problems = [r["error"] for r in reports.values() if "error" in r]
     ok = {h: r for h, r in reports.items() if "error" not in r}
     by_name: dict[str, list[str]] = {}
@@ -146,11 +145,10 @@ def render(reports: dict, problems: list[str]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hvdfast.preflight")
     p.add_argument("--probe", action="store_true", help="(run on each host by the preflight)")
-    p.add_argument("--nic")
     p.add_argument("--data")
     args = p.parse_args(argv)
     if args.probe:
-        print(MARK + json.dumps(probe(args.nic, args.data), default=str), flush=True)
+        print(MARK + json.dumps(probe(args.data), default=str), flush=True)
         return 0
     p.error("use `hvdfast doctor --hosts …`")
     return 2

@@ -3,21 +3,11 @@
 Each rank writes OUT/rank<r>.json with a hash of its final parameters per compression; rank 0's run directories
 hold metrics.jsonl. The pytest side asserts the ranks agree bit for bit and that the loss fell.
 """
-import hashlib
 import json
 import sys
 from pathlib import Path
 
-import torch
-
 from hvdfast import config, train
-
-
-def param_hash(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main(out: Path, data_dir: str, compressions: list[str], extra: list[str]) -> None:
@@ -29,7 +19,7 @@ def main(out: Path, data_dir: str, compressions: list[str], extra: list[str]) ->
             f"horovod.compression={c}", f"train.run_dir={out / c}", "train.progress=lines",
             "train.resume=never", "train.target_top1=0", *extra])
         summary = train.run(cfg)
-        result[c] = {"params": param_hash(summary["model"]), "best_top1": summary["best_top1"]}
+        result[c] = {"params": train.param_digest(summary["model"]), "best_top1": summary["best_top1"]}
         rank = summary["rank"]
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 
