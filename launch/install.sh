@@ -33,6 +33,11 @@ die() { echo "[hvdfast install] ERROR: $*" >&2; exit 1; }
 # headers require C++20. Both the top-level CMakeLists.txt (which Gloo inherits) and the torch one must change.
 PATCH_FILES="CMakeLists.txt horovod/torch/CMakeLists.txt"
 PATCH_SED='s/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 20)/'
+# Newer toolchains than Horovod 0.28.1 knew (both met on Ubuntu 24.04, the GPU image's base; no source change):
+# - GCC >= 13 no longer pulls <string>/<cstdint> in transitively (horovod/common/group_table.h uses std::string);
+# - CMake >= 4 refuses the cmake_minimum_required(VERSION 2.8) of Horovod's bundled Gloo and flatbuffers unless
+#   CMAKE_POLICY_VERSION_MINIMUM is given, which Horovod's setup.py cannot pass: HOROVOD_CMAKE points at a wrapper.
+BUILD_CXXFLAGS="-include cstdint -include string"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Fast path: nothing changed since the last successful install.
@@ -145,7 +150,7 @@ fi
 
 MPI_ID=none
 [ $MPI = existing ] && MPI_ID=$( (mpirun --version 2>/dev/null | head -n1; mpicc -show 2>/dev/null) | sha256sum | cut -c1-8)
-PATCH_ID=$(printf '%s|%s' "$PATCH_FILES" "$PATCH_SED" | sha256sum | cut -c1-8)
+PATCH_ID=$(printf '%s|%s|%s' "$PATCH_FILES" "$PATCH_SED" "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
 KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VER-py$PY_VER-mpi$MPI_ID-gloo-$CUDA_OPT-patch$PATCH_ID"
 WHEEL_DIR=$CACHE/wheels/$KEY
 installed_key=$(cat "$VENV/.hvdfast-horovod-key" 2>/dev/null || true)
@@ -166,6 +171,14 @@ else
       sed -i "$PATCH_SED" "$tree/$f"
     done
     mkdir -p "$WHEEL_DIR.tmp"
+    export CXXFLAGS="${CXXFLAGS:-} $BUILD_CXXFLAGS"
+    cmake_major=$(cmake --version | sed -n 's/^cmake version \([0-9]*\).*/\1/p')
+    if [ "${cmake_major:-0}" -ge 4 ]; then
+      printf '#!/bin/sh\ncase "$1" in --*) exec %s "$@";; esac\nexec %s -DCMAKE_POLICY_VERSION_MINIMUM=3.5 "$@"\n' \
+        "$(command -v cmake)" "$(command -v cmake)" > "$src/cmake"
+      chmod +x "$src/cmake"
+      export HOROVOD_CMAKE=$src/cmake
+    fi
     if ! (cd "$tree" && "$VPY" -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps \
             -w "$WHEEL_DIR.tmp" . > "$src/build.log" 2>&1); then
       tail -n 40 "$src/build.log" >&2
