@@ -181,7 +181,8 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.folder import DataError
-    user_errors = (ConfigError, DataError, CheckpointError)
+    from .dist import DeviceError
+    user_errors = (ConfigError, DataError, CheckpointError, DeviceError)
     try:
         from .train import TrainingError
         user_errors += (TrainingError,)

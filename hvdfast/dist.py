@@ -67,6 +67,20 @@ def cores_owned(local_size: int) -> int:
     return max(1, total // max(1, local_size))
 
 
+class DeviceError(RuntimeError):
+    """The workers do not fit the node's GPUs (a user error: one message, from rank 0)."""
+
+
+def gpu_problem(local_size: int, gpus: int, nccl: bool) -> str | None:
+    """Why `local_size` workers cannot share this node's `gpus` GPUs, or None when they can."""
+    if gpus == 0 or local_size <= gpus or not nccl:
+        return None  # no GPU, one GPU each, or Horovod without NCCL (stages CUDA tensors through the CPU)
+    return (f"{local_size} workers on this node but {gpus} GPU(s): Horovod's NCCL allreduce needs one GPU per "
+            f"worker (two ranks on one GPU fail in ncclCommInitRank). Start at most {gpus} worker(s) per node "
+            f"(horovodrun -np {gpus} -H localhost:{gpus}; -H host:{gpus} per host), or train on the CPU with "
+            f"CUDA_VISIBLE_DEVICES= (empty).")
+
+
 def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads: int = 0,
          elastic: bool = False) -> DistInfo:
     """Set Horovod's knobs (cfg=None leaves Horovod's own defaults), hvd.init(), pin the device and, unless
@@ -92,6 +106,9 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
         # Horovod: one worker per core share; oversubscribed intra-op threads cost 3x on small machines.
         torch.set_num_threads(cores)
     if torch.cuda.is_available():
+        problem = gpu_problem(hvd.local_size(), torch.cuda.device_count(), bool(hvd.nccl_built()))
+        if problem:
+            raise DeviceError(problem)
         # Horovod: one GPU per process, chosen by local rank (never by global rank).
         torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
     return current(cores)

@@ -51,3 +51,15 @@ def test_cpu_precision_is_bf16_without_a_scaler():
     assert prec.name == "bf16" and prec.scaler is None
     with pytest.raises(ValueError, match="needs a GPU"):
         engine.precision_for("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("local_size,gpus,nccl,ok", [(1, 1, True, True), (8, 8, True, True), (2, 1, True, False),
+                                                     (4, 2, True, False), (2, 1, False, True), (2, 0, True, True)])
+def test_more_workers_than_gpus_is_refused_only_where_nccl_would_fail(local_size, gpus, nccl, ok):
+    # Seen on an H100: 2 workers on 1 GPU died in ncclCommInitRank ("invalid usage") with a traceback per rank.
+    from hvdfast.dist import gpu_problem
+    problem = gpu_problem(local_size, gpus, nccl)
+    assert (problem is None) == ok
+    if problem:
+        assert f"{local_size} workers on this node but {gpus} GPU(s)" in problem
+        assert f"-np {gpus}" in problem and "CUDA_VISIBLE_DEVICES=" in problem
