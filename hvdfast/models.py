@@ -23,3 +23,14 @@ def build(name: str, num_classes: int, zero_init_residual: bool = True) -> torch
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     """NHWC weights. Call after Horovod's parameter broadcast (it refuses NHWC-strided tensors)."""
     return model.to(memory_format=torch.channels_last)
+
+
+def compiled(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """The module to call for forward passes: torch.compile'd when enabled, else `model` itself.
+
+    Keep `model` for state_dict, Horovod's parameter list and checkpoints: the compiled wrapper shares its
+    parameters but prefixes their names. Horovod's gradient hooks sit on the parameters' accumulators, outside the
+    compiled graph (and its synchronize() reduces any gradient whose hook did not fire), so every gradient is still
+    averaged; they arrive together at the end of the compiled backward rather than layer by layer.
+    """
+    return torch.compile(model) if enabled else model

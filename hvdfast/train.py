@@ -93,6 +93,7 @@ def run(cfg: config.Config) -> dict:
     if cfg.model.channels_last:
         models.to_channels_last(model)
     opt = optim.build(model, cfg.optim)
+    forward = models.compiled(model, cfg.model.compile)  # training steps only; evaluation runs eager
     prec = engine.precision_for(cfg.train.precision, info.device)
     opt = dist.wrap_optimizer(opt, model, cfg.horovod)
     if state is not None:
@@ -187,7 +188,7 @@ def run(cfg: config.Config) -> dict:
     while step < total_steps:
         steps_now = min(steps_per_epoch - skip, total_steps - step)
         step = engine.train_epoch(
-            model, opt, wd.watch(d.train.epoch(epoch, skip=skip * accum)), steps=steps_now, first_step=step,
+            forward, opt, wd.watch(d.train.epoch(epoch, skip=skip * accum)), steps=steps_now, first_step=step,
             lr_fn=lr_fn,
             criterion=criterion, prec=prec, accumulation=accum, clip_grad_norm=cfg.optim.clip_grad_norm,
             log_every=cfg.train.log_every, on_log=on_log, on_step=on_step)

@@ -45,3 +45,14 @@ def test_run_directory_has_what_a_user_expects(trained):
     assert "SUMMARY best top-1" in stdout
     # only rank 0 reports
     assert "[1]<stdout>:SUMMARY" not in stdout
+
+
+def test_compiled_model_still_allreduces_every_gradient(digits_dir, tmp_path):
+    # model.compile=true: the compiled module shares its parameters with the one Horovod wraps. Were any gradient
+    # not averaged, or an update applied to a copy, the ranks (different shards) would end with different parameters.
+    proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(tmp_path),
+                                    str(digits_dir), "none", "model.compile=true", "train.epochs=1"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["none"]["params"] == ranks[1]["none"]["params"]
+    assert ranks[0]["none"]["best_top1"] > 20  # 10 classes: chance is 10%
