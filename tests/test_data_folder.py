@@ -48,3 +48,15 @@ def test_scan_counts_and_class_mismatch(tmp_path):
 def test_too_few_images_for_workers_times_batch():
     with pytest.raises(DataError, match=r"fewer than workers x batch = 4 x 32.*at most 2"):
         check_size(10, 4, 32, "training split 'x'")
+
+
+def test_photos_are_the_same_whatever_the_number_of_writers(tmp_path):
+    from hvdfast.data import photos
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert photos.write(one, images=12, val=3, workers=1) == {"train": 12, "val": 3}
+    photos.write(two, images=12, val=3, workers=2)
+    files = sorted(p.relative_to(one) for p in one.rglob("*.jpg"))
+    assert len(files) == 15
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*.jpg"))
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+    assert len({(one / f).read_bytes() for f in files}) == 15  # every image its own crop

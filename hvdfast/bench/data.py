@@ -16,15 +16,17 @@ import torch
 
 
 def measure(backend: str, data_dir: str, threads: int, batch: int, image_size: int, warmup: int,
-            batches: int) -> dict:
+            batches: int, device: str = "cpu") -> dict:
     from .. import config, data
     from ..dist import DistInfo
     cfg = config.load(None, [f"data.dir={data_dir}", f"data.backend={backend}", f"data.batch_size={batch}",
                              f"data.image_size={image_size}", f"data.workers={threads}",
                              "model.channels_last=true"])
     torch.set_num_threads(1)  # the main process only hands batches on; the decoding cores are `threads`
-    info = DistInfo(rank=0, local_rank=0, size=1, local_size=1, cores_per_rank=threads,
-                    device=torch.device("cpu"), controller="none")
+    dev = torch.device("cuda", 0) if device == "gpu" else torch.device("cpu")
+    info = DistInfo(rank=0, local_rank=0, size=1, local_size=1, cores_per_rank=threads, device=dev,
+                    controller="none")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     d = data.build(cfg, info)
     need = warmup + batches
     if d.train.steps_per_epoch < need:
@@ -33,14 +35,16 @@ def measure(backend: str, data_dir: str, threads: int, batch: int, image_size: i
     it = d.train.epoch(0)
     for _ in range(warmup):
         next(it)
+    sync()
     t0 = time.perf_counter()
     n = 0
     for _ in range(batches):
         x, _y = next(it)
         n += x.shape[0]
+    sync()  # GPU decoding (DALI "mixed") is asynchronous: count only finished batches
     dt = time.perf_counter() - t0
     it.close()
-    return {"backend": d.backend, "threads": threads, "images": n, "seconds": dt, "img_s": n / dt,
+    return {"backend": d.backend, "device": dev.type, "threads": threads, "images": n, "seconds": dt, "img_s": n / dt,
             "batch": batch, "image_size": image_size}
 
 
@@ -50,6 +54,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", required=True, help="ImageFolder (e.g. from 'hvdfast data photos DIR')")
     p.add_argument("--backend", default="dali,torchvision", help="comma-separated backends (default both)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu",
+                   help="where batches end up; gpu: DALI decodes JPEGs with nvJPEG (device='mixed') "
+                        "(default: gpu where there is one)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="cores per backend (default: all)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image-size", type=int, default=224, help="px")
@@ -62,9 +69,10 @@ def main(argv=None) -> int:
     for backend in args.backend.split(","):
         print(f"measuring {backend} with {args.threads} core(s) ...", file=sys.stderr, flush=True)
         rows.append(measure(backend, args.dir, args.threads, args.batch, args.image_size, args.warmup,
-                            args.batches))
-    table = markdown_table(rows, [("backend", "backend"), ("threads", "cores"), ("batch", "batch"),
-                                  ("image_size", "px"), ("images", "images timed"), ("img_s", "img/s")])
+                            args.batches, args.device))
+    table = markdown_table(rows, [("backend", "backend"), ("device", "device"), ("threads", "cores"),
+                                  ("batch", "batch"), ("image_size", "px"), ("images", "images timed"),
+                                  ("img_s", "img/s")])
     by = {r["backend"]: r["img_s"] for r in rows}
     ratio = (f"DALI / torchvision: {by['dali'] / by['torchvision']:.2f}x"
              if "dali" in by and "torchvision" in by else "")

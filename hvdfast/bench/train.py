@@ -47,6 +47,7 @@ def _worker(args) -> None:
     if channels_last:
         models.to_channels_last(model)
     opt = dist.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), model, hcfg)
+    forward = models.compiled(model, not baseline and cfg.model.compile)
     g = torch.Generator().manual_seed(info.rank)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(info.device)
     if channels_last:
@@ -57,7 +58,7 @@ def _worker(args) -> None:
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         with prec.autocast():
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
         if prec.scaler is not None:
             prec.scaler.scale(loss).backward()
         else:
@@ -83,7 +84,9 @@ def _worker(args) -> None:
                 "optimizer_s": statistics.median(t[2] for t in times),
                 "step_s": statistics.median(t[3] for t in times),
                 "img_s": args.batch / statistics.median(t[3] for t in times),
-                "precision": prec.name, "channels_last": channels_last, "compression": hcfg.compression}
+                "precision": prec.name, "channels_last": channels_last, "compression": hcfg.compression,
+                "compiled": forward is not model, "device": str(info.device),
+                "gpu": torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else None}
     gathered = dist.allgather_object(per_rank, name="bench.gather")
     if info.rank == 0:
         Path(args.out).write_text(json.dumps(gathered))
@@ -124,7 +127,8 @@ def _summarise(variant: str, np_: int, ranks: list[dict]) -> dict:
             "channels_last": ranks[0]["channels_last"], "compression": ranks[0]["compression"],
             "img_s_per_worker": mean("img_s"), "img_s_total": sum(r["img_s"] for r in ranks),
             "compute_s": mean("compute_s"), "comm_wait_s": mean("comm_wait_s"),
-            "optimizer_s": mean("optimizer_s"), "step_s": mean("step_s")}
+            "optimizer_s": mean("optimizer_s"), "step_s": mean("step_s"),
+            "device": ranks[0].get("device", "cpu").split(":")[0], "compiled": ranks[0].get("compiled", False)}
 
 
 def _driver(args) -> int:
@@ -139,8 +143,9 @@ def _driver(args) -> int:
                 print(f"running {v} at {np_} worker(s) ...", file=sys.stderr, flush=True)
                 rows.append(_summarise(v, np_, _launch(v, args, np_, Path(tmp) / f"{v}-{np_}.json")))
     cols = [("variant", "variant"), ("workers", "workers"), ("threads_per_worker", "threads/worker"),
-            ("controller", "controller"), ("precision", "precision"), ("channels_last", "NHWC"),
-            ("compression", "compression"), ("img_s_total", "img/s total"), ("img_s_per_worker", "img/s/worker"),
+            ("controller", "controller"), ("device", "device"), ("precision", "precision"),
+            ("channels_last", "NHWC"), ("compiled", "compiled"), ("compression", "compression"),
+            ("img_s_total", "img/s total"), ("img_s_per_worker", "img/s/worker"),
             ("compute_s", "fwd+bwd s"), ("comm_wait_s", "comm wait s"), ("optimizer_s", "optim s"),
             ("step_s", "step s")]
     table = markdown_table(rows, cols)
