@@ -180,9 +180,16 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, cfg
         named_parameters=model.named_parameters(),
         compression=compression.get(cfg.compression),
         backward_passes_per_step=cfg.backward_passes_per_step,
-        op=hvd.Adasum if cfg.op == "adasum" else hvd.Average,
+        # prescaled: gradients arrive already divided by the worker count (loss_divisor), so a Sum is the average
+        op={"average": hvd.Average, "prescaled": hvd.Sum, "adasum": hvd.Adasum}[cfg.op],
         gradient_predivide_factor=cfg.gradient_predivide_factor,
     )
+
+
+def loss_divisor(cfg: HorovodConfig) -> int:
+    """What to divide the loss by before backward so that the allreduce's result is the gradient average:
+    the current worker count with op=prescaled (Horovod then only sums), else 1 (Horovod averages)."""
+    return _h().size() if cfg.op == "prescaled" else 1
 
 
 def broadcast_model(model: torch.nn.Module, root: int = 0) -> None:

@@ -80,6 +80,7 @@ def run(cfg: config.Config) -> dict:
 
             engine.train_epoch(model, opt, ctx["data"].train.epoch(epoch, skip=skip), steps=remaining,
                                first_step=step, lr_fn=ctx["lr_fn"], criterion=criterion, prec=prec,
+                               loss_divisor=dist.loss_divisor(cfg.horovod),  # the world size after any reset
                                clip_grad_norm=cfg.optim.clip_grad_norm, log_every=cfg.train.log_every,
                                on_log=on_log, on_step=on_step)
             state.commit()

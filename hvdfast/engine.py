@@ -63,7 +63,8 @@ def optimizer_step(optimizer, model: torch.nn.Module, prec: Precision, clip_grad
 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: int, first_step: int,
                 lr_fn: Callable[[int], float], criterion: torch.nn.Module, prec: Precision,
-                accumulation: int = 1, clip_grad_norm: float = 0.0, log_every: int = 20,
+                accumulation: int = 1, loss_divisor: int = 1, clip_grad_norm: float = 0.0,
+                log_every: int = 20,
                 on_log: Callable[[int, torch.Tensor], None] = lambda step, window: None,
                 on_step: Callable[[int], None] = lambda step: None) -> int:
     """Run up to `steps` optimizer steps (each of `accumulation` micro-batches). Returns the next global step.
@@ -87,7 +88,8 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
         with prec.autocast():
             logits = model(images)
             loss = criterion(logits, labels)
-        scaled = loss / accumulation if accumulation > 1 else loss
+        divisor = accumulation * loss_divisor  # micro-batches averaged locally; workers (op=prescaled) on the wire
+        scaled = loss / divisor if divisor > 1 else loss
         if prec.scaler is not None:
             prec.scaler.scale(scaled).backward()
         else:

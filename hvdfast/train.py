@@ -189,8 +189,8 @@ def run(cfg: config.Config) -> dict:
         steps_now = min(steps_per_epoch - skip, total_steps - step)
         step = engine.train_epoch(
             forward, opt, wd.watch(d.train.epoch(epoch, skip=skip * accum)), steps=steps_now, first_step=step,
-            lr_fn=lr_fn,
-            criterion=criterion, prec=prec, accumulation=accum, clip_grad_norm=cfg.optim.clip_grad_norm,
+            lr_fn=lr_fn, criterion=criterion, prec=prec, accumulation=accum,
+            loss_divisor=dist.loss_divisor(cfg.horovod), clip_grad_norm=cfg.optim.clip_grad_norm,
             log_every=cfg.train.log_every, on_log=on_log, on_step=on_step)
         skip = 0
         epoch_done = step % steps_per_epoch == 0 or step >= total_steps

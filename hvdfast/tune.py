@@ -16,7 +16,10 @@ from pathlib import Path
 
 import yaml
 
-TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression")
+TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op")
+# The grid's reduction ops and the training op that averages with each: Horovod's Average, or a Sum of gradients
+# already divided by the worker count (the 1/N taken on the loss: same result, no scaling pass after the sum).
+TRAINING_OP = {"average": "average", "sum": "prescaled"}
 
 
 def default_path() -> Path:
@@ -39,9 +42,10 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
     """The fastest cell and the reasons, one line per alternative it beat."""
     rows = sorted(rows, key=lambda r: r["ms"])
     best = rows[0]
+    op = TRAINING_OP[best.get("op", "average")]
     why = [f"fastest: {best['controller']}, malloc {best.get('malloc', 'default')}, fusion {best['fusion_mb']:g} "
-           f"MiB, cycle {best['cycle_ms']:g} ms, compression {best['compression']}: {best['ms']:.1f} ms per "
-           f"gradient allreduce"]
+           f"MiB, cycle {best['cycle_ms']:g} ms, compression {best['compression']}, op {op}: {best['ms']:.1f} ms "
+           f"per gradient allreduce"]
 
     def best_of(pred):
         sel = [r for r in rows if pred(r)]
@@ -56,6 +60,11 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
         if alt:
             verdict = "costs more than it saves" if alt["ms"] > best["ms"] else "is no faster"
             why.append(f"compression {comp} on {best['controller']}: {alt['ms']:.1f} ms — {verdict} here")
+    for other in sorted({r.get("op", "average") for r in rows} - {best.get("op", "average")}):
+        alt = best_of(lambda r: r.get("op", "average") == other and r["controller"] == best["controller"])
+        if alt:
+            why.append(f"op {TRAINING_OP[other]} on {best['controller']}: {alt['ms']:.1f} ms at its best "
+                       f"({alt['ms'] / best['ms']:.2f}x)")
     for mal in sorted({r.get("malloc", "default") for r in rows} - {best.get("malloc", "default")}):
         alt = best_of(lambda r: r.get("malloc", "default") == mal and r["controller"] == best["controller"])
         if alt:
@@ -86,7 +95,7 @@ def main(argv=None) -> int:
     allreduce.add_arguments(p)
     p.add_argument("--out", help=f"settings file (default {default_path()}; HVDFAST_TUNED=PATH to move it)")
     args = p.parse_args(argv)
-    args.ops = "average"  # what training runs
+    args.ops = ",".join(TRAINING_OP)  # each a way training can average
     hw = hardware()
     print(header(hw), file=sys.stderr)
     _, rows = allreduce.grid(args)
@@ -95,13 +104,13 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "horovod": {"fusion_threshold_mb": float(best["fusion_mb"]), "cycle_time_ms": float(best["cycle_ms"]),
-                    "compression": best["compression"]},
+                    "compression": best["compression"], "op": TRAINING_OP[best.get("op", "average")]},
         "launcher": {"controller": best["controller"],
                      "env": allreduce.malloc_env({}, best.get("malloc", "default"))},
         "why": why,
         "measured_on": {"host": hw["host"], "cpu": hw["cpu"], "cores": hw["cores"], "ranks": args.np,
                         "model": args.model},
-        "grid_ms": [{k: r[k] for k in ("controller", "malloc", "fusion_mb", "cycle_ms", "compression", "ms")}
+        "grid_ms": [{k: r[k] for k in ("controller", "malloc", "fusion_mb", "cycle_ms", "op", "compression", "ms")}
                     for r in rows],
     }
     out.write_text(yaml.safe_dump(doc, sort_keys=False))

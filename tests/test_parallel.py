@@ -42,10 +42,15 @@ def test_broadcast_and_allgather(ranks):
         assert r["gathered"] == [k * k for k in range(NP)]
 
 
-@pytest.mark.parametrize("compression,tol", [("none", 1e-6), ("fp16", 2e-3), ("bf16", 1.6e-2)])
-def test_optimizer_step_averages_gradients_and_keeps_ranks_identical(ranks, compression, tol):
+@pytest.mark.parametrize("op,compression,tol", [("steps", "none", 1e-6), ("steps", "fp16", 2e-3),
+                                                ("steps", "bf16", 1.6e-2), ("prescaled", "none", 1e-6),
+                                                ("prescaled", "fp16", 2e-3)])
+def test_optimizer_step_averages_gradients_and_keeps_ranks_identical(ranks, op, compression, tol):
+    # steps: Horovod's Average; prescaled: the loss divided by the worker count, and Horovod's Sum.
     _, res = ranks
-    steps = [r["steps"][compression] for r in res]
+    if op == "prescaled":
+        assert [r["prescaled"]["divisor"] for r in res] == [NP] * NP
+    steps = [r[op][compression] for r in res]
     # Parameters broadcast from rank 0 although every rank initialised differently.
     assert steps[0]["after_broadcast"] == steps[1]["after_broadcast"]
     # The reduced gradient is the mean of the ranks' local gradients (within the wire format's precision) ...

@@ -50,3 +50,21 @@ def test_malloc_mode_is_explained_and_becomes_launcher_environment():
     assert tune.launcher_env({"launcher": {"env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}}) == {
         "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     assert tune.launcher_env(None) == {}
+
+
+def test_sum_on_the_wire_becomes_the_prescaled_training_op(tmp_path, monkeypatch):
+    rows = [dict(row("mpi", 2, 1, "none", 34.3), op="average"), dict(row("mpi", 2, 1, "none", 26.4), op="sum")]
+    best, why = tune.choose(rows)
+    assert best["op"] == "sum" and "op prescaled: 26.4 ms" in why[0]
+    assert any(w.startswith("op average on mpi: 34.3 ms at its best (1.30x)") for w in why)
+    f = tmp_path / "tuned.yaml"
+    f.write_text(yaml.safe_dump({"horovod": {"op": tune.TRAINING_OP[best["op"]]}}))
+    monkeypatch.setenv("HVDFAST_TUNED", str(f))
+    assert config.load(None).horovod.op == "prescaled"
+    assert config.load(None, ["horovod.op=average"]).horovod.op == "average"   # the command line wins
+    assert config.load(None, ["horovod.op=adasum"]).horovod.op == "adasum"
+    recipe = tmp_path / "adasum.yaml"
+    recipe.write_text("horovod:\n  op: adasum\n")
+    assert config.load(recipe).horovod.op == "adasum"  # a different reduction, not a way to average: kept
+    with pytest.raises(ConfigError, match="gradient_predivide_factor applies to op=average only"):
+        config.load(None, ["horovod.op=prescaled", "horovod.gradient_predivide_factor=2"])

@@ -48,6 +48,7 @@ def _worker(args) -> None:
         models.to_channels_last(model)
     opt = dist.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), model, hcfg)
     forward = models.compiled(model, not baseline and cfg.model.compile)
+    divisor = dist.loss_divisor(hcfg)  # op=prescaled: Horovod sums gradients already divided by the worker count
     g = torch.Generator().manual_seed(info.rank)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(info.device)
     if channels_last:
@@ -58,7 +59,7 @@ def _worker(args) -> None:
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         with prec.autocast():
-            loss = torch.nn.functional.cross_entropy(forward(x), y)
+            loss = torch.nn.functional.cross_entropy(forward(x), y) / divisor
         if prec.scaler is not None:
             prec.scaler.scale(loss).backward()
         else:

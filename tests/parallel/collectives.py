@@ -23,8 +23,8 @@ def param_vector(model) -> list:
     return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]).tolist()
 
 
-def grads_after_step(compression: str, rank: int) -> dict:
-    cfg = HorovodConfig(compression=compression)
+def grads_after_step(compression: str, rank: int, op: str = "average") -> dict:
+    cfg = HorovodConfig(compression=compression, op=op)
     model = tiny_model(seed=100 + rank)          # different init on every rank ...
     dist.broadcast_model(model)                  # ... until rank 0's weights are broadcast
     after_bcast = param_vector(model)
@@ -35,7 +35,7 @@ def grads_after_step(compression: str, rank: int) -> dict:
     y = torch.randint(0, 4, (4,))
     loss = torch.nn.functional.cross_entropy(model(x), y)
     local = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
-    loss.backward()
+    (loss / dist.loss_divisor(cfg)).backward()  # op=prescaled: divided by the worker count, then summed
     opt.synchronize()
     reduced = [p.grad.detach().clone() for p in model.parameters()]
     channels_last_kept = all(g.is_contiguous(memory_format=torch.channels_last)
@@ -57,6 +57,8 @@ def main(out: Path) -> None:
     res["bcast"] = dist.broadcast_object({"from": r, "payload": list(range(r, r + 3))}, root=0, name="t.obj")
     res["gathered"] = dist.allgather_object(r * r, name="t.gather")
     res["steps"] = {c: grads_after_step(c, r) for c in ("none", "fp16", "bf16")}
+    res["prescaled"] = {"divisor": dist.loss_divisor(HorovodConfig(op="prescaled")),
+                        **{c: grads_after_step(c, r, "prescaled") for c in ("none", "fp16")}}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{r}.json").write_text(json.dumps(res))
     dist.shutdown()
