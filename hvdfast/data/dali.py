@@ -7,10 +7,16 @@ different random subset each epoch; pad_last_batch + LastBatchPolicy.FILL give e
 full batches (the last one padded by repeating a sample), so every image is trained on each epoch and no rank
 waits at epoch end. Validation keeps the file order and uses LastBatchPolicy.PARTIAL with padding
 removed, so every image is counted exactly once across ranks.
+
+A training epoch's pipeline (file list, decoders, nvJPEG buffers, first batches) is built in a background thread
+while the previous epoch trains: on an H100 a new pipeline cost 0.5 s at each epoch start (4-6 s for the first
+two), which at a 32K global batch (39 steps per epoch) would be a tenth of the epoch.
 """
 from __future__ import annotations
 
+import atexit
 import math
+import threading
 from pathlib import Path
 
 import torch
@@ -21,6 +27,13 @@ from .pack import read_meta
 from .torchvision import corrupt_error
 
 READER = "Reader"
+_BUILDING: set = set()  # pipelines being built ahead (the last epoch's is never used), joined before exit
+
+
+@atexit.register
+def _join_builds() -> None:
+    for thread in list(_BUILDING):
+        thread.join(timeout=120)  # let DALI finish in C++ before the interpreter goes away
 
 
 class FolderSource:
@@ -130,6 +143,7 @@ class DaliLoader:
         # DALI shards contiguously; with pad_last_batch every shard is padded to the largest one's full batches.
         self.steps_per_epoch = math.ceil(math.ceil(source.usable / size) / batch)
         self._val_iter = None
+        self._next = None  # (epoch, thread, result box) of the training pipeline being built ahead
 
     def _iterator(self, epoch: int):
         from nvidia.dali.plugin.pytorch import DALIClassificationIterator, LastBatchPolicy
@@ -139,13 +153,44 @@ class DaliLoader:
         policy = LastBatchPolicy.FILL if self.train else LastBatchPolicy.PARTIAL
         return DALIClassificationIterator(pipe, reader_name=READER, last_batch_policy=policy, auto_reset=True)
 
+    def _prefetch(self, epoch: int) -> None:
+        """Start building `epoch`'s training iterator (which also decodes its first batches) in a thread."""
+        box: dict = {}
+
+        def build():
+            try:
+                if self.device.type == "cuda":
+                    torch.cuda.set_device(self.device)  # the torch side of DALI's iterator uses the current device
+                box["it"] = self._iterator(epoch)
+            except BaseException as exc:  # handed to the training thread, which raises it
+                box["error"] = exc
+            finally:
+                _BUILDING.discard(threading.current_thread())
+
+        thread = threading.Thread(target=build, name=f"hvdfast-dali-epoch-{epoch}", daemon=True)
+        _BUILDING.add(thread)
+        thread.start()
+        self._next = (epoch, thread, box)
+
+    def _take(self, epoch: int):
+        """`epoch`'s training iterator: the one built ahead if it is for this epoch, else a new one."""
+        ahead, self._next = self._next, None
+        if ahead is None or ahead[0] != epoch:
+            return self._iterator(epoch)  # first epoch, a resume, or an epoch skipped: nothing ahead to use
+        _, thread, box = ahead
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["it"]
+
     def epoch(self, epoch: int, skip: int = 0):
-        if self.train:
-            it = self._iterator(epoch)
-        else:
-            self._val_iter = self._val_iter or self._iterator(0)
-            it = self._val_iter
         try:
+            if self.train:
+                it = self._take(epoch)
+                self._prefetch(epoch + 1)
+            else:
+                self._val_iter = self._val_iter or self._iterator(0)
+                it = self._val_iter
             for i, out in enumerate(it):
                 if i < skip:
                     continue  # mid-epoch resume: the order is replayed, consumed batches are dropped
