@@ -66,6 +66,9 @@ class HorovodConfig:
     fusion_threshold_mb: float = 64.0  # MiB; tensor fusion buffer (HOROVOD_FUSION_THRESHOLD); 0 = no fusion
     cycle_time_ms: float = 1.0        # ms between Horovod background cycles (HOROVOD_CYCLE_TIME)
     backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
+    bucket_mb: float = 0.0            # MiB; > 0: gradients live in flat buckets of about this size, each one
+                                      # allreduced as a single tensor when its last gradient is ready (no fusion
+                                      # copies, few calls; hvdfast/buckets.py); 0: Horovod's per-tensor hooks
     gradient_predivide_factor: float = 1.0  # divide before the sum and after it (average only)
     op: str = "average"               # average | prescaled | adasum. prescaled: the same average, with the 1/N
                                       # taken on the loss before backward and a plain Sum on the wire (saves
@@ -122,7 +125,8 @@ CHOICES = {
 POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.backward_passes_per_step",
             "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "train.epochs",
             "horovod.cycle_time_ms", "horovod.gradient_predivide_factor"}
-NON_NEGATIVE = {"horovod.fusion_threshold_mb", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
+NON_NEGATIVE = {"horovod.fusion_threshold_mb", "horovod.bucket_mb", "optim.weight_decay", "optim.momentum",
+                "optim.warmup_epochs",
                 "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",
                 "train.hang_timeout_s", "train.threads",
                 "horovod.stall_check_warning_s",
@@ -218,6 +222,9 @@ def validate(cfg: Config) -> None:
     if len(cfg.data.crop_scale) != 2 or not (0 < lo <= hi <= 1):
         raise ConfigError(f"config key 'data.crop_scale' must be [min, max] with 0 < min <= max <= 1, "
                           f"got {list(cfg.data.crop_scale)}.")
+    if cfg.horovod.bucket_mb > 0 and cfg.horovod.op == "adasum":
+        raise ConfigError("horovod.bucket_mb averages gradients in buckets; it does not apply to op=adasum "
+                          "(set horovod.bucket_mb=0).")
     if cfg.horovod.op != "average" and cfg.horovod.gradient_predivide_factor != 1.0:
         raise ConfigError(f"horovod.gradient_predivide_factor applies to op=average only; set it to 1.0 with "
                           f"{cfg.horovod.op}.")

@@ -173,6 +173,11 @@ def _h():
 
 
 def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, cfg: HorovodConfig):
+    if cfg.bucket_mb > 0:
+        from .buckets import BucketedOptimizer
+        # Horovod: the same averaged gradients, reduced as a few flat buckets instead of one call per tensor.
+        return BucketedOptimizer(optimizer, model, bucket_mb=cfg.bucket_mb, compression_name=cfg.compression,
+                                 op=cfg.op, backward_passes_per_step=cfg.backward_passes_per_step)
     hvd = _h()
     # Horovod: allreduce gradients as backward produces them (hooks), fused and compressed.
     return hvd.DistributedOptimizer(

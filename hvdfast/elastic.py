@@ -12,7 +12,8 @@ The state that survives a reset is Horovod's TorchState (model, optimizer, image
 `train.checkpoint_every_steps` steps (default 10 here); after each reset the data shards, the global batch and the
 LR schedule are rebuilt for the new world size, and the schedule position is kept in images seen. Horovod's
 elastic state sync broadcasts tensors as they are, and Horovod refuses NHWC-strided ones, so an elastic run keeps
-the model in NCHW (channels_last off).
+the model in NCHW (channels_last off). Gradient buckets (horovod.bucket_mb) are off too: Horovod's TorchState
+syncs a torch optimizer, and its DistributedOptimizer is the one tested through resets.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from .train import consistency
 def run(cfg: config.Config) -> dict:
     if cfg.model.channels_last:
         cfg = config.replace(cfg, "model.channels_last", False)
+    if cfg.horovod.bucket_mb > 0:
+        cfg = config.replace(cfg, "horovod.bucket_mb", 0.0)
     info = dist.init(cfg.horovod, threads=cfg.train.threads, elastic=True)
     torch.manual_seed(cfg.train.seed)
     ctx: dict = {}

@@ -2,10 +2,11 @@
 
 Horovod's own --autotune adjusts fusion threshold and cycle time within one controller while training; it cannot
 switch controllers, and it does not know that fp16 compression is a pessimisation where the sum runs on a CPU that
-adds fp16 slowly (Gloo here). This measures controller x fusion x cycle x compression with the model's real
-gradient set, picks the fastest, explains the choice against the alternatives, and writes a YAML file that
-`hvdfast train` and `hvdfast bench train` apply (recipe < tuned file < command-line overrides) while
-`horovod.tuned` is `auto` (the default) and the file exists.
+adds fp16 slowly (Gloo here), nor that a few flat gradient buckets beat one allreduce per tensor. This measures
+controller x malloc x fusion x cycle x buckets x op x compression with the model's real gradient set, picks the
+fastest, explains the choice against the alternatives, and writes a YAML file that `hvdfast train` and `hvdfast
+bench train` apply (recipe < tuned file < command-line overrides) while `horovod.tuned` is `auto` (the default)
+and the file exists.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op")
+TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op", "bucket_mb")
 # The grid's reduction ops and the training op that averages with each: Horovod's Average, or a Sum of gradients
 # already divided by the worker count (the 1/N taken on the loss: same result, no scaling pass after the sum).
 TRAINING_OP = {"average": "average", "sum": "prescaled"}
@@ -43,9 +44,11 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
     rows = sorted(rows, key=lambda r: r["ms"])
     best = rows[0]
     op = TRAINING_OP[best.get("op", "average")]
+    bucket = best.get("bucket_mb", 0.0)
     why = [f"fastest: {best['controller']}, malloc {best.get('malloc', 'default')}, fusion {best['fusion_mb']:g} "
-           f"MiB, cycle {best['cycle_ms']:g} ms, compression {best['compression']}, op {op}: {best['ms']:.1f} ms "
-           f"per gradient allreduce"]
+           f"MiB, cycle {best['cycle_ms']:g} ms, compression {best['compression']}, op {op}, "
+           f"{f'gradient buckets of {bucket:g} MiB' if bucket else 'one allreduce per gradient'}: "
+           f"{best['ms']:.1f} ms per gradient allreduce"]
 
     def best_of(pred):
         sel = [r for r in rows if pred(r)]
@@ -64,6 +67,12 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
         alt = best_of(lambda r: r.get("op", "average") == other and r["controller"] == best["controller"])
         if alt:
             why.append(f"op {TRAINING_OP[other]} on {best['controller']}: {alt['ms']:.1f} ms at its best "
+                       f"({alt['ms'] / best['ms']:.2f}x)")
+    for other in sorted({r.get("bucket_mb", 0.0) for r in rows} - {bucket}):
+        alt = best_of(lambda r: r.get("bucket_mb", 0.0) == other and r["controller"] == best["controller"])
+        if alt:
+            what = f"gradient buckets of {other:g} MiB" if other else "one allreduce per gradient"
+            why.append(f"{what} on {best['controller']}: {alt['ms']:.1f} ms at its best "
                        f"({alt['ms'] / best['ms']:.2f}x)")
     for mal in sorted({r.get("malloc", "default") for r in rows} - {best.get("malloc", "default")}):
         alt = best_of(lambda r: r.get("malloc", "default") == mal and r["controller"] == best["controller"])
@@ -104,13 +113,15 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "horovod": {"fusion_threshold_mb": float(best["fusion_mb"]), "cycle_time_ms": float(best["cycle_ms"]),
-                    "compression": best["compression"], "op": TRAINING_OP[best.get("op", "average")]},
+                    "compression": best["compression"], "op": TRAINING_OP[best.get("op", "average")],
+                    "bucket_mb": float(best.get("bucket_mb", 0.0))},
         "launcher": {"controller": best["controller"],
                      "env": allreduce.malloc_env({}, best.get("malloc", "default"))},
         "why": why,
         "measured_on": {"host": hw["host"], "cpu": hw["cpu"], "cores": hw["cores"], "ranks": args.np,
                         "model": args.model},
-        "grid_ms": [{k: r[k] for k in ("controller", "malloc", "fusion_mb", "cycle_ms", "op", "compression", "ms")}
+        "grid_ms": [{k: r[k] for k in ("controller", "malloc", "fusion_mb", "cycle_ms", "bucket_mb", "op",
+                                       "compression", "ms")}
                     for r in rows],
     }
     out.write_text(yaml.safe_dump(doc, sort_keys=False))

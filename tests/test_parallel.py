@@ -44,9 +44,11 @@ def test_broadcast_and_allgather(ranks):
 
 @pytest.mark.parametrize("op,compression,tol", [("steps", "none", 1e-6), ("steps", "fp16", 2e-3),
                                                 ("steps", "bf16", 1.6e-2), ("prescaled", "none", 1e-6),
-                                                ("prescaled", "fp16", 2e-3)])
+                                                ("prescaled", "fp16", 2e-3), ("buckets", "none", 1e-6),
+                                                ("buckets", "fp16", 2e-3), ("buckets_prescaled", "none", 1e-6)])
 def test_optimizer_step_averages_gradients_and_keeps_ranks_identical(ranks, op, compression, tol):
-    # steps: Horovod's Average; prescaled: the loss divided by the worker count, and Horovod's Sum.
+    # steps: Horovod's Average; prescaled: the loss divided by the worker count, and Horovod's Sum; buckets: the
+    # gradients as views into flat buffers, each reduced as one tensor (hvdfast/buckets.py).
     _, res = ranks
     if op == "prescaled":
         assert [r["prescaled"]["divisor"] for r in res] == [NP] * NP

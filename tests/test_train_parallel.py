@@ -58,11 +58,14 @@ def test_compiled_model_still_allreduces_every_gradient(digits_dir, tmp_path):
     assert ranks[0]["none"]["best_top1"] > 20  # 10 classes: chance is 10%
 
 
-def test_prescaled_op_trains_the_same_model_as_horovods_average(trained, digits_dir, tmp_path):
+@pytest.mark.parametrize("how", [["horovod.op=prescaled"], ["horovod.bucket_mb=4"],
+                                 ["horovod.bucket_mb=4", "horovod.op=prescaled"]])
+def test_faster_averaging_trains_the_same_model_as_horovods_average(trained, digits_dir, tmp_path, how):
     # op=prescaled divides the loss by the worker count and lets Horovod sum. With 2 workers the division is by a
-    # power of two, exact in binary floating point, so the run must reproduce op=average's parameters bit for bit.
+    # power of two, exact in binary floating point; buckets reduce the same numbers elementwise, only grouped into
+    # fewer tensors. Each must reproduce op=average's parameters bit for bit.
     proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(tmp_path),
-                                    str(digits_dir), "none", "horovod.op=prescaled"], timeout=600)
+                                    str(digits_dir), "none", *how], timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     _, average, _ = trained
     prescaled = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -55,7 +55,7 @@ def test_malloc_mode_is_explained_and_becomes_launcher_environment():
 def test_sum_on_the_wire_becomes_the_prescaled_training_op(tmp_path, monkeypatch):
     rows = [dict(row("mpi", 2, 1, "none", 34.3), op="average"), dict(row("mpi", 2, 1, "none", 26.4), op="sum")]
     best, why = tune.choose(rows)
-    assert best["op"] == "sum" and "op prescaled: 26.4 ms" in why[0]
+    assert best["op"] == "sum" and "op prescaled, one allreduce per gradient: 26.4 ms" in why[0]
     assert any(w.startswith("op average on mpi: 34.3 ms at its best (1.30x)") for w in why)
     f = tmp_path / "tuned.yaml"
     f.write_text(yaml.safe_dump({"horovod": {"op": tune.TRAINING_OP[best["op"]]}}))
@@ -68,3 +68,13 @@ def test_sum_on_the_wire_becomes_the_prescaled_training_op(tmp_path, monkeypatch
     assert config.load(recipe).horovod.op == "adasum"  # a different reduction, not a way to average: kept
     with pytest.raises(ConfigError, match="gradient_predivide_factor applies to op=average only"):
         config.load(None, ["horovod.op=prescaled", "horovod.gradient_predivide_factor=2"])
+
+
+def test_buckets_are_a_grid_dimension_and_become_horovod_bucket_mb():
+    rows = [dict(row("mpi", 1, 1, "none", 27.1), op="sum", bucket_mb=0.0),
+            dict(row("mpi", 1, 1, "none", 16.8), op="sum", bucket_mb=25.0)]
+    best, why = tune.choose(rows)
+    assert best["bucket_mb"] == 25.0 and "gradient buckets of 25 MiB: 16.8 ms" in why[0]
+    assert any(w.startswith("one allreduce per gradient on mpi: 27.1 ms at its best (1.61x)") for w in why)
+    with pytest.raises(ConfigError, match="does not apply to op=adasum"):
+        config.load(None, ["horovod.bucket_mb=25", "horovod.op=adasum", "horovod.tuned=never"])

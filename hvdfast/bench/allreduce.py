@@ -2,10 +2,11 @@
 threshold, cycle time and compression, with a raw MPI_Allreduce reference and a memcpy floor from the same run.
 
 Controller, fusion threshold and cycle time are read by hvd.init(), so the driver starts one launcher run per
-(controller, fusion, cycle) cell; compressions are measured inside each run. Reported per cell: median wall time of
-one full gradient allreduce (compress -> allreduce every tensor -> synchronize -> decompress), algorithm bandwidth
-(gradient bytes / time), bus bandwidth (algbw x 2(n-1)/n, the bytes each link carries in a ring) and the ratio to a
-memcpy of the same bytes measured on this machine in the same run.
+(controller, fusion, cycle) cell; ops, compressions and gradient buckets are measured inside each run (buckets:
+horovod.bucket_mb, the gradients as a few flat buffers of that size, one allreduce each). Reported per cell: median
+wall time of one full gradient allreduce (compress -> allreduce every tensor -> synchronize -> decompress),
+algorithm bandwidth (gradient bytes / time), bus bandwidth (algbw x 2(n-1)/n, the bytes each link carries in a
+ring) and the ratio to a memcpy of the same bytes measured on this machine in the same run.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def memcpy_floor(nbytes: int, repeat: int = 10) -> float:
 # ------------------------------------------------------------------------------------------------- worker side
 def _worker(args) -> None:
     from .. import compression, dist
+    from ..buckets import plan
     from ..config import HorovodConfig
     hcfg = HorovodConfig(fusion_threshold_mb=args.fusion_mb, cycle_time_ms=args.cycle_ms)
     shapes = gradient_shapes(args.model)
@@ -79,22 +81,28 @@ def _worker(args) -> None:
                "cycle_ms": args.cycle_ms, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                "tensors": len(grads), "bytes": nbytes, "size": info.size, "cells": {}}
     results["times"] = []
-    for op, name in itertools.product(args.ops.split(","), args.compressions.split(",")):
+    for bucket_mb, op, name in itertools.product([float(b) for b in args.buckets_mb.split(",")],
+                                                 args.ops.split(","), args.compressions.split(",")):
         comp = compression.get(name)
+        tensors = grads if bucket_mb <= 0 else [  # what horovod.bucket_mb hands Horovod: a few flat buffers
+            torch.cat([grads[i].reshape(-1) for i in idx]) for idx in plan([t.numel() for t in grads],
+                                                                            int(bucket_mb * 2 ** 20))]
         times = []
         for it in range(args.warmup + args.repeat):
             dist.barrier()
             t0 = time.perf_counter()
             handles = []
-            for i, t in enumerate(grads):
+            for i, t in enumerate(tensors):
                 wire, ctx = comp.compress(t)
                 handles.append((dist.allreduce_async_(wire, name=f"g{i}", op=op), ctx))
             for h, ctx in handles:
                 comp.decompress(dist.synchronize(h), ctx)
             times.append(time.perf_counter() - t0)
         # the slowest rank defines the step
-        per_rank = dist.allgather_object(statistics.median(times[args.warmup:]), name=f"t.{op}.{name}")
-        results["times"].append({"op": op, "compression": name, "s": max(per_rank)})
+        per_rank = dist.allgather_object(statistics.median(times[args.warmup:]),
+                                         name=f"t.{bucket_mb:g}.{op}.{name}")
+        results["times"].append({"bucket_mb": bucket_mb, "tensors": len(tensors), "op": op, "compression": name,
+                                 "s": max(per_rank)})
     if raw is not None:
         results["raw_mpi_allreduce_s"] = raw
     if info.rank == 0:
@@ -133,6 +141,7 @@ def run_cell(controller: str, malloc: str, np_: int, fusion_mb: float, cycle_ms:
            f"--{controller}", sys.executable, "-m", "hvdfast.bench.allreduce", "--worker", "--out", str(out),
            "--model", args.model, "--fusion-mb", str(fusion_mb), "--cycle-ms", str(cycle_ms), "--malloc", malloc,
            "--compressions", args.compressions, "--ops", args.ops, "--layout", args.layout,
+           "--buckets-mb", args.buckets_mb,
            "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
     env = malloc_env(dict(os.environ, PYTHONUNBUFFERED="1"), malloc)
     if os.geteuid() == 0:
@@ -153,7 +162,7 @@ def rows_from(cell: dict) -> list[dict]:
         comp, t = m["compression"], m["s"]
         algbw = cell["bytes"] / t / 1e9
         rows.append({"controller": cell["controller"], "malloc": cell["malloc"], "fusion_mb": cell["fusion_mb"],
-                     "cycle_ms": cell["cycle_ms"], "op": m["op"],
+                     "cycle_ms": cell["cycle_ms"], "bucket_mb": m.get("bucket_mb", 0.0), "op": m["op"],
                      "compression": comp, "ms": 1e3 * t, "algbw_gbs": algbw, "busbw_gbs": algbw * 2 * (n - 1) / n,
                      "x_memcpy": t / cell["memcpy_s"]})
     return rows
@@ -188,6 +197,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reduction ops: average (horovod.op=average: Horovod sums, then scales the fused buffer "
                         "in a separate pass) and sum (what MPI_Allreduce computes, and what horovod.op=prescaled "
                         "sends: the 1/N is taken on the loss)")
+    p.add_argument("--buckets-mb", default="0,25",
+                   help="gradient bucket sizes in MiB, comma separated; 0 = one allreduce per gradient tensor "
+                        "(Horovod's DistributedOptimizer), N = horovod.bucket_mb=N")
     p.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last",
                    help="memory format of the 4-D gradients (the recipes train channels_last)")
     p.add_argument("--malloc", default=",".join(MALLOC),
@@ -215,7 +227,8 @@ def main(argv=None) -> int:
     cells, rows = grid(args)
     rows.sort(key=lambda r: r["ms"])
     table = markdown_table(rows, [("controller", "controller"), ("malloc", "malloc"), ("fusion_mb", "fusion MiB"),
-                                  ("cycle_ms", "cycle ms"), ("op", "op"), ("compression", "compression"),
+                                  ("cycle_ms", "cycle ms"), ("bucket_mb", "buckets MiB"), ("op", "op"),
+                                  ("compression", "compression"),
                                   ("ms", "ms"),
                                   ("algbw_gbs", "algbw GB/s"), ("busbw_gbs", "busbw GB/s"),
                                   ("x_memcpy", "x memcpy")])
@@ -231,8 +244,9 @@ def main(argv=None) -> int:
         best = next((r for r in rows if r["op"] == op), None)  # rows are sorted by time
         if best:
             lines.append(f"fastest {op} ({training}): {best['controller']} malloc {best['malloc']} fusion "
-                         f"{best['fusion_mb']:g} MiB cycle {best['cycle_ms']:g} ms {best['compression']}: "
-                         f"{best['ms']:.1f} ms ({best['x_memcpy']:.1f}x memcpy)")
+                         f"{best['fusion_mb']:g} MiB cycle {best['cycle_ms']:g} ms buckets "
+                         f"{best['bucket_mb']:g} MiB {best['compression']}: {best['ms']:.1f} ms "
+                         f"({best['x_memcpy']:.1f}x memcpy)")
     text = "\n".join(lines)
     print(f"{header(hw)}\n{text}\n\n{table}")
     j, md = write(Path(args.out_dir), "allreduce", {"hardware": hw, "cells": cells, "rows": rows,
@@ -248,11 +262,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
     def key(r):
-        return r["controller"], r["malloc"], r["cycle_ms"], r["op"], r["compression"]
+        return r["controller"], r["malloc"], r["cycle_ms"], r["bucket_mb"], r["op"], r["compression"]
     for k in sorted({key(r) for r in rows}):
         pts = sorted((r["fusion_mb"], r["ms"]) for r in rows if key(r) == k)
-        ctl, mal, cyc, op, comp = k
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{ctl} {mal} {op} {comp} cycle {cyc:g}ms")
+        ctl, mal, cyc, bucket, op, comp = k
+        label = f"{ctl} {mal} {op} {comp} cycle {cyc:g}ms" + (f" buckets {bucket:g}MiB" if bucket else "")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
     ax.set(xlabel="fusion threshold (MiB)", ylabel="allreduce time (ms)", yscale="log",
            title="gradient allreduce time vs fusion threshold")
     ax.legend(fontsize=5, ncol=2)

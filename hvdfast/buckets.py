@@ -1,0 +1,160 @@
+"""Gradient buckets: every gradient is a view into one of a few flat buffers, and each buffer goes to Horovod as one
+tensor as soon as its last gradient is ready (the idea of DDP's gradient_as_bucket_view, on Horovod's allreduce).
+
+Why: Horovod's DistributedOptimizer allreduces every gradient tensor on its own, and its tensor fusion copies the
+small ones into a fusion buffer and back. ResNet-50 has 161 gradients (102 MB): measured on the 2-core machine,
+2 ranks, MPI, the tuned per-tensor allreduce took 26-27 ms against 17 ms for the same bytes as four 25 MB buffers
+reduced in place (README, Performance). Buckets need no copy and make few large calls.
+
+`BucketedOptimizer` has the duck type the engine uses from Horovod's DistributedOptimizer (synchronize,
+skip_synchronize, step, zero_grad, param_groups, state_dict) around the plain optimizer, so checkpoints keep the
+plain optimizer's format. Gradients are assigned to buckets in reverse parameter order, the order backward
+produces them, so the first bucket is reduced while backward still runs.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from . import compression, dist
+
+
+def plan(sizes: list[int], bucket_bytes: int, element_bytes: int = 4) -> list[list[int]]:
+    """Group parameter indices, last parameter first, into buckets of at most `bucket_bytes` (a bigger tensor gets
+    a bucket of its own)."""
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i in reversed(range(len(sizes))):
+        nbytes = sizes[i] * element_bytes
+        if current and used + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def _view(flat: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+    """A slice of `flat` with `like`'s shape and memory format (channels_last conv weights keep NHWC strides)."""
+    n = like.numel()
+    piece = flat[offset:offset + n]
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        o, c, h, w = like.shape
+        return piece.view(o, h, w, c).permute(0, 3, 1, 2)
+    return piece.view(like.shape)
+
+
+class _Bucket:
+    def __init__(self, index: int, params: list[torch.nn.Parameter]):
+        self.index, self.params = index, params
+        dtype, device = params[0].dtype, params[0].device
+        self.flat = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=device)
+        self.views = []
+        offset = 0
+        for p in params:
+            self.views.append(_view(self.flat, offset, p))
+            offset += p.numel()
+        self.ready = 0
+        self.handle = None
+        self.ctx = None
+        self.wire = None
+
+
+class BucketedOptimizer:
+    """Horovod-averaged gradients through flat buckets; see the module docstring."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, *, bucket_mb: float,
+                 compression_name: str = "none", op: str = "average", backward_passes_per_step: int = 1):
+        if op not in ("average", "prescaled"):
+            raise ValueError(f"gradient buckets average gradients; op={op} needs Horovod's own optimizer")
+        self.optimizer = optimizer
+        self.compressor = compression.get(compression_name)
+        self.wire_op = "sum" if op == "prescaled" else "average"  # prescaled: the loss already carries the 1/N
+        self.passes = backward_passes_per_step
+        params = [p for p in model.parameters() if p.requires_grad]
+        by_key: dict = {}
+        for p in params:  # one dtype and device per flat buffer
+            by_key.setdefault((p.dtype, p.device), []).append(p)
+        self.buckets: list[_Bucket] = []
+        for group in by_key.values():
+            element = group[0].element_size()
+            for idx in plan([p.numel() for p in group], max(1, int(bucket_mb * 2 ** 20)), element):
+                self.buckets.append(_Bucket(len(self.buckets), [group[i] for i in idx]))
+        self._where = {}
+        for b in self.buckets:
+            for p, v in zip(b.params, b.views):
+                p.grad = v  # backward accumulates into the view in place (the grad exists, so no new tensor)
+                self._where[p] = (b, v)
+                p.register_post_accumulate_grad_hook(self._on_grad)
+        self._synchronized = False
+        self._skip = False
+
+    # -- what backward calls
+    def _on_grad(self, p: torch.Tensor) -> None:
+        bucket, view = self._where[p]
+        if p.grad is not view:
+            # Someone replaced the gradient (e.g. zero_grad(set_to_none=True)): fold it back into the bucket.
+            view.copy_(p.grad)
+            p.grad = view
+        bucket.ready += 1
+        if bucket.ready == len(bucket.params) * self.passes:
+            self._launch(bucket)
+
+    def _launch(self, bucket: _Bucket) -> None:
+        bucket.wire, bucket.ctx = self.compressor.compress(bucket.flat)
+        # Horovod: one in-place allreduce per bucket, started while backward computes the next bucket's gradients.
+        bucket.handle = dist.allreduce_async_(bucket.wire, name=f"hvdfast.bucket.{bucket.index}", op=self.wire_op)
+
+    # -- Horovod DistributedOptimizer's duck type
+    def synchronize(self) -> None:
+        for bucket in self.buckets:
+            if bucket.handle is None:
+                self._launch(bucket)  # some gradient never arrived (unused parameter): reduce what there is
+        for bucket in self.buckets:
+            reduced = dist.synchronize(bucket.handle)
+            out = self.compressor.decompress(reduced, bucket.ctx)
+            if out.data_ptr() != bucket.flat.data_ptr():
+                bucket.flat.copy_(out)
+            bucket.handle = bucket.wire = bucket.ctx = None
+            bucket.ready = 0
+        self._synchronized = True
+
+    @contextlib.contextmanager
+    def skip_synchronize(self):
+        self._skip = True
+        try:
+            yield
+        finally:
+            self._skip = False
+
+    def step(self, closure=None):
+        if not self._skip and not self._synchronized:
+            self.synchronize()
+        self._synchronized = False
+        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        for bucket in self.buckets:
+            bucket.flat.zero_()  # the views stay the gradients (set_to_none is ignored on purpose)
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def __getattr__(self, name):  # anything else (defaults, add_param_group, ...) is the plain optimizer's
+        return getattr(self.__dict__["optimizer"], name)
+

@@ -1,0 +1,23 @@
+"""Gradient bucket planning and views (the multi-rank reduction is in test_parallel and test_train_parallel)."""
+import torch
+
+from hvdfast.buckets import _view, plan
+
+
+def test_plan_fills_buckets_last_parameter_first_and_gives_a_big_tensor_its_own():
+    # sizes in fp32 elements; 64-byte buckets hold 16 elements
+    assert plan([4, 4, 30, 8, 8], bucket_bytes=64) == [[4, 3], [2], [1, 0]]
+    assert plan([1] * 5, bucket_bytes=1 << 20) == [[4, 3, 2, 1, 0]]
+    assert sorted(i for b in plan([3, 7, 2, 9, 1, 5], 20) for i in b) == list(range(6))  # every parameter once
+
+
+def test_views_share_the_flat_buffer_and_keep_channels_last_strides():
+    weight = torch.empty(8, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    bias = torch.empty(8)
+    flat = torch.zeros(weight.numel() + bias.numel())
+    w, b = _view(flat, 0, weight), _view(flat, weight.numel(), bias)
+    assert w.shape == weight.shape and w.stride() == weight.stride()
+    assert b.shape == bias.shape
+    w.add_(1.0)
+    b.add_(2.0)
+    assert flat[:weight.numel()].eq(1).all() and flat[weight.numel():].eq(2).all()
