@@ -124,7 +124,8 @@ def run(cfg: config.Config) -> dict:
     rep.line(f"hvdfast train: {cfg.model.name} on {d.backend} data ({d.train.images} train / {d.val.images} val "
              f"images, {d.num_classes} classes), {info.size} worker(s) x {cfg.data.batch_size} x {accum} = "
              f"global batch {global_batch}, {cfg.optim.name} peak lr {peak_lr:.4g}, "
-             f"{prec.name}, compression {cfg.horovod.compression}, {info.controller}, "
+             f"{prec.name}, compression {cfg.horovod.compression}, {info.controller}, op {cfg.horovod.op}"
+             f"{f', gradient buckets {cfg.horovod.bucket_mb:g} MiB' if cfg.horovod.bucket_mb > 0 else ''}, "
              f"{info.cores_per_rank} core(s)/worker, {steps_per_epoch} steps/epoch, {total_steps} steps")
     if resume_path is not None:
         rep.line(f"resuming from {resume_path} (step {step}, epoch {start_epoch})")
