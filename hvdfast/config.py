@@ -68,7 +68,8 @@ class HorovodConfig:
     backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
     bucket_mb: float = 0.0            # MiB; > 0: gradients live in flat buckets of about this size, each one
                                       # allreduced as a single tensor when its last gradient is ready (no fusion
-                                      # copies, few calls; hvdfast/buckets.py); 0: Horovod's per-tensor hooks
+                                      # copies, few calls; hvdfast/buckets.py); 0: Horovod's per-tensor hooks.
+                                      # With buckets the fusion threshold is capped at bucket_mb / 2
     gradient_predivide_factor: float = 1.0  # divide before the sum and after it (average only)
     op: str = "average"               # average | prescaled | adasum. prescaled: the same average, with the 1/N
                                       # taken on the loss before backward and a plain Sum on the wire (saves

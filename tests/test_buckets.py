@@ -21,3 +21,13 @@ def test_views_share_the_flat_buffer_and_keep_channels_last_strides():
     w.add_(1.0)
     b.add_(2.0)
     assert flat[:weight.numel()].eq(1).all() and flat[weight.numel():].eq(2).all()
+
+
+def test_fusion_threshold_stays_below_the_bucket_size():
+    from hvdfast.config import HorovodConfig
+    from hvdfast.dist import horovod_env
+    mib = 1024 * 1024
+    assert horovod_env(HorovodConfig(fusion_threshold_mb=64))["HOROVOD_FUSION_THRESHOLD"] == str(64 * mib)
+    assert horovod_env(HorovodConfig(fusion_threshold_mb=64, bucket_mb=25))["HOROVOD_FUSION_THRESHOLD"] == \
+        str(int(12.5 * mib))
+    assert horovod_env(HorovodConfig(fusion_threshold_mb=1, bucket_mb=25))["HOROVOD_FUSION_THRESHOLD"] == str(mib)

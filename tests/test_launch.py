@@ -33,7 +33,8 @@ def test_mpirun_forwards_environment_and_horovod_knobs():
     out = dry("mpirun", *CFG, "--np", "16", "--hosts", "n1:8,n2:8", "--nic", "eth0")
     for piece in ("mpirun -np 16 -H n1:8,n2:8 -bind-to none -map-by slot", "-x PATH",
                   "-mca btl_tcp_if_include eth0", "-x HOROVOD_CYCLE_TIME=20.0",
-                  "-x HOROVOD_FUSION_THRESHOLD=67108864", "-x OMPI_MCA_mpi_yield_when_idle=1"):
+                  # the recipe's 64 MiB, capped at half its 25 MiB gradient buckets
+                  "-x HOROVOD_FUSION_THRESHOLD=13107200", "-x OMPI_MCA_mpi_yield_when_idle=1"):
         assert piece in out, piece
     assert "hvdfast train --config launch/configs/digits-cpu.yaml" in out
 

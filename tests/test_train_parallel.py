@@ -10,8 +10,10 @@ from conftest import ROOT, run_launcher
 @pytest.fixture(scope="module")
 def trained(digits_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("train2")
+    # plain Horovod averaging (the digits recipe itself uses gradient buckets and op=prescaled)
     proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(out),
-                                    str(digits_dir), "none,fp16,bf16"], timeout=600)
+                                    str(digits_dir), "none,fp16,bf16", "horovod.bucket_mb=0", "horovod.op=average"],
+                        timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)], proc.stdout
 
@@ -58,7 +60,8 @@ def test_compiled_model_still_allreduces_every_gradient(digits_dir, tmp_path):
     assert ranks[0]["none"]["best_top1"] > 20  # 10 classes: chance is 10%
 
 
-@pytest.mark.parametrize("how", [["horovod.op=prescaled"], ["horovod.bucket_mb=4"],
+@pytest.mark.parametrize("how", [["horovod.op=prescaled", "horovod.bucket_mb=0"],
+                                 ["horovod.bucket_mb=4", "horovod.op=average"],
                                  ["horovod.bucket_mb=4", "horovod.op=prescaled"]])
 def test_faster_averaging_trains_the_same_model_as_horovods_average(trained, digits_dir, tmp_path, how):
     # op=prescaled divides the loss by the worker count and lets Horovod sum. With 2 workers the division is by a
