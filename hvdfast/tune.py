@@ -44,10 +44,13 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
     rows = sorted(rows, key=lambda r: r["ms"])
     best = rows[0]
     op = TRAINING_OP[best.get("op", "average")]
-    bucket = best.get("bucket_mb", 0.0)
+
+    def buckets(mb):
+        return f"gradient buckets of {mb:g} MiB" if mb else "one allreduce per gradient"
+
     why = [f"fastest: {best['controller']}, malloc {best.get('malloc', 'default')}, fusion {best['fusion_mb']:g} "
            f"MiB, cycle {best['cycle_ms']:g} ms, compression {best['compression']}, op {op}, "
-           f"{f'gradient buckets of {bucket:g} MiB' if bucket else 'one allreduce per gradient'}: "
+           f"{buckets(best.get('bucket_mb', 0.0))}: "
            f"{best['ms']:.1f} ms per gradient allreduce"]
 
     def best_of(pred):
@@ -63,22 +66,15 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
         if alt:
             verdict = "costs more than it saves" if alt["ms"] > best["ms"] else "is no faster"
             why.append(f"compression {comp} on {best['controller']}: {alt['ms']:.1f} ms — {verdict} here")
-    for other in sorted({r.get("op", "average") for r in rows} - {best.get("op", "average")}):
-        alt = best_of(lambda r: r.get("op", "average") == other and r["controller"] == best["controller"])
-        if alt:
-            why.append(f"op {TRAINING_OP[other]} on {best['controller']}: {alt['ms']:.1f} ms at its best "
-                       f"({alt['ms'] / best['ms']:.2f}x)")
-    for other in sorted({r.get("bucket_mb", 0.0) for r in rows} - {bucket}):
-        alt = best_of(lambda r: r.get("bucket_mb", 0.0) == other and r["controller"] == best["controller"])
-        if alt:
-            what = f"gradient buckets of {other:g} MiB" if other else "one allreduce per gradient"
-            why.append(f"{what} on {best['controller']}: {alt['ms']:.1f} ms at its best "
-                       f"({alt['ms'] / best['ms']:.2f}x)")
-    for mal in sorted({r.get("malloc", "default") for r in rows} - {best.get("malloc", "default")}):
-        alt = best_of(lambda r: r.get("malloc", "default") == mal and r["controller"] == best["controller"])
-        if alt:
-            why.append(f"malloc {mal} on {best['controller']}: {alt['ms']:.1f} ms at its best "
-                       f"({alt['ms'] / best['ms']:.2f}x)")
+    # the other settings of one dimension, each at its best on the winning controller
+    for key, default, label in (("op", "average", lambda v: f"op {TRAINING_OP[v]}"),
+                                ("bucket_mb", 0.0, buckets),
+                                ("malloc", "default", lambda v: f"malloc {v}")):
+        for other in sorted({r.get(key, default) for r in rows} - {best.get(key, default)}):
+            alt = best_of(lambda r: r.get(key, default) == other and r["controller"] == best["controller"])
+            if alt:
+                why.append(f"{label(other)} on {best['controller']}: {alt['ms']:.1f} ms at its best "
+                           f"({alt['ms'] / best['ms']:.2f}x)")
     return best, why
 
 

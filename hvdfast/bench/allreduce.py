@@ -81,12 +81,15 @@ def _worker(args) -> None:
                "cycle_ms": args.cycle_ms, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                "tensors": len(grads), "bytes": nbytes, "size": info.size, "cells": {}}
     results["times"] = []
-    for bucket_mb, op, name in itertools.product([float(b) for b in args.buckets_mb.split(",")],
-                                                 args.ops.split(","), args.compressions.split(",")):
-        comp = compression.get(name)
+    cases = []
+    for bucket_mb in [float(b) for b in args.buckets_mb.split(",")]:
         tensors = grads if bucket_mb <= 0 else [  # what horovod.bucket_mb hands Horovod: a few flat buffers
             torch.cat([grads[i].reshape(-1) for i in idx]) for idx in plan([t.numel() for t in grads],
                                                                             int(bucket_mb * 2 ** 20))]
+        cases += [(bucket_mb, tensors, op, name)
+                  for op, name in itertools.product(args.ops.split(","), args.compressions.split(","))]
+    for bucket_mb, tensors, op, name in cases:
+        comp = compression.get(name)
         times = []
         for it in range(args.warmup + args.repeat):
             dist.barrier()

@@ -52,15 +52,15 @@ def write(out_dir: str | Path, images: int = 512, val: int = 64, seed: int = 0, 
           workers: int = 0) -> dict:
     """Write `images` training and `val` validation JPEGs; `workers` processes (0: one per core)."""
     out = Path(out_dir)
+    workers = workers or os.cpu_count() or 1
     counts = {}
     jobs = []
     for split, n in (("train", images), ("val", val)):
         for name, _ in _sources():
             (out / split / name).mkdir(parents=True, exist_ok=True)
-        step = max(1, min(256, n // max(1, (workers or os.cpu_count() or 1))))
+        step = max(1, min(256, n // workers))
         jobs += [(str(out), split, s, min(n, s + step), seed, quality) for s in range(0, n, step)]
         counts[split] = n
-    workers = workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
             _write_range(job)
