@@ -8,11 +8,12 @@ from conftest import make_jpeg_tree
 pytest.importorskip("nvidia.dali")
 
 
-def loader(tree):
+def loader(tree, epochs=90):
     from hvdfast import config, data
     from hvdfast.dist import DistInfo
     cfg = config.load(None, [f"data.dir={tree}", "data.backend=dali", "data.batch_size=4", "data.image_size=32",
-                             "data.val_resize=32", "data.workers=1", "model.channels_last=false"])
+                             "data.val_resize=32", "data.workers=1", "model.channels_last=false",
+                             f"train.epochs={epochs}"])
     info = DistInfo(rank=0, local_rank=0, size=1, local_size=1, cores_per_rank=1, device=torch.device("cpu"),
                     controller="none")
     return data.build(cfg, info).train
@@ -41,3 +42,40 @@ def test_next_epoch_is_built_ahead_and_identical_to_one_built_on_the_spot(tmp_pa
     # asking for another epoch than the one built ahead (a resume) drops it and builds the right one
     third = batches(ahead.epoch(3))
     assert third and ahead._next[0] == 4
+
+
+def test_nothing_is_built_past_the_last_epoch_and_close_joins_the_builder(tmp_path):
+    tree = make_jpeg_tree(tmp_path, classes=4, per_class={"train": 2, "val": 1})
+    train = loader(tree, epochs=2)
+    batches(train.epoch(0))
+    _, thread, _ = train._next                                     # epoch 1 is being built
+    train.close()
+    assert train._next is None and not thread.is_alive()
+    batches(train.epoch(1))                                        # built on the spot after close ...
+    assert train._next is None                                     # ... and epoch 2 does not exist: nothing ahead
+
+
+EXIT_MID_BUILD = """
+import sys, torch
+from hvdfast import config, data
+from hvdfast.dist import DistInfo
+cfg = config.load(None, ["data.dir=" + sys.argv[1], "data.backend=dali", "data.batch_size=2", "data.image_size=32",
+                         "data.val_resize=32", "data.workers=1"])
+info = DistInfo(rank=0, local_rank=0, size=1, local_size=1, cores_per_rank=1, device=torch.device("cpu"),
+                controller="none")
+d = data.build(cfg, info)
+for _ in d.train.epoch(0):
+    break                                                          # leave while epoch 1 is being built
+print("left", d.train._next[1].is_alive())
+"""
+
+
+def test_a_process_leaving_while_the_next_epoch_builds_exits_cleanly(tmp_path):
+    import subprocess
+    import sys
+    tree = make_jpeg_tree(tmp_path, classes=4, per_class={"train": 4, "val": 1})
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", EXIT_MID_BUILD, str(tree)], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and "left" in proc.stdout, proc.stderr[-2000:]
+        assert "terminate" not in proc.stderr, proc.stderr[-2000:]

@@ -18,7 +18,7 @@ def test_dali_mixed_decode_gives_fp16_channels_last_on_the_gpu(tmp_path):
     train, _ = scan(root)
     loader = DaliLoader(FolderSource(train, True, 0, False), train=True, rank=0, size=1, batch=4, seed=0,
                         threads=2, image_size=64, val_resize=72, crop_scale=(0.5, 1.0), flip=True,
-                        device=torch.device("cuda", 0), channels_last=True)
+                        device=torch.device("cuda", 0), channels_last=True, epochs=1)
     batches = list(loader.epoch(0))
     assert len(batches) == loader.steps_per_epoch == 4
     images, labels = batches[0]

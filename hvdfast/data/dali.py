@@ -10,13 +10,19 @@ removed, so every image is counted exactly once across ranks.
 
 A training epoch's pipeline (file list, decoders, nvJPEG buffers, first batches) is built in a background thread
 while the previous epoch trains: on an H100 a new pipeline cost 0.5 s at each epoch start (4-6 s for the first
-two), which at a 32K global batch (39 steps per epoch) would be a tenth of the epoch.
+two), which at a 32K global batch (39 steps per epoch) would be a tenth of the epoch. Nothing is built past the
+run's last epoch, and before the interpreter exits every loader is closed in the main thread: its builder thread
+is joined before DALI's own exit hook shuts the pipelines down. A daemon thread still in DALI's C++ code when the
+interpreter finalizes is killed by a forced unwind, which C++ answers with "terminate called without an active
+exception". CI saw that abort once at a rank's exit (not reproduced in 160 runs here); the likely gap was a builder
+thread that had left the old join list but not yet finished.
 """
 from __future__ import annotations
 
 import atexit
 import math
 import threading
+import weakref
 from pathlib import Path
 
 import torch
@@ -27,13 +33,20 @@ from .pack import read_meta
 from .torchvision import corrupt_error
 
 READER = "Reader"
-_BUILDING: set = set()  # pipelines being built ahead (the last epoch's is never used), joined before exit
+_LOADERS: weakref.WeakSet = weakref.WeakSet()  # closed by _close_loaders at exit
 
 
-@atexit.register
-def _join_builds() -> None:
-    for thread in list(_BUILDING):
-        thread.join(timeout=120)  # let DALI finish in C++ before the interpreter goes away
+def _close_loaders() -> None:
+    for loader in list(_LOADERS):
+        loader.close()
+
+
+def _track(loader) -> None:
+    import nvidia.dali.pipeline  # noqa: F401  (registers DALI's exit hook, which shuts down live pipelines)
+    if not _LOADERS:
+        atexit.unregister(_close_loaders)
+        atexit.register(_close_loaders)  # after DALI's hook, so it runs before it (exit hooks run last-in first)
+    _LOADERS.add(loader)
 
 
 class FolderSource:
@@ -133,8 +146,9 @@ def _pipeline(read, *, train: bool, batch: int, threads: int, image_size: int, v
 class DaliLoader:
     def __init__(self, source, *, train: bool, rank: int, size: int, batch: int, seed: int, threads: int,
                  image_size: int, val_resize: int, crop_scale, flip: bool, device: torch.device,
-                 channels_last: bool):
+                 channels_last: bool, epochs: int):
         self.source, self.train, self.rank, self.size, self.seed = source, train, rank, size, seed
+        self.epochs = epochs  # the run's epoch count: no pipeline is built ahead for an epoch past it
         self.kw = dict(batch=batch, threads=threads, image_size=image_size, val_resize=val_resize,
                        crop_scale=crop_scale, flip=flip, gpu=device.type == "cuda",
                        device_id=device.index if device.type == "cuda" else None)
@@ -144,6 +158,7 @@ class DaliLoader:
         self.steps_per_epoch = math.ceil(math.ceil(source.usable / size) / batch)
         self._val_iter = None
         self._next = None  # (epoch, thread, result box) of the training pipeline being built ahead
+        _track(self)
 
     def _iterator(self, epoch: int):
         from nvidia.dali.plugin.pytorch import DALIClassificationIterator, LastBatchPolicy
@@ -164,11 +179,8 @@ class DaliLoader:
                 box["it"] = self._iterator(epoch)
             except BaseException as exc:  # handed to the training thread, which raises it
                 box["error"] = exc
-            finally:
-                _BUILDING.discard(threading.current_thread())
 
         thread = threading.Thread(target=build, name=f"hvdfast-dali-epoch-{epoch}", daemon=True)
-        _BUILDING.add(thread)
         thread.start()
         self._next = (epoch, thread, box)
 
@@ -183,11 +195,20 @@ class DaliLoader:
             raise box["error"]
         return box["it"]
 
+    def close(self) -> None:
+        """Join the pipeline being built ahead and let go of the pipelines this loader holds (idempotent).
+
+        At exit DALI's own hook then shuts down whatever pipelines are left, in the main thread."""
+        ahead, self._next, self._val_iter = self._next, None, None
+        if ahead is not None:
+            ahead[1].join(timeout=120)  # a build takes seconds at most; a hung GPU must not hang the exit
+
     def epoch(self, epoch: int, skip: int = 0):
         try:
             if self.train:
                 it = self._take(epoch)
-                self._prefetch(epoch + 1)
+                if epoch + 1 < self.epochs:
+                    self._prefetch(epoch + 1)
             else:
                 self._val_iter = self._val_iter or self._iterator(0)
                 it = self._val_iter
@@ -212,7 +233,7 @@ def build(cfg, dist, train_split: Split | None, val_split: Split | None, threads
     d = cfg.data
     common = dict(rank=dist.rank, size=dist.size, batch=d.batch_size, seed=cfg.train.seed, threads=threads,
                   image_size=d.image_size, val_resize=d.val_resize, crop_scale=tuple(d.crop_scale), flip=d.flip,
-                  device=dist.device, channels_last=cfg.model.channels_last)
+                  device=dist.device, channels_last=cfg.model.channels_last, epochs=math.ceil(cfg.train.epochs))
     if train_split is None:
         if d.skip_corrupt:
             raise DataError("data.skip_corrupt is not supported for packed shards; run 'hvdfast data check' on "
