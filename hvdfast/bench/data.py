@@ -21,7 +21,7 @@ def measure(backend: str, data_dir: str, threads: int, batch: int, image_size: i
     from ..dist import DistInfo
     cfg = config.load(None, [f"data.dir={data_dir}", f"data.backend={backend}", f"data.batch_size={batch}",
                              f"data.image_size={image_size}", f"data.workers={threads}",
-                             "model.channels_last=true"])
+                             "model.channels_last=true", "train.epochs=1"])  # one epoch: nothing built ahead
     torch.set_num_threads(1)  # the main process only hands batches on; the decoding cores are `threads`
     dev = torch.device("cuda", 0) if device == "gpu" else torch.device("cpu")
     info = DistInfo(rank=0, local_rank=0, size=1, local_size=1, cores_per_rank=threads, device=dev,
