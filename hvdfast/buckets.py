@@ -17,7 +17,7 @@ import contextlib
 
 import torch
 
-from . import compression, dist
+from . import compression, dist, powersgd
 
 
 def plan(sizes: list[int], bucket_bytes: int, element_bytes: int = 4) -> list[list[int]]:
@@ -48,31 +48,51 @@ def _view(flat: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
     return piece.view(like.shape)
 
 
+class _OneRound:
+    """A Horovod Compressor (none | fp16 | bf16) as a bucket reducer: one allreduce of the compressed bucket."""
+
+    def __init__(self, flat: torch.Tensor, compressor):
+        self.flat, self.compressor, self.ctx = flat, compressor, None
+
+    def begin(self) -> torch.Tensor:
+        wire, self.ctx = self.compressor.compress(self.flat)
+        return wire
+
+    def advance(self, reduced: torch.Tensor) -> None:
+        out = self.compressor.decompress(reduced, self.ctx)
+        if out.data_ptr() != self.flat.data_ptr():
+            self.flat.copy_(out)
+        self.ctx = None
+        return None
+
+
 class _Bucket:
     def __init__(self, index: int, params: list[torch.nn.Parameter]):
         self.index, self.params = index, params
         dtype, device = params[0].dtype, params[0].device
         self.flat = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=device)
         self.views = []
+        self.layout = []  # (offset, numel, shape) of each gradient in flat
         offset = 0
         for p in params:
             self.views.append(_view(self.flat, offset, p))
+            self.layout.append((offset, p.numel(), tuple(p.shape)))
             offset += p.numel()
         self.ready = 0
-        self.handle = None
-        self.ctx = None
-        self.wire = None
+        self.handle = None   # the allreduce in flight, if any
+        self.round = 0       # allreduces done this step (PowerSGD needs two)
+        self.reducer = None  # begin() -> first wire; advance(reduced) -> next wire or None when done
 
 
 class BucketedOptimizer:
     """Horovod-averaged gradients through flat buckets; see the module docstring."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, *, bucket_mb: float,
-                 compression_name: str = "none", op: str = "average", backward_passes_per_step: int = 1):
+                 compression_name: str = "none", op: str = "average", backward_passes_per_step: int = 1,
+                 powersgd_rank: int = 4, workers: int = 1):
         if op not in ("average", "prescaled"):
             raise ValueError(f"gradient buckets average gradients; op={op} needs Horovod's own optimizer")
         self.optimizer = optimizer
-        self.compressor = compression.get(compression_name)
         self.wire_op = "sum" if op == "prescaled" else "average"  # prescaled: the loss already carries the 1/N
         self.passes = backward_passes_per_step
         params = [p for p in model.parameters() if p.requires_grad]
@@ -84,6 +104,13 @@ class BucketedOptimizer:
             element = group[0].element_size()
             for idx in plan([p.numel() for p in group], max(1, int(bucket_mb * 2 ** 20)), element):
                 self.buckets.append(_Bucket(len(self.buckets), [group[i] for i in idx]))
+        for b in self.buckets:
+            if compression_name == "powersgd":
+                # every rank draws the same initial Q for a bucket (seeded by its index)
+                b.reducer = powersgd.PowerSGDBucket(b.flat, b.layout, rank=powersgd_rank, seed=b.index,
+                                                    local_scale=1.0 / workers if op == "prescaled" else 1.0)
+            else:
+                b.reducer = _OneRound(b.flat, compression.get(compression_name))
         self._where = {}
         for b in self.buckets:
             for p, v in zip(b.params, b.views):
@@ -102,25 +129,35 @@ class BucketedOptimizer:
             p.grad = view
         bucket.ready += 1
         if bucket.ready == len(bucket.params) * self.passes:
-            self._launch(bucket)
+            self._send(bucket, bucket.reducer.begin())
+            for earlier in self.buckets[:bucket.index]:
+                self._progress(earlier, wait=False)  # a second round (PowerSGD) can start while backward runs
 
-    def _launch(self, bucket: _Bucket) -> None:
-        bucket.wire, bucket.ctx = self.compressor.compress(bucket.flat)
-        # Horovod: one in-place allreduce per bucket, started while backward computes the next bucket's gradients.
-        bucket.handle = dist.allreduce_async_(bucket.wire, name=f"hvdfast.bucket.{bucket.index}", op=self.wire_op)
+    def _send(self, bucket: _Bucket, wire: torch.Tensor) -> None:
+        # Horovod: one in-place allreduce per bucket (and round), started while backward computes the next
+        # bucket's gradients. The name is the same on every rank; the round keeps in-flight names unique.
+        bucket.handle = dist.allreduce_async_(wire, name=f"hvdfast.bucket.{bucket.index}.{bucket.round}",
+                                              op=self.wire_op)
+
+    def _progress(self, bucket: _Bucket, wait: bool) -> None:
+        """Take the bucket through the rounds whose allreduce has finished (all of them, with wait)."""
+        while bucket.handle is not None and (wait or dist.poll(bucket.handle)):
+            reduced = dist.synchronize(bucket.handle)
+            bucket.handle = None
+            bucket.round += 1
+            wire = bucket.reducer.advance(reduced)
+            if wire is not None:
+                self._send(bucket, wire)
 
     # -- Horovod DistributedOptimizer's duck type
     def synchronize(self) -> None:
         for bucket in self.buckets:
-            if bucket.handle is None:
-                self._launch(bucket)  # some gradient never arrived (unused parameter): reduce what there is
+            if bucket.round == 0 and bucket.handle is None:
+                # some gradient never arrived (unused parameter): reduce what there is
+                self._send(bucket, bucket.reducer.begin())
         for bucket in self.buckets:
-            reduced = dist.synchronize(bucket.handle)
-            out = self.compressor.decompress(reduced, bucket.ctx)
-            if out.data_ptr() != bucket.flat.data_ptr():
-                bucket.flat.copy_(out)
-            bucket.handle = bucket.wire = bucket.ctx = None
-            bucket.ready = 0
+            self._progress(bucket, wait=True)
+            bucket.ready = bucket.round = 0
         self._synchronized = True
 
     @contextlib.contextmanager

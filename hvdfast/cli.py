@@ -70,16 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--remote-python", help="with --hosts: the Python to run there (default: this one, "
                                            "the same path on every host)")
 
-    b = sub.add_parser("bench", help="benchmarks: train (hvdfast vs plain Horovod), allreduce (controller x fusion x "
+    b = sub.add_parser("bench", help="benchmarks: train (hvdfast vs plain Horovod), cluster (hvdfast vs Horovod vs "
+                            "DDP across emulated hosts with shaped links), allreduce (controller x fusion x "
                             "cycle x compression), data (DALI vs torchvision), scaling, model (cluster "
                             "predictions)",
                        description="Benchmarks print the hardware and write JSON + markdown to runs/bench/. "
                                    "'hvdfast bench train --help' (or data) for the options.")
-    b.add_argument("which", choices=["train", "data", "allreduce", "scaling", "model"],
+    b.add_argument("which", choices=["train", "cluster", "data", "allreduce", "scaling", "model"],
                    help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
 
-    sub.add_parser("tune", help="measure the allreduce grid here and save the fastest Horovod settings",
+    sub.add_parser("tune", help="measure the allreduce grid here (or, with --hosts, training across the hosts) and "
+                                "save the fastest Horovod settings",
                    add_help=False)
     sub.add_parser("launch", help="the exact horovodrun / mpirun / sbatch / qsub command for a recipe",
                    add_help=False)
@@ -135,6 +137,9 @@ def _plot(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.which == "cluster":
+        from .bench import cluster as bench_cluster
+        return bench_cluster.main(args.args)
     if args.which == "model":
         from .bench import model as bench_model
         return bench_model.main(args.args)

@@ -62,7 +62,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class HorovodConfig:
-    compression: str = "none"         # none | fp16 | bf16 (gradient wire format)
+    compression: str = "none"         # none | fp16 | bf16 (gradient wire format) | powersgd (rank-r factors with
+                                      # error feedback, hvdfast/powersgd.py; needs bucket_mb > 0)
+    powersgd_rank: int = 4            # rank r of compression=powersgd: each weight n x m sends (n + m) r numbers
     fusion_threshold_mb: float = 64.0  # MiB; tensor fusion buffer (HOROVOD_FUSION_THRESHOLD); 0 = no fusion
     cycle_time_ms: float = 1.0        # ms between Horovod background cycles (HOROVOD_CYCLE_TIME)
     backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
@@ -118,14 +120,14 @@ CHOICES = {
     "data.backend": ("auto", "dali", "torchvision", "synthetic"),
     "optim.name": ("sgd", "lars", "lamb"),
     "optim.schedule": ("cosine", "poly", "step", "constant"),
-    "horovod.compression": ("none", "fp16", "bf16"),
+    "horovod.compression": ("none", "fp16", "bf16", "powersgd"),
     "horovod.op": ("average", "prescaled", "adasum"),
     "train.precision": ("auto", "fp32", "fp16", "bf16"),
     "train.progress": ("auto", "bar", "lines"),
 }
 POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.backward_passes_per_step",
             "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "train.epochs",
-            "horovod.cycle_time_ms", "horovod.gradient_predivide_factor"}
+            "horovod.cycle_time_ms", "horovod.gradient_predivide_factor", "horovod.powersgd_rank"}
 NON_NEGATIVE = {"horovod.fusion_threshold_mb", "horovod.bucket_mb", "optim.weight_decay", "optim.momentum",
                 "optim.warmup_epochs",
                 "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",
@@ -226,6 +228,10 @@ def validate(cfg: Config) -> None:
     if cfg.horovod.bucket_mb > 0 and cfg.horovod.op == "adasum":
         raise ConfigError("horovod.bucket_mb averages gradients in buckets; it does not apply to op=adasum "
                           "(set horovod.bucket_mb=0).")
+    if cfg.horovod.compression == "powersgd" and (cfg.horovod.bucket_mb <= 0 or cfg.train.elastic):
+        raise ConfigError("horovod.compression=powersgd compresses gradient buckets: set horovod.bucket_mb (e.g. 25)"
+                          + (" and train.elastic=false (elastic runs use Horovod's own optimizer)."
+                             if cfg.train.elastic else "."))
     if cfg.horovod.op != "average" and cfg.horovod.gradient_predivide_factor != 1.0:
         raise ConfigError(f"horovod.gradient_predivide_factor applies to op=average only; set it to 1.0 with "
                           f"{cfg.horovod.op}.")

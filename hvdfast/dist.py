@@ -182,7 +182,8 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, cfg
         from .buckets import BucketedOptimizer
         # Horovod: the same averaged gradients, reduced as a few flat buckets instead of one call per tensor.
         return BucketedOptimizer(optimizer, model, bucket_mb=cfg.bucket_mb, compression_name=cfg.compression,
-                                 op=cfg.op, backward_passes_per_step=cfg.backward_passes_per_step)
+                                 op=cfg.op, backward_passes_per_step=cfg.backward_passes_per_step,
+                                 powersgd_rank=cfg.powersgd_rank, workers=_h().size())
     hvd = _h()
     # Horovod: allreduce gradients as backward produces them (hooks), fused and compressed.
     return hvd.DistributedOptimizer(
@@ -241,6 +242,11 @@ def allreduce_async_(tensor: torch.Tensor, name: str, op: str = "average"):
     """Start an in-place average (or sum) of a contiguous tensor; pass the handle to synchronize()."""
     hvd = _h()
     return hvd.allreduce_async_(tensor, op=hvd.Sum if op == "sum" else hvd.Average, name=name)
+
+
+def poll(handle) -> bool:
+    """Whether the allreduce behind `handle` has finished (synchronize() then returns at once)."""
+    return _h().poll(handle)
 
 
 def synchronize(handle) -> torch.Tensor:

@@ -53,9 +53,11 @@ def _q(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
 
 
-def horovodrun_cmd(args, hosts: str | None) -> list[str]:
+def horovodrun_cmd(args, hosts: str | None, program: list[str] | None = None, tuned_env: bool = True) -> list[str]:
+    """horovodrun for args (np, hostfile, nic, controller, config, overrides) running `program` (default: hvdfast
+    train with the recipe); bench runs its workers through it too."""
     # horovodrun hands its own environment to every rank (local and over ssh): start it with the tuned settings.
-    tuned = tune.launcher_env(tune.for_config(_config(args)))
+    tuned = tune.launcher_env(tune.for_config(_config(args))) if tuned_env else {}
     cmd = (["env", *[f"{k}={v}" for k, v in sorted(tuned.items())]] if tuned else []) + \
         ["horovodrun", "-np", str(args.np)]
     if args.hostfile:
@@ -65,7 +67,7 @@ def horovodrun_cmd(args, hosts: str | None) -> list[str]:
     if args.nic:
         cmd += ["--network-interface", args.nic]
     cmd.append(f"--{_controller(args)}")
-    return cmd + _train_args(args)
+    return cmd + (program or _train_args(args))
 
 
 def mpirun_cmd(args, np_expr: str | None = None, hostfile: str | None = None) -> list[str]:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
-TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op", "bucket_mb")
+TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op", "bucket_mb")  # those a doc holds apply
 # The grid's reduction ops and the training op that averages with each: Horovod's Average, or a Sum of gradients
 # already divided by the worker count (the 1/N taken on the loss: same result, no scaling pass after the sum).
 TRAINING_OP = {"average": "average", "sum": "prescaled"}
@@ -92,6 +93,67 @@ def launcher_env(doc: dict | None) -> dict:
     return {k: str(v) for k, v in ((doc or {}).get("launcher", {}).get("env") or {}).items()}
 
 
+# Across hosts: the gradient's wire format decides more than any Horovod knob. Each candidate is (compression,
+# bucket MiB): PowerSGD gets small buckets, so the last bucket's two round trips at the end of backward are short.
+HOST_CANDIDATES = (("none", 25.0), ("fp16", 25.0), ("powersgd", 2.0))
+# PowerSGD sends an approximation of each weight's gradient (error feedback carries the rest into later steps);
+# it must be this much faster than the best format that sends the whole gradient (none, or fp16-rounded) to win.
+APPROX_MARGIN = 1.05
+
+
+def tune_hosts(measure, steps: int) -> dict:
+    """Train a few synthetic steps across the hosts with each candidate wire format and keep the fastest (PowerSGD
+    only when it beats the whole-gradient formats by APPROX_MARGIN). measure(overrides, steps) runs `hvdfast bench
+    train`'s worker across the hosts and returns its per-rank results."""
+    rows = []
+    for comp, mb in HOST_CANDIDATES:
+        ranks = measure([f"horovod.compression={comp}", f"horovod.bucket_mb={mb:g}", "horovod.op=prescaled",
+                         "horovod.tuned=never"], steps)
+        rows.append({"compression": comp, "bucket_mb": mb, "img_s": sum(r["img_s"] for r in ranks),
+                     "wire_mb": max(r["wire_mb_per_step"] for r in ranks), "controller": ranks[0]["controller"]})
+    whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["img_s"])
+    fastest = max(rows, key=lambda r: r["img_s"])
+    best = fastest if fastest["img_s"] > APPROX_MARGIN * whole["img_s"] else whole
+    why = [f"fastest across the hosts: compression {best['compression']} with {best['bucket_mb']:g} MiB buckets, "
+           f"{best['img_s']:.2f} img/s ({best['wire_mb']:.1f} MB sent per step per worker)"]
+    why += [f"{r['compression']}: {r['img_s']:.2f} img/s ({best['img_s'] / r['img_s']:.2f}x slower, "
+            f"{r['wire_mb']:.1f} MB/step)" for r in rows if r is not best]
+    return {"horovod": {"compression": best["compression"], "bucket_mb": best["bucket_mb"], "op": "prescaled"},
+            "launcher": {"controller": best["controller"], "env": {}}, "why": why, "candidates": rows}
+
+
+def save(doc: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _main_hosts(args) -> int:
+    """`hvdfast tune --hosts ...`: measure across the hosts the job will run on."""
+    from .bench import train
+    from .bench.report import hardware
+    spec = argparse.Namespace(config=args.config, overrides=["data.backend=synthetic"], model=args.model,
+                              batch=args.batch, image_size=args.image_size, warmup=1, baseline_threads="1",
+                              controller=args.controller, timeout=args.timeout)
+    n = sum(int(h.split(":")[1]) if ":" in h else 1 for h in args.hosts.split(","))
+
+    def measure(overrides, steps):
+        run = argparse.Namespace(**vars(spec), steps=steps)
+        run.overrides = spec.overrides + overrides
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"  {' '.join(overrides[:2])} ...", file=sys.stderr, flush=True)
+            return train._launch("hvdfast", run, n, Path(tmp) / "out.json", hosts=args.hosts, nic=args.nic)
+
+    doc = tune_hosts(measure, args.steps)
+    hw = hardware()
+    doc["measured_on"] = {"hosts": args.hosts, "nic": args.nic, "from": hw["host"], "model": args.model}
+    out = Path(args.out) if args.out else default_path()
+    save(doc, out)
+    print("\n".join(doc["why"]))
+    print(f"\nwrote {out}: hvdfast train applies it (horovod.tuned=auto); hvdfast launch hosts adds "
+          f"--{doc['launcher']['controller']}")
+    return 0
+
+
 def main(argv=None) -> int:
     from .bench import allreduce
     from .bench.report import hardware, header
@@ -99,14 +161,24 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     allreduce.add_arguments(p)
     p.add_argument("--out", help=f"settings file (default {default_path()}; HVDFAST_TUNED=PATH to move it)")
+    hp = p.add_argument_group("across hosts (--hosts): a few training steps per gradient wire format on the hosts "
+                              "and link the job will use, instead of the allreduce grid on this host")
+    hp.add_argument("--hosts", help="h1:1,h2:1 (horovodrun -H syntax)")
+    hp.add_argument("--nic", help="network interface between the hosts")
+    hp.add_argument("--config", default="launch/configs/digits-cpu.yaml", help="recipe to start from")
+    hp.add_argument("--controller", choices=["mpi", "gloo"], default="mpi")
+    hp.add_argument("--batch", type=int, default=8, help="images per worker per step")
+    hp.add_argument("--image-size", type=int, default=224, help="px")
+    hp.add_argument("--steps", type=int, default=3, help="timed steps per candidate")
     args = p.parse_args(argv)
+    if args.hosts:
+        return _main_hosts(args)
     args.ops = ",".join(TRAINING_OP)  # each a way training can average
     hw = hardware()
     print(header(hw), file=sys.stderr)
     _, rows = allreduce.grid(args)
     best, why = choose(rows)
     out = Path(args.out) if args.out else default_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "horovod": {"fusion_threshold_mb": float(best["fusion_mb"]), "cycle_time_ms": float(best["cycle_ms"]),
                     "compression": best["compression"], "op": TRAINING_OP[best.get("op", "average")],
@@ -120,7 +192,7 @@ def main(argv=None) -> int:
                                        "compression", "ms")}
                     for r in rows],
     }
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    save(doc, out)
     print("\n".join(why))
     env = " ".join(f"{k}={v}" for k, v in doc["launcher"]["env"].items())
     print(f"\nwrote {out}: hvdfast train / bench train apply it (horovod.tuned=auto); hvdfast launch adds the "

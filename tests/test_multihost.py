@@ -1,5 +1,6 @@
-"""Multi-host launch through the real ssh path: hosts are network namespaces on this machine (tests/cluster.py),
-each with its own address, hostname and sshd. From a login host, `hvdfast launch` runs the ssh preflight and then
+"""Multi-host launch through the real ssh path: hosts are network namespaces on this machine
+(hvdfast/bench/hosts.py), each with its own address, hostname and sshd. From a login host, `hvdfast launch` runs
+the ssh preflight and then
 horovodrun (Gloo) or mpirun across hosta and hostb; both must finish the digits recipe with identical parameters.
 
 The preflight's failure cases use the same cluster: an address with no sshd, a name that does not resolve, a
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import cluster
+from hvdfast.bench import hosts as cluster
 from conftest import BIN, ROOT
 
 SKEW_VERSION = "0.27.0"

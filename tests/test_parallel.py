@@ -65,3 +65,27 @@ def test_optimizer_step_averages_gradients_and_keeps_ranks_identical(ranks, op, 
     assert steps[0]["local_grad"] != pytest.approx(mean, abs=tol * scale)
     # After the step every rank holds bit-identical parameters.
     assert steps[0]["params"] == steps[1]["params"]
+
+
+@pytest.mark.parametrize("op", ["average", "prescaled"])
+def test_powersgd_sends_weights_as_low_rank_factors_and_keeps_ranks_identical(ranks, op):
+    # The tiny model's parameters in order: conv weight (8, 3, 3, 3), conv bias, BN weight, BN bias,
+    # linear weight (4, 8), linear bias. At rank 1 both weights are compressed; the vectors are averaged exactly.
+    import torch
+    _, res = ranks
+    steps = [r["powersgd"][op] for r in res]
+    sizes = [216, 8, 8, 8, 32, 4]
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    mean = [sum(vals) / NP for vals in zip(*(s["local_grad"] for s in steps))]
+    reduced = steps[0]["reduced_grad"]
+    assert reduced == steps[1]["reduced_grad"]  # every rank applies the same gradient ...
+    assert steps[0]["params"] == steps[1]["params"]  # ... so the ranks stay bit-identical
+    for i in (1, 2, 3, 5):  # vectors: the exact average
+        lo, hi = bounds[i], bounds[i + 1]
+        assert reduced[lo:hi] == pytest.approx(mean[lo:hi], abs=1e-7)
+    for i, rows in ((0, 8), (4, 4)):  # weights: rank-1 matrices, not the average
+        lo, hi = bounds[i], bounds[i + 1]
+        got = torch.tensor(reduced[lo:hi]).view(rows, -1)
+        sv = torch.linalg.svdvals(got)
+        assert sv[1] < 1e-5 * sv[0]
+        assert got.flatten().tolist() != pytest.approx(mean[lo:hi], abs=1e-3)

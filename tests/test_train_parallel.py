@@ -73,3 +73,15 @@ def test_faster_averaging_trains_the_same_model_as_horovods_average(trained, dig
     _, average, _ = trained
     prescaled = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert prescaled[0]["none"]["params"] == prescaled[1]["none"]["params"] == average[0]["none"]["params"]
+
+
+def test_powersgd_composes_with_buckets_prescaled_and_accumulation(digits_dir, tmp_path):
+    # the digits recipe's buckets and op=prescaled, plus 2 micro-batches per step and gradient clipping: the ranks
+    # end bit-identical (the same factors are reduced everywhere) and the model learns
+    proc = run_launcher("mpirun", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(tmp_path),
+                                      str(digits_dir), "powersgd", "horovod.bucket_mb=2",
+                                      "horovod.backward_passes_per_step=2", "optim.clip_grad_norm=5"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["powersgd"]["params"] == ranks[1]["powersgd"]["params"]
+    assert ranks[0]["powersgd"]["best_top1"] > 30  # 10 classes: chance is 10%

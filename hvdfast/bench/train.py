@@ -25,8 +25,25 @@ import torch
 
 
 # ------------------------------------------------------------------------------------------------- worker side
+def net_bytes_sent() -> int:
+    """Bytes this network namespace has sent on every interface but loopback (/proc/net/dev is per namespace)."""
+    total = 0
+    for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+        name, _, fields = line.partition(":")
+        if name.strip() != "lo":
+            total += int(fields.split()[8])
+    return total
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (ru_maxrss, KiB on Linux)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _worker(args) -> None:
     from .. import config, dist, engine, models
+    from ..train import param_digest
     cfg = config.load(args.config, args.overrides)
     baseline = args.variant == "baseline"
     if baseline:
@@ -57,6 +74,8 @@ def _worker(args) -> None:
     sync = torch.cuda.synchronize if info.device.type == "cuda" else (lambda: None)
     times = []
     for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            sent0 = net_bytes_sent()
         t0 = time.perf_counter()
         with prec.autocast():
             loss = torch.nn.functional.cross_entropy(forward(x), y) / divisor
@@ -79,7 +98,9 @@ def _worker(args) -> None:
         t3 = time.perf_counter()
         if i >= args.warmup:
             times.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
+    wire = (net_bytes_sent() - sent0) / args.steps
     per_rank = {"rank": info.rank, "threads": torch.get_num_threads(), "controller": info.controller,
+                "wire_mb_per_step": wire / 1e6, "peak_rss_mb": peak_rss_mb(), "params_sha256": param_digest(model),
                 "compute_s": statistics.median(t[0] for t in times),
                 "comm_wait_s": statistics.median(t[1] for t in times),
                 "optimizer_s": statistics.median(t[2] for t in times),
@@ -95,30 +116,45 @@ def _worker(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- driver side
-def _launch(variant: str, args, np_: int, out: Path, threads: int = 0) -> list[dict]:
-    root = Path(__file__).resolve().parents[2]
+def worker_program(variant: str, args, out: Path, threads: int = 0) -> list[str]:
+    """The worker command line of one variant (what the launcher starts on every rank)."""
     cmd = [sys.executable, "-m", "hvdfast.bench.train", "--worker", "--variant", variant, "--out", str(out),
            "--model", args.model, "--batch", str(args.batch), "--image-size", str(args.image_size),
            "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--baseline-threads", str(args.baseline_threads), "--threads", str(threads)]
     if args.config:
         cmd += ["--config", args.config]
-    cmd += args.overrides
+    return cmd + list(args.overrides)
+
+
+def launcher_cmd(variant: str, args, np_: int, program: list[str], hosts: str | None = None,
+                 nic: str | None = None) -> list[str]:
+    """horovodrun through `hvdfast launch`'s builder: the hvdfast variant with the process environment `hvdfast
+    tune` chose, the baseline with Horovod's defaults."""
+    from .. import launch
+    spec = argparse.Namespace(np=np_, hostfile=None, nic=nic, controller=args.controller, config=args.config,
+                              overrides=list(args.overrides))
+    return launch.horovodrun_cmd(spec, hosts or f"localhost:{np_}", program, tuned_env=variant == "hvdfast")
+
+
+def read_result(variant: str, np_: int, proc: subprocess.CompletedProcess, out: Path) -> list[dict]:
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise SystemExit(f"hvdfast bench: the {variant} run at {np_} worker(s) failed:\n{tail}")
+    return json.loads(out.read_text())
+
+
+def _launch(variant: str, args, np_: int, out: Path, threads: int = 0, hosts: str | None = None,
+            nic: str | None = None) -> list[dict]:
+    root = Path(__file__).resolve().parents[2]
+    cmd = launcher_cmd(variant, args, np_, worker_program(variant, args, out, threads), hosts, nic)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if variant == "hvdfast":  # the process environment `hvdfast tune` chose (the baseline keeps the defaults)
-        from .. import config, tune
-        env.update(tune.launcher_env(tune.for_config(config.load(args.config, args.overrides))))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    launcher = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
-                f"--{args.controller}"]
-    proc = subprocess.run(launcher + cmd, env=env, cwd=root, capture_output=True, text=True,
-                          timeout=args.timeout)
-    if proc.returncode != 0 or not out.is_file():
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise SystemExit(f"hvdfast bench train: the {variant} run at {np_} worker(s) failed:\n{tail}")
-    return json.loads(out.read_text())
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
+    return read_result(variant, np_, proc, out)
 
 
 def _summarise(variant: str, np_: int, ranks: list[dict]) -> dict:
@@ -129,6 +165,7 @@ def _summarise(variant: str, np_: int, ranks: list[dict]) -> dict:
             "img_s_per_worker": mean("img_s"), "img_s_total": sum(r["img_s"] for r in ranks),
             "compute_s": mean("compute_s"), "comm_wait_s": mean("comm_wait_s"),
             "optimizer_s": mean("optimizer_s"), "step_s": mean("step_s"),
+            "wire_mb_per_step": mean("wire_mb_per_step"), "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
             "device": ranks[0].get("device", "cpu").split(":")[0], "compiled": ranks[0].get("compiled", False)}
 
 
@@ -148,7 +185,7 @@ def _driver(args) -> int:
             ("channels_last", "NHWC"), ("compiled", "compiled"), ("compression", "compression"),
             ("img_s_total", "img/s total"), ("img_s_per_worker", "img/s/worker"),
             ("compute_s", "fwd+bwd s"), ("comm_wait_s", "comm wait s"), ("optimizer_s", "optim s"),
-            ("step_s", "step s")]
+            ("step_s", "step s"), ("peak_rss_mb", "peak RSS MB/worker")]
     table = markdown_table(rows, cols)
     ratios = []
     one = next((r for r in rows if r["variant"] == "hvdfast" and r["workers"] == 1), None)

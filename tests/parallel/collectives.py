@@ -23,8 +23,8 @@ def param_vector(model) -> list:
     return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]).tolist()
 
 
-def grads_after_step(compression: str, rank: int, op: str = "average", bucket_mb: float = 0.0) -> dict:
-    cfg = HorovodConfig(compression=compression, op=op, bucket_mb=bucket_mb)
+def grads_after_step(compression: str, rank: int, op: str = "average", bucket_mb: float = 0.0, **knobs) -> dict:
+    cfg = HorovodConfig(compression=compression, op=op, bucket_mb=bucket_mb, **knobs)
     model = tiny_model(seed=100 + rank)          # different init on every rank ...
     dist.broadcast_model(model)                  # ... until rank 0's weights are broadcast
     after_bcast = param_vector(model)
@@ -62,6 +62,9 @@ def main(out: Path) -> None:
     # 1 KiB buckets: the tiny model's 6 gradients land in 3 flat buffers (conv weight, BN + bias, linear)
     res["buckets"] = {c: grads_after_step(c, r, "average", bucket_mb=1 / 1024) for c in ("none", "fp16")}
     res["buckets_prescaled"] = {"none": grads_after_step("none", r, "prescaled", bucket_mb=1 / 1024)}
+    # PowerSGD at rank 1: the conv and linear weights travel as rank-1 factors, the vectors whole
+    res["powersgd"] = {op: grads_after_step("powersgd", r, op, bucket_mb=1 / 1024, powersgd_rank=1)
+                       for op in ("average", "prescaled")}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{r}.json").write_text(json.dumps(res))
     dist.shutdown()

@@ -1,9 +1,12 @@
-"""A small cluster on this machine for the multi-host tests: one network namespace per "host", joined by a bridge.
+"""A small cluster on this machine: one network namespace per "host", joined by a bridge (multi-host tests, and
+`hvdfast bench cluster`, which also shapes the links).
 
 Each host has its own network stack (address 10.77.X.n on an interface named hvd0 everywhere, as on a real
 cluster), its own hostname (UTS namespace), an /etc/hosts naming every host (mount namespace), and its own sshd
 bound inside it. Everything else is shared (file system, Python, the venv), as on a cluster with a shared home.
-Traffic stays on the bridge; `stop()` kills the sshds and deletes the namespaces and the bridge.
+Traffic stays on the bridge; `stop()` kills the sshds and deletes the namespaces and the bridge. `shape(rate)` puts
+a token-bucket filter (tc tbf: this kernel has no netem) on both ends of every host's link, so each host sends and
+receives at most `rate` (e.g. "1gbit"; measured 0.97 Gbit/s at 1gbit here).
 
 Hosts are declared as (name, hostname, extra sshd_config lines): a host may report another host's hostname (a
 cloned node) or carry environment through sshd's SetEnv (version skew), and `down` names get an address but no sshd.
@@ -28,7 +31,7 @@ def unavailable() -> str | None:
         return "needs root to create network namespaces and run sshd"
     if not Path(SSHD).is_file():
         return f"{SSHD} is missing (apt-get install openssh-server; launch/test.sh installs it when root)"
-    for tool in ("ip", "unshare", "ssh-keygen", "ssh"):
+    for tool in ("ip", "tc", "unshare", "ssh-keygen", "ssh"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (iproute2, util-linux, openssh-client)"
     return None
@@ -109,6 +112,18 @@ class Cluster:
                 time.sleep(0.2)
         raise RuntimeError(f"sshd on {name} did not start: {(self.dir / f'sshd_{name}.log').read_text()[-500:]}")
 
+    def shape(self, rate: str | None) -> None:
+        """Limit every host's link to `rate` in each direction (tc units: 100mbit, 1gbit, ...); None: no limit."""
+        ends = [(None, v) for v in self.veths] + [(ns, "hvd0") for ns in self.namespaces]
+        for ns, dev in ends:
+            prefix = ["ip", "netns", "exec", ns] if ns else []
+            subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)
+            if rate:
+                # burst: at least 512 KiB, and a 4 ms refill at line rate (tbf needs burst >= rate / HZ)
+                burst = max(512 * 1024, int(tc_bits(rate) / 8 * 0.004))
+                _sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", str(burst),
+                    "latency", "200ms")
+
     def stop(self) -> None:
         for p in self.procs:
             try:
@@ -129,7 +144,24 @@ class Cluster:
     # -- use ---------------------------------------------------------------------------------------------------
     def ssh(self, host: str, command: str, env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
         """Log into `host` (as a user would on a login node) and run `command` there, in `cwd` with `env`."""
+        return subprocess.run(self._ssh_argv(host, command, env, cwd), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def ssh_start(self, host: str, command: str, env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+        """Like ssh(), without waiting: output to `log`."""
+        return subprocess.Popen(self._ssh_argv(host, command, env, cwd), stdout=open(log, "w"),
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def _ssh_argv(self, host: str, command: str, env: dict, cwd: Path) -> list[str]:
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "PATH")
         remote = f"export {exports} PATH={self.bin}:{shlex.quote(env.get('PATH', ''))}; cd {cwd} && {command}"
-        return subprocess.run([str(self.bin / "ssh"), "-o", "BatchMode=yes", self.addr[host], remote],
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return [str(self.bin / "ssh"), "-o", "BatchMode=yes", self.addr[host], remote]
+
+
+def tc_bits(rate: str) -> float:
+    """A tc rate ("100mbit", "1gbit", "10gbit") in bits per second."""
+    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bit": 1.0}
+    for unit, factor in units.items():
+        if rate.endswith(unit):
+            return float(rate[:-len(unit)]) * factor
+    raise ValueError(f"link rate {rate!r}: use kbit, mbit or gbit (e.g. 100mbit, 1gbit)")

@@ -1,0 +1,257 @@
+"""`hvdfast bench cluster`: training throughput across emulated hosts whose links are shaped, side by side.
+
+Two "hosts" (network namespaces on this machine, each with its own address, hostname and sshd: hosts.py) run one
+worker each, ResNet-50 on synthetic images, with their link limited by a token-bucket filter (link presets
+100mbit, 1gbit, 10gbit, unlimited). On every link, in one command:
+
+  hvdfast        the recipe with the settings `hvdfast tune --hosts` picks on that link (measured there)
+  horovod        plain Horovod as its examples run it (pytorch_synthetic_benchmark.py: fp32, NCHW, one allreduce
+                 per gradient, Horovod's default knobs), started by horovodrun as hvdfast is
+  ddp, ddp-fp16, ddp-bf16, ddp-powersgd
+                 torchrun + DistributedDataParallel at its best (bench/ddp.py): bf16 autocast, channels_last,
+                 gradient_as_bucket_view, and each of DDP's communication hooks
+
+The compute limit is the same worker alone on one host (no network), times the number of hosts: efficiency is
+img/s against it, and the communication share is the part of a step beyond that worker's step alone. Also
+reported: bytes each worker sends per step (the namespace's interface counters), peak memory per worker, and
+whether the ranks' final parameters agree. The hosts share this machine's cores, so each worker gets cores /
+hosts threads, and the one-host runs get the same.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import hosts
+
+LINKS = {"100mbit": "100mbit", "1gbit": "1gbit", "10gbit": "10gbit", "unlimited": None}
+DDP_HOOKS = {"ddp": "none", "ddp-fp16": "fp16", "ddp-bf16": "bf16", "ddp-powersgd": "powersgd"}
+VARIANTS = ("hvdfast", "horovod", *DDP_HOOKS)
+# DDP's PowerSGD hook over Gloo needs ONE bucket: with several, each bucket's chained allreduces (uncompressed
+# part, Ps, Qs) are issued from future callbacks in an order that differs between ranks, and Gloo, which pairs
+# collectives by issue order, aborts ("op.preamble.length <= op.nbytes ... collective mismatch"; seen here with
+# 25 MiB buckets). Horovod negotiates every tensor by name, so hvdfast's PowerSGD may finish buckets in any order.
+POWERSGD_DDP_BUCKET_MB = 1024.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Bench:
+    """One emulated cluster (a login host + `n` worker hosts) and the runs on it."""
+
+    def __init__(self, args, work: Path):
+        self.args = args
+        self.work = work
+        self.workers = [f"host{chr(ord('a') + i)}" for i in range(args.hosts)]
+        self.cluster = hosts.Cluster(work, [("login", "login", [])] + [(h, h, []) for h in self.workers])
+        self.threads = max(1, (os.cpu_count() or 1) // args.hosts)
+        self.env = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                    "PYTHONUNBUFFERED": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                    "PYTHONPATH": str(ROOT)}
+        if os.environ.get("HVDFAST_TUNED"):
+            self.env["HVDFAST_TUNED"] = os.environ["HVDFAST_TUNED"]
+        self.seq = 0
+
+    def _out(self, tag: str) -> Path:
+        self.seq += 1
+        return self.work / f"{self.seq:02d}-{tag}.json"
+
+    def _train_args(self, overrides: list[str]) -> argparse.Namespace:
+        a = self.args
+        return argparse.Namespace(config=a.config, overrides=["data.backend=synthetic", *a.overrides, *overrides],
+                                  model=a.model, batch=a.batch, image_size=a.image_size, steps=a.steps,
+                                  warmup=a.warmup, baseline_threads=str(self.threads), controller=a.controller)
+
+    def horovod(self, variant: str, overrides: list[str], n: int | None = None, steps: int | None = None,
+                controller: str | None = None) -> list[dict]:
+        """The hvdfast or baseline worker of `hvdfast bench train` under horovodrun, from the login host."""
+        from . import train
+        n = n or len(self.workers)
+        targs = self._train_args(overrides)
+        targs.steps = steps or targs.steps
+        targs.controller = controller or targs.controller
+        out = self._out(variant)
+        program = train.worker_program("hvdfast" if variant == "hvdfast" else "baseline", targs, out, self.threads)
+        cmd = train.launcher_cmd(variant, targs, n, program, hosts=",".join(f"{h}:1" for h in self.workers[:n]),
+                                 nic="hvd0")
+        proc = self.cluster.ssh("login", shlex.join(cmd), self.env, ROOT, timeout=self.args.timeout)
+        return train.read_result(variant, n, proc, out)
+
+    def ddp(self, hook: str) -> list[dict]:
+        """torchrun on every host (as a user starts a multi-node DDP job), rendezvous at the first host."""
+        out = self._out(f"ddp-{hook}")
+        n = len(self.workers)
+        procs = []
+        for rank, host in enumerate(self.workers):
+            cmd = [str(Path(sys.executable).parent / "torchrun"), "--nnodes", str(n), "--nproc-per-node", "1",
+                   "--node-rank", str(rank), "--master-addr", self.cluster.addr[self.workers[0]],
+                   "--master-port", "29411", "-m", "hvdfast.bench.ddp", "--hook", hook,
+                   "--bucket-cap-mb", str(POWERSGD_DDP_BUCKET_MB if hook == "powersgd" else self.args.ddp_bucket_mb),
+                   "--powersgd-rank", str(self.args.powersgd_rank),
+                   "--model", self.args.model, "--batch", str(self.args.batch),
+                   "--image-size", str(self.args.image_size), "--steps", str(self.args.steps),
+                   "--warmup", str(self.args.warmup), "--threads", str(self.threads), "--out", str(out)]
+            env = dict(self.env, GLOO_SOCKET_IFNAME="hvd0", OMP_NUM_THREADS=str(self.threads))
+            procs.append(self.cluster.ssh_start(host, shlex.join(cmd), env, ROOT, out.with_suffix(f".{rank}.log")))
+        deadline = time.time() + self.args.timeout
+        codes = [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
+        if any(codes) or not out.is_file():
+            log = out.with_suffix(".0.log").read_text()[-3000:]
+            raise SystemExit(f"hvdfast bench cluster: DDP ({hook}) failed (exit codes {codes}):\n{log}")
+        return json.loads(out.read_text())
+
+
+def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, hosts_n: int) -> dict:
+    """One row from a variant's runs on a link (each run: its ranks' results); throughputs are means over runs."""
+    ranks = [r for run in repeats for r in run]
+    step = statistics.mean(r["step_s"] for r in ranks)
+    img_s = statistics.mean(sum(r["img_s"] for r in run) for run in repeats)
+    return {"link": link, "variant": name, "img_s": img_s, "step_s": step,
+            "efficiency": img_s / (hosts_n * alone["img_s"]),
+            "comm_share": max(0.0, 1 - alone["step_s"] / step),
+            "comm_wait_s": statistics.mean(r["comm_wait_s"] for r in ranks) if "comm_wait_s" in ranks[0] else None,
+            "wire_mb_per_step": statistics.mean(r["wire_mb_per_step"] for r in ranks),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
+            "ranks_agree": all(len({r["params_sha256"] for r in run}) == 1 for run in repeats),
+            "settings": ranks[0].get("compression", ranks[0].get("hook", "")), "alone_img_s": alone["img_s"],
+            "runs": len(repeats)}
+
+
+def mean_alone(runs: list[dict]) -> dict:
+    step = statistics.mean(r["step_s"] for r in runs)
+    return {"step_s": step, "img_s": statistics.mean(r["img_s"] for r in runs), "runs": runs}
+
+
+def run(args) -> int:
+    from .report import hardware, header, markdown_table, write
+    from .. import tune
+    why = hosts.unavailable()
+    if why:
+        raise SystemExit(f"hvdfast bench cluster: cannot build the emulated hosts here: {why}.")
+    links = args.links.split(",")
+    variants = args.variants.split(",")
+    for bad in [lk for lk in links if lk not in LINKS] + [v for v in variants if v not in VARIANTS]:
+        raise SystemExit(f"hvdfast bench cluster: unknown link or variant {bad!r} (links: {', '.join(LINKS)}; "
+                         f"variants: {', '.join(VARIANTS)})")
+    hw = hardware()
+    rows, tuned_docs = [], {}
+    with tempfile.TemporaryDirectory(prefix="hvdfast-cluster-") as tmp:
+        bench = Bench(args, Path(tmp))
+        try:
+            bench.cluster.start()
+            say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+            results: dict = {}
+            alone_runs: dict = {"hvdfast": [], "horovod": []}
+            for rep in range(args.repeat):  # every variant once per round: the machine's drift hits all alike
+                # The compute limit: one worker alone on one host (its threads as in the cluster, no network).
+                say(f"round {rep + 1}/{args.repeat}: the compute limit (one worker alone on one host) ...")
+                alone_runs["hvdfast"] += bench.horovod("hvdfast", ["horovod.tuned=never"], n=1)
+                if "horovod" in variants:
+                    alone_runs["horovod"] += bench.horovod("horovod", [], n=1)
+                for link in links:
+                    bench.cluster.shape(LINKS[link])
+                    for v in variants:
+                        say(f"{link}: {v} ...")
+                        if v == "hvdfast":
+                            if link not in tuned_docs:  # hvdfast tune --hosts on this link, once
+                                doc = tune.tune_hosts(lambda o, steps: bench.horovod("hvdfast", o, steps=steps),
+                                                      args.tune_steps)
+                                tune.save(doc, Path(tmp) / f"tuned-{link}.yaml")
+                                tuned_docs[link] = doc
+                            ranks = bench.horovod("hvdfast", [f"horovod.tuned={Path(tmp) / f'tuned-{link}.yaml'}"],
+                                                  controller=tuned_docs[link]["launcher"]["controller"])
+                        elif v == "horovod":
+                            ranks = bench.horovod("horovod", [])
+                        else:
+                            ranks = bench.ddp(DDP_HOOKS[v])
+                        results.setdefault((link, v), []).append(ranks)
+                        say(f"  {sum(r['img_s'] for r in ranks):.2f} img/s, "
+                            f"{statistics.mean(r['wire_mb_per_step'] for r in ranks):.1f} MB sent per step per worker")
+            alone = {k: mean_alone(v) for k, v in alone_runs.items() if v}
+            rows = [summarise(v, link, runs, alone["horovod" if v == "horovod" else "hvdfast"], len(bench.workers))
+                    for (link, v), runs in results.items()]
+        finally:
+            bench.cluster.stop()
+    for link in links:
+        sel = [r for r in rows if r["link"] == link]
+        ddps = [r for r in sel if r["variant"].startswith("ddp")]
+        ours = next((r for r in sel if r["variant"] == "hvdfast"), None)
+        for r in sel:
+            r["vs_best_ddp"] = r["img_s"] / max(d["img_s"] for d in ddps) if ddps else None
+            r["vs_ddp_default"] = next((r["img_s"] / d["img_s"] for d in ddps if d["variant"] == "ddp"), None)
+        if ours and link in tuned_docs:
+            ours["settings"] = tuned_docs[link]["horovod"]["compression"]
+    cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("img_s", "img/s"),
+            ("efficiency", "efficiency"), ("comm_share", "comm share of step"), ("comm_wait_s", "comm wait s"),
+            ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
+            ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"), ("ranks_agree", "ranks agree")]
+    table = markdown_table(rows, cols)
+    limit = alone["hvdfast"]["img_s"] * len(bench.workers)
+    text = (f"{header(hw)}\n{args.model}, {args.image_size} px, batch {args.batch}/worker, synthetic, "
+            f"{args.hosts} hosts x 1 worker x {bench.threads} thread(s), median of {args.steps} steps after "
+            f"{args.warmup}, mean of {args.repeat} round(s); compute limit (one worker alone x {args.hosts}): "
+            f"{limit:.2f} img/s\n\n{table}")
+    for link, doc in tuned_docs.items():
+        text += f"\n\nhvdfast tune on {link}: " + "; ".join(doc["why"])
+    print(text)
+    j, md = write(Path(args.out_dir), "cluster", {"hardware": hw, "rows": rows, "alone": alone,
+                                                  "tuned": tuned_docs}, text)
+    plot(rows, j.with_suffix(".png"))
+    print(f"\nwrote {j}, {md} and {j.with_suffix('.png')}")
+    return 0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    links = list(dict.fromkeys(r["link"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        ys = [next((r["efficiency"] for r in rows if r["link"] == lk and r["variant"] == v), 0) for lk in links]
+        ax.bar([k + i * width for k in range(len(links))], ys, width, label=v)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(links))], links)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(ylabel="efficiency vs compute limit", title="hvdfast bench cluster: 2 emulated hosts")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="hvdfast bench cluster", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="launch/configs/digits-cpu.yaml",
+                   help="recipe whose precision, layout and Horovod knobs the hvdfast variant starts from")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("--links", default=",".join(LINKS), help=f"link presets, comma separated ({', '.join(LINKS)})")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="what to run on each link, comma separated")
+    p.add_argument("--hosts", type=int, default=2, help="emulated hosts, one worker each")
+    p.add_argument("--controller", choices=["mpi", "gloo"], default="mpi",
+                   help="horovodrun controller for the plain Horovod variant (its default where MPI is built)")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=8, help="images per worker per step")
+    p.add_argument("--image-size", type=int, default=224, help="px")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds over every link and variant (and the one-host limit); figures are means over rounds")
+    p.add_argument("--tune-steps", type=int, default=2, help="timed steps per candidate when tuning on a link")
+    p.add_argument("--powersgd-rank", type=int, default=4, help="DDP's PowerSGD hook rank (hvdfast: its recipe)")
+    p.add_argument("--ddp-bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    p.add_argument("--out-dir", default="runs/bench")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The peer a user would otherwise pick: a torchrun + DistributedDataParallel training step at its best.
+
+Started by torchrun on every host (`hvdfast bench cluster` does it; by hand:
+`torchrun --nnodes 2 --nproc-per-node 1 --node-rank R --master-addr HOST0 -m hvdfast.bench.ddp --hook powersgd`).
+The same model, input and per-worker settings as the hvdfast variant of `hvdfast bench train` (bf16 autocast on CPU,
+fp16 AMP on GPU, channels_last, one torch thread per owned core, SGD with momentum), and DDP's own best knobs:
+gradient_as_bucket_view, bucket_cap_mb, and its communication hooks (torch.distributed.algorithms.ddp_comm_hooks):
+  none      DDP as most users run it (fp32 allreduce)
+  fp16/bf16 fp16_compress_hook / bf16_compress_hook (half the bytes)
+  powersgd  powerSGD_hook, rank --powersgd-rank, error feedback and warm start on, starting after the warm-up
+            steps (its start_powerSGD_iter), so every timed step is compressed
+DDP waits for its allreduces inside backward, so the step is not split further; `hvdfast bench cluster` derives
+the communication share from the step against the same worker alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
+
+HOOKS = ("none", "fp16", "bf16", "powersgd")
+
+
+def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter: int):
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+    if hook == "fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif hook == "bf16":
+        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    elif hook == "powersgd":
+        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
+                                            start_powerSGD_iter=max(2, start_iter), use_error_feedback=True,
+                                            warm_start=True)
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+
+
+def main(argv=None) -> int:
+    from .. import engine, models
+    from ..train import param_digest
+    from .train import net_bytes_sent, peak_rss_mb
+    p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hook", choices=HOOKS, default="none")
+    p.add_argument("--powersgd-rank", type=int, default=4)
+    p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket size (its default: 25)")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / local workers)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, size = tdist.get_rank(), tdist.get_world_size()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
+        else torch.device("cpu")
+    prec = engine.precision_for("auto", device)
+    model = models.to_channels_last(models.build(args.model, 1000).to(device))
+    ddp = DistributedDataParallel(model, gradient_as_bucket_view=True, bucket_cap_mb=args.bucket_cap_mb,
+                                  device_ids=[device.index] if device.type == "cuda" else None)
+    register_hook(ddp, args.hook, args.powersgd_rank, args.warmup)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            sent0 = net_bytes_sent()
+        t0 = time.perf_counter()
+        with prec.autocast():
+            loss = torch.nn.functional.cross_entropy(ddp(x), y)
+        if prec.scaler is not None:
+            prec.scaler.scale(loss).backward()  # DDP: returns once every bucket's allreduce has finished
+            prec.scaler.step(opt)
+            prec.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        opt.zero_grad()
+        sync()
+        times.append(time.perf_counter() - t0)
+    step = statistics.median(times[args.warmup:])
+    mine = {"rank": rank, "threads": torch.get_num_threads(), "step_s": step, "img_s": args.batch / step,
+            "wire_mb_per_step": (net_bytes_sent() - sent0) / args.steps / 1e6, "peak_rss_mb": peak_rss_mb(),
+            "precision": prec.name, "hook": args.hook, "params_sha256": param_digest(model)}
+    ranks: list = [None] * size
+    tdist.all_gather_object(ranks, mine)
+    if rank == 0:
+        Path(args.out).write_text(json.dumps(ranks))
+    tdist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""PowerSGD gradient compression on Horovod's allreduce, one gradient bucket at a time.
+
+Follows Vogels, Karimireddy and Jaggi, "PowerSGD: Practical Low-Rank Gradient Compression for Distributed
+Optimization" (NeurIPS 2019, Algorithm 1: one step of subspace iteration, warm-started from the previous step's Q,
+with error feedback), and the choices of its reference implementation as PyTorch ships it in
+torch/distributed/algorithms/ddp_comm_hooks/powerSGD_hook.py: a tensor is compressed only where that saves at least
+`MIN_COMPRESSION_RATE` x its bytes, the error is the local (error-compensated) gradient minus the averaged
+approximation, Q starts from a seeded normal draw identical on every rank.
+
+For each weight M (n x m: the output channels x everything else, in the bucket's memory layout, which every rank
+shares) and rank r:
+    round 1:  M += error;  P = M Q          -> allreduce [P ..., uncompressed vectors ...]
+    round 2:  P = orthonormal(P);  Q = M^T P  -> allreduce [Q ...]  (Q kept as its transpose, see __init__)
+    then:     approx = P Q^T;  error = M - approx;  the gradient is approx (averaged, as Horovod's Average gives)
+Two allreduces of (n + m) r numbers instead of one of n m: ResNet-50 at r = 4 sends 1.5% of its gradient
+bytes (see `PowerSGDBucket.wire_elements`).
+
+One difference from the DDP hook: its uncompressed tensors travel in an allreduce of their own before the Ps, here
+they share the Ps' allreduce (two round trips per bucket instead of three; on a slow link each costs latency).
+
+No Horovod import: `buckets.BucketedOptimizer` runs the rounds and does the allreduces through `dist`.
+"""
+from __future__ import annotations
+
+import torch
+
+MIN_COMPRESSION_RATE = 2.0  # compress a tensor only if (n + m) r * rate < n m (the DDP hook's default)
+
+
+def worth_compressing(shape: tuple[int, ...], rank: int) -> bool:
+    """Whether a gradient of this shape is sent as rank-`rank` factors (matrices that shrink enough) or whole."""
+    if len(shape) < 2:
+        return False  # biases, BatchNorm weights: small, and a vector has no low-rank structure
+    n = shape[0]
+    m = 1
+    for d in shape[1:]:
+        m *= d
+    r = min(rank, n, m)
+    return (n + m) * r * MIN_COMPRESSION_RATE < n * m
+
+
+def orthonormalize(p: torch.Tensor) -> torch.Tensor:
+    """Orthonormal columns spanning p's columns (reduced QR; Householder, so an all-zero column stays finite)."""
+    return torch.linalg.qr(p.float(), mode="reduced").Q.to(p.dtype)
+
+
+class PowerSGDBucket:
+    """PowerSGD for one flat gradient bucket; `begin` and `advance` are the rounds BucketedOptimizer drives.
+
+    layout: (offset, numel, shape) of each gradient in the flat bucket, in the bucket's order.
+    local_scale: what the local gradient was already multiplied by before the allreduce sums it (1 / workers with
+    op=prescaled, whose allreduce is a Sum of pre-divided gradients; 1 with op=average). The error is kept in the
+    same units as the local gradient.
+    """
+
+    def __init__(self, flat: torch.Tensor, layout: list[tuple[int, int, tuple[int, ...]]], *, rank: int,
+                 seed: int, local_scale: float = 1.0, error_feedback: bool = True):
+        self.flat = flat
+        self.local_scale = local_scale
+        self.rank = rank
+        self.matrices: list[tuple[int, int, int, int]] = []   # (flat offset, n, m, r)
+        self.vectors: list[tuple[int, int]] = []              # (flat offset, numel): sent whole
+        for offset, numel, shape in layout:
+            if worth_compressing(shape, rank):
+                n = shape[0]
+                m = numel // n
+                self.matrices.append((offset, n, m, min(rank, n, m)))
+            else:
+                self.vectors.append((offset, numel))
+        vec = sum(k for _, k in self.vectors)
+        p_len = sum(n * r for _, n, _, r in self.matrices)
+        q_len = sum(m * r for _, _, m, r in self.matrices)
+        dtype, device = flat.dtype, flat.device
+        # round-1 wire: the uncompressed tensors first, then every P; round-2 wire: every Q (kept: warm start)
+        self.p_wire = torch.zeros(vec + p_len, dtype=dtype, device=device)
+        self.q_wire = torch.zeros(q_len, dtype=dtype, device=device)
+        # Q is stored transposed (r x m, rows contiguous): M Q^T and P^T M then stream M row by row, 5-10x faster
+        # on a CPU than M Q and M^T P with an m x r Q (measured, one thread, ResNet-50's shapes)
+        self._p, self._qt = [], []
+        po, qo = vec, 0
+        for _, n, m, r in self.matrices:
+            self._p.append(self.p_wire[po:po + n * r].view(n, r))
+            self._qt.append(self.q_wire[qo:qo + m * r].view(r, m))
+            po, qo = po + n * r, qo + m * r
+        self._seed = seed
+        self.reset_q()
+        self.error = torch.zeros_like(flat) if error_feedback and self.matrices else None
+        self._round = 0
+
+    @property
+    def wire_elements(self) -> int:
+        """Numbers each rank contributes per step (both rounds), against flat.numel() uncompressed."""
+        return self.p_wire.numel() + self.q_wire.numel()
+
+    def reset_q(self) -> None:
+        """Q from a normal draw that every rank makes alike (same seed), as at the first step."""
+        g = torch.Generator().manual_seed(self._seed)
+        for qt in self._qt:
+            qt.copy_(torch.randn(qt.shape, generator=g, dtype=torch.float32))
+
+    def _grad(self, offset: int, n: int, m: int) -> torch.Tensor:
+        return self.flat[offset:offset + n * m].view(n, m)
+
+    def _m(self, offset: int, n: int, m: int) -> torch.Tensor:
+        """M, the compensated gradient: built in the error buffer (so finishing needs no copy of it), or the
+        gradient itself without error feedback."""
+        buf = self.error if self.error is not None else self.flat
+        return buf[offset:offset + n * m].view(n, m)
+
+    # -- the rounds ---------------------------------------------------------------------------------------------
+    def begin(self) -> torch.Tensor:
+        """The bucket's local gradients are complete: error-compensate, P = M Q. Returns round 1's wire."""
+        self._round = 1
+        at = 0
+        for offset, numel in self.vectors:
+            self.p_wire[at:at + numel].copy_(self.flat[offset:offset + numel])
+            at += numel
+        for (offset, n, m, _), p, qt in zip(self.matrices, self._p, self._qt):
+            mat = self._m(offset, n, m)
+            if self.error is not None:
+                mat.add_(self._grad(offset, n, m))  # M = error + gradient, one layer at a time (in cache for P)
+            # warm start: last step's (averaged) Q, re-orthonormalised as the reference implementation does
+            qt.copy_(orthonormalize(qt.t()).t())
+            torch.matmul(mat, qt.t(), out=p)
+        return self.p_wire
+
+    def advance(self, reduced: torch.Tensor) -> torch.Tensor | None:
+        """Round `reduced` came back (reduced in place). Returns the next round's wire, or None when the bucket
+        holds the averaged gradient."""
+        if self._round == 1:
+            self._round = 2
+            at = 0
+            for offset, numel in self.vectors:
+                self.flat[offset:offset + numel].copy_(self.p_wire[at:at + numel])
+                at += numel
+            if not self.matrices:
+                return None
+            for (offset, n, m, _), p, qt in zip(self.matrices, self._p, self._qt):
+                p.copy_(orthonormalize(p))
+                torch.matmul(p.t(), self._m(offset, n, m), out=qt)  # Q^T = P^T M
+            return self.q_wire
+        self._round = 0
+        if not bool(torch.isfinite(self.q_wire).all()):
+            # An inf/nan gradient (an fp16 loss-scale overflow) reached the factors. Pass it on, so the loss
+            # scaler skips this step as it would uncompressed, but do not keep it in Q or the error.
+            self._write_approx(store_error=False)
+            self.reset_q()
+            if self.error is not None:
+                self.error.zero_()
+            return None
+        self._write_approx(store_error=self.error is not None)
+        return None
+
+    def _write_approx(self, store_error: bool) -> None:
+        for (offset, n, m, _), p, qt in zip(self.matrices, self._p, self._qt):
+            grad = self._grad(offset, n, m)
+            torch.matmul(p, qt, out=grad)  # P Q^T: the average over ranks of each rank's M projected on P
+            if store_error:
+                # error = M (the local compensated gradient, held in the error buffer) - what the average carried
+                # of it, in local units
+                self._m(offset, n, m).sub_(grad, alpha=self.local_scale)
