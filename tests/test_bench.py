@@ -51,3 +51,18 @@ def test_bench_allreduce_runs_under_the_launcher(tmp_path):
     # No allreduce of N bytes between processes beats one memcpy of N bytes.
     assert all(r["x_memcpy"] > 1 for r in rows)
     assert "| controller |" in p.stdout
+
+
+def test_bench_train_runs_hvdfast_beside_torchrun_ddp(tmp_path):
+    # `--baseline ddp`: the torchrun + DDP peer on this host, beside hvdfast under horovodrun, in one command
+    p = subprocess.run(hvdfast_cmd("bench", "train", "--baseline", "ddp", "--np", "2", "--model", "resnet18",
+                                   "--image-size", "32", "--steps", "2", "--warmup", "1", "--controller", "gloo",
+                                   "--out-dir", str(tmp_path)),
+                       capture_output=True, text=True, timeout=600, env=launcher_env(), cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    result = json.loads(next(tmp_path.glob("train-*.json")).read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"ddp", "hvdfast"}
+    assert rows["ddp"]["compression"] == "hook none" and rows["ddp"]["precision"] == "bf16"
+    assert all(r["workers"] == 2 and r["img_s_total"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
+    assert any(line.startswith("hvdfast / ddp at 2 worker(s): ") for line in result["ratios"])

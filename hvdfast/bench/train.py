@@ -158,7 +158,9 @@ def _launch(variant: str, args, np_: int, out: Path, threads: int = 0, hosts: st
 
 
 def _summarise(variant: str, np_: int, ranks: list[dict]) -> dict:
-    mean = lambda k: statistics.mean(r[k] for r in ranks)  # noqa: E731
+    def mean(k):
+        return None if ranks[0][k] is None else statistics.mean(r[k] for r in ranks)
+
     return {"variant": variant, "workers": np_, "threads_per_worker": ranks[0]["threads"],
             "controller": ranks[0]["controller"], "precision": ranks[0]["precision"],
             "channels_last": ranks[0]["channels_last"], "compression": ranks[0]["compression"],
@@ -169,17 +171,37 @@ def _summarise(variant: str, np_: int, ranks: list[dict]) -> dict:
             "device": ranks[0].get("device", "cpu").split(":")[0], "compiled": ranks[0].get("compiled", False)}
 
 
+def _launch_ddp(args, np_: int, out: Path) -> list[dict]:
+    """The torchrun + DDP peer (bench/ddp.py) on this host, with the threads hvdfast's workers get."""
+    root = Path(__file__).resolve().parents[2]
+    threads = max(1, (os.cpu_count() or 1) // np_)
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", str(np_),
+           "-m", "hvdfast.bench.ddp", "--hook", args.ddp_hook, "--model", args.model, "--batch", str(args.batch),
+           "--image-size", str(args.image_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--threads", str(threads), "--out", str(out)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
+    ranks = read_result("ddp", np_, proc, out)
+    for r in ranks:  # DDP waits for its allreduces inside backward: the step is not split further
+        r.update(controller="gloo (torch)", channels_last=True, compression=f"hook {r['hook']}", compute_s=None,
+                 comm_wait_s=None, optimizer_s=None)
+    return ranks
+
+
 def _driver(args) -> int:
     from .report import hardware, header, markdown_table, write
     hw = hardware()
     nps = [int(n) for n in str(args.np).split(",")]
-    variants = (["baseline"] if args.baseline else []) + ["hvdfast"]
+    variants = ([args.baseline] if args.baseline else []) + ["hvdfast"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for np_ in nps:
             for v in variants:
                 print(f"running {v} at {np_} worker(s) ...", file=sys.stderr, flush=True)
-                rows.append(_summarise(v, np_, _launch(v, args, np_, Path(tmp) / f"{v}-{np_}.json")))
+                out = Path(tmp) / f"{v}-{np_}.json"
+                ranks = _launch_ddp(args, np_, out) if v == "ddp" else _launch(
+                    "baseline" if v == "horovod" else v, args, np_, out)
+                rows.append(_summarise("baseline (plain Horovod)" if v == "horovod" else v, np_, ranks))
     cols = [("variant", "variant"), ("workers", "workers"), ("threads_per_worker", "threads/worker"),
             ("controller", "controller"), ("device", "device"), ("precision", "precision"),
             ("channels_last", "NHWC"), ("compiled", "compiled"), ("compression", "compression"),
@@ -191,9 +213,9 @@ def _driver(args) -> int:
     one = next((r for r in rows if r["variant"] == "hvdfast" and r["workers"] == 1), None)
     for np_ in nps:
         by = {r["variant"]: r for r in rows if r["workers"] == np_}
-        if "baseline" in by:
-            ratios.append(f"hvdfast / baseline at {np_} worker(s): "
-                          f"{by['hvdfast']['img_s_total'] / by['baseline']['img_s_total']:.2f}x")
+        for name in by.keys() - {"hvdfast"}:
+            ratios.append(f"hvdfast / {name} at {np_} worker(s): "
+                          f"{by['hvdfast']['img_s_total'] / by[name]['img_s_total']:.2f}x")
         if one is not None and np_ > 1:
             ratios.append(f"hvdfast at {np_} workers / hvdfast at 1 worker with all {one['threads_per_worker']} "
                           f"cores: {by['hvdfast']['img_s_total'] / one['img_s_total']:.2f}x")
@@ -262,7 +284,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recipe whose precision, channels_last and Horovod knobs the hvdfast variant uses")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.add_argument("--np", default="2", help="worker counts, comma separated (default 2)")
-    p.add_argument("--baseline", action="store_true", help="also run plain Horovod's synthetic-benchmark setup")
+    p.add_argument("--baseline", nargs="?", const="horovod", choices=["horovod", "ddp"],
+                   help="also run a peer: horovod (plain Horovod's synthetic-benchmark setup; the default) or ddp "
+                        "(torchrun + DDP at its best: bf16, channels_last, gradient_as_bucket_view; bench/ddp.py)")
+    p.add_argument("--ddp-hook", default="none", choices=["none", "fp16", "bf16", "powersgd"],
+                   help="with --baseline ddp: DDP's communication hook")
     p.add_argument("--baseline-threads", default="1", help="torch threads per baseline worker: N or default")
     p.add_argument("--controller", choices=["mpi", "gloo"], default="mpi")
     p.add_argument("--model", default="resnet50")
