@@ -131,7 +131,7 @@ class BucketedOptimizer:
         if bucket.ready == len(bucket.params) * self.passes:
             self._send(bucket, bucket.reducer.begin())
             for earlier in self.buckets[:bucket.index]:
-                self._progress(earlier, wait=False)  # a second round (PowerSGD) can start while backward runs
+                self._progress(earlier)  # a second round (PowerSGD) can start while backward runs
 
     def _send(self, bucket: _Bucket, wire: torch.Tensor) -> None:
         # Horovod: one in-place allreduce per bucket (and round), started while backward computes the next
@@ -139,9 +139,11 @@ class BucketedOptimizer:
         bucket.handle = dist.allreduce_async_(wire, name=f"hvdfast.bucket.{bucket.index}.{bucket.round}",
                                               op=self.wire_op)
 
-    def _progress(self, bucket: _Bucket, wait: bool) -> None:
-        """Take the bucket through the rounds whose allreduce has finished (all of them, with wait)."""
-        while bucket.handle is not None and (wait or dist.poll(bucket.handle)):
+    def _progress(self, bucket: _Bucket, block: bool = False) -> None:
+        """Take the bucket through the rounds whose allreduce has finished; with block, wait for the one in
+        flight first."""
+        while bucket.handle is not None and (block or dist.poll(bucket.handle)):
+            block = False
             reduced = dist.synchronize(bucket.handle)
             bucket.handle = None
             bucket.round += 1
@@ -155,8 +157,14 @@ class BucketedOptimizer:
             if bucket.round == 0 and bucket.handle is None:
                 # some gradient never arrived (unused parameter): reduce what there is
                 self._send(bucket, bucket.reducer.begin())
+        while True:
+            for bucket in self.buckets:
+                self._progress(bucket)  # start every next round that can start, so they fly together
+            oldest = next((b for b in self.buckets if b.handle is not None), None)
+            if oldest is None:
+                break
+            self._progress(oldest, block=True)
         for bucket in self.buckets:
-            self._progress(bucket, wait=True)
             bucket.ready = bucket.round = 0
         self._synchronized = True
 

@@ -82,6 +82,9 @@ class HorovodConfig:
     autotune: bool = False            # Horovod's Bayesian autotuning of fusion / cycle time
     autotune_log: str = ""            # CSV written by Horovod's autotuner; "" = none
     tuned: str = "auto"               # auto: apply `hvdfast tune`'s file if it exists | never | its path
+    hierarchical_allreduce: bool = False  # HOROVOD_HIERARCHICAL_ALLREDUCE: NCCL inside each node, MPI between
+                                          # nodes (GPU tensors with NCCL + MPI only; Horovod 0.28.1 has no
+                                          # hierarchical path for CPU tensors, so on CPU this changes nothing)
     mpi_yield_when_idle: bool = False  # Open MPI ranks sleep instead of spinning while they wait: faster when
                                        # ranks share few cores (CPU training), slower on GPU nodes
 

@@ -50,6 +50,9 @@ def horovod_env(cfg: HorovodConfig) -> dict:
         env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(cfg.stall_check_shutdown_s)
     if cfg.timeline:
         env["HOROVOD_TIMELINE"] = cfg.timeline
+    if cfg.hierarchical_allreduce:
+        # Horovod: reduce inside each node over NCCL, across nodes over MPI (one inter-node hop per node).
+        env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1"
     if cfg.mpi_yield_when_idle:
         # Horovod (MPI controller): a spinning MPI progress loop steals the core its rank computes on.
         env["OMPI_MCA_mpi_yield_when_idle"] = "1"

@@ -31,3 +31,10 @@ def test_fusion_threshold_stays_below_the_bucket_size():
     assert horovod_env(HorovodConfig(fusion_threshold_mb=64, bucket_mb=25))["HOROVOD_FUSION_THRESHOLD"] == \
         str(int(12.5 * mib))
     assert horovod_env(HorovodConfig(fusion_threshold_mb=1, bucket_mb=25))["HOROVOD_FUSION_THRESHOLD"] == str(mib)
+
+
+def test_hierarchical_allreduce_is_passed_to_horovod_only_when_asked():
+    from hvdfast.config import HorovodConfig
+    from hvdfast.dist import horovod_env
+    assert "HOROVOD_HIERARCHICAL_ALLREDUCE" not in horovod_env(HorovodConfig())
+    assert horovod_env(HorovodConfig(hierarchical_allreduce=True))["HOROVOD_HIERARCHICAL_ALLREDUCE"] == "1"

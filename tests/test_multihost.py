@@ -1,7 +1,7 @@
 """Multi-host launch through the real ssh path: hosts are network namespaces on this machine
 (hvdfast/bench/hosts.py), each with its own address, hostname and sshd. From a login host, `hvdfast launch` runs
-the ssh preflight and then
-horovodrun (Gloo) or mpirun across hosta and hostb; both must finish the digits recipe with identical parameters.
+the ssh preflight and then horovodrun (Gloo) or mpirun across hosta and hostb; both must finish the digits recipe
+with identical parameters, and `hvdfast tune --hosts` measures its candidates across the two.
 
 The preflight's failure cases use the same cluster: an address with no sshd, a name that does not resolve, a
 cloned node reporting hosta's hostname, and a node whose Python sees another Horovod release.
@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
+from hvdfast import config
 from hvdfast.bench import hosts as cluster
 from conftest import BIN, ROOT
 
@@ -121,3 +123,22 @@ def test_digits_across_two_hosts(hosts, digits_dir, tmp_path, target):
     assert [r["host"] for r in summary["ranks"]] == ["hosta", "hostb"]
     assert summary["ranks_agree"]
     assert summary["ranks"][0]["params_sha256"] == summary["ranks"][1]["params_sha256"]
+
+
+def test_tune_across_hosts_writes_the_wire_format_that_launch_applies(hosts, tmp_path):
+    # hvdfast tune --hosts: a few training steps on hosta and hostb per wire format, from the login host
+    out = tmp_path / "tuned.yaml"
+    p = on_login(hosts, f"hvdfast tune --hosts hosta:1,hostb:1 --nic hvd0 --controller gloo --model resnet18 "
+                        f"--image-size 32 --steps 1 --out {out}")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    doc = yaml.safe_load(out.read_text())
+    assert [c["compression"] for c in doc["candidates"]] == ["none", "fp16", "powersgd"]
+    assert all(c["img_s"] > 0 and c["controller"] == "gloo" for c in doc["candidates"])
+    # each candidate really ran across the link with its own wire format: fp16 sends about half of none
+    sent = {c["compression"]: c["wire_mb"] for c in doc["candidates"]}
+    assert 0.4 < sent["fp16"] / sent["none"] < 0.6 and sent["powersgd"] < 0.1 * sent["none"]
+    assert doc["horovod"]["compression"] in sent and doc["launcher"]["controller"] == "gloo"
+    assert doc["why"][0].startswith("fastest across the hosts: compression ")
+    # hvdfast train reads it like any tuned file (recipe < tuned file < overrides)
+    cfg = config.load(ROOT / "launch/configs/digits-cpu.yaml", [f"horovod.tuned={out}"])
+    assert cfg.horovod.compression == doc["horovod"]["compression"] and cfg.horovod.bucket_mb == 25.0
