@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     tdist.all_gather_object(ranks, mine)
     if rank == 0:
         Path(args.out).write_text(json.dumps(ranks))
+    # every rank past its last collective before the group goes: rank 0 aborted now and then in teardown
+    # ("terminate called without an active exception", 1 run in 5 here) when it destroyed the group first
+    tdist.barrier()
     tdist.destroy_process_group()
     return 0
 
