@@ -213,7 +213,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     links = list(dict.fromkeys(r["link"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):
         ys = [next((r["efficiency"] for r in rows if r["link"] == lk and r["variant"] == v), 0) for lk in links]
@@ -221,7 +221,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(links))], links)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set(ylabel="efficiency vs compute limit", title="hvdfast bench cluster: 2 emulated hosts")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
