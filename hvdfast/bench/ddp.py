@@ -45,7 +45,7 @@ def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter
 def main(argv=None) -> int:
     from .. import engine, models
     from ..train import param_digest
-    from .train import net_bytes_sent, peak_rss_mb
+    from .train import net_bytes_sent, peak_rss_mb, synthetic_batch
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
@@ -72,10 +72,7 @@ def main(argv=None) -> int:
                                   device_ids=[device.index] if device.type == "cuda" else None)
     register_hook(ddp, args.hook, args.powersgd_rank, args.warmup)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
-    g = torch.Generator().manual_seed(rank)
-    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
+    x, y = synthetic_batch(args, rank, device, channels_last=True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(args.warmup + args.steps):

@@ -35,6 +35,15 @@ def net_bytes_sent() -> int:
     return total
 
 
+def synthetic_batch(args, rank: int, device: torch.device, channels_last: bool):
+    """The benchmarks' fixed input: random images (a different draw per rank) and 1000-class labels."""
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, 1000, (args.batch,), generator=g).to(device)
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (ru_maxrss, KiB on Linux)."""
     import resource
@@ -66,11 +75,7 @@ def _worker(args) -> None:
     opt = dist.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), model, hcfg)
     forward = models.compiled(model, not baseline and cfg.model.compile)
     divisor = dist.loss_divisor(hcfg)  # op=prescaled: Horovod sums gradients already divided by the worker count
-    g = torch.Generator().manual_seed(info.rank)
-    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(info.device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (args.batch,), generator=g).to(info.device)
+    x, y = synthetic_batch(args, info.rank, info.device, channels_last)
     sync = torch.cuda.synchronize if info.device.type == "cuda" else (lambda: None)
     times = []
     for i in range(args.warmup + args.steps):
