@@ -57,7 +57,6 @@ class PowerSGDBucket:
                  seed: int, local_scale: float = 1.0, error_feedback: bool = True):
         self.flat = flat
         self.local_scale = local_scale
-        self.rank = rank
         self.matrices: list[tuple[int, int, int, int]] = []   # (flat offset, n, m, r)
         self.vectors: list[tuple[int, int]] = []              # (flat offset, numel): sent whole
         for offset, numel, shape in layout:

@@ -181,12 +181,9 @@ def run(args) -> int:
     for link in links:
         sel = [r for r in rows if r["link"] == link]
         ddps = [r for r in sel if r["variant"].startswith("ddp")]
-        ours = next((r for r in sel if r["variant"] == "hvdfast"), None)
         for r in sel:
             r["vs_best_ddp"] = r["img_s"] / max(d["img_s"] for d in ddps) if ddps else None
             r["vs_ddp_default"] = next((r["img_s"] / d["img_s"] for d in ddps if d["variant"] == "ddp"), None)
-        if ours and link in tuned_docs:
-            ours["settings"] = tuned_docs[link]["horovod"]["compression"]
     cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("img_s", "img/s"),
             ("efficiency", "efficiency"), ("comm_share", "comm share of step"), ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
