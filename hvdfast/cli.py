@@ -93,18 +93,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from . import config
-    cfg = config.load(args.config, args.overrides)
+    from . import config, train, tuned
+    cfg, notes = tuned.load_config(args.config, args.overrides)  # recipe < tuned file < overrides
     if args.print_config:
         if env_rank() == 0:
             print(config.dump(cfg), end="")
         return 0
-    if cfg.train.elastic:
-        from . import elastic
-        elastic.run(cfg)
-        return 0
-    from . import train
-    train.run(cfg)
+    train.run(cfg, notes)
     return 0
 
 

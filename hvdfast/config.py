@@ -256,8 +256,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML recipe (or defaults when path is None) and apply `section.key=value` overrides."""
+def read(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()) -> tuple[dict, str]:
+    """The user's settings as a nested mapping: the YAML recipe (or nothing) with the overrides applied on top,
+    and a description of where they came from (for error messages)."""
     raw: dict = {}
     source = "defaults"
     if path is not None:
@@ -274,8 +275,6 @@ def load(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()
             raise ConfigError(f"config file '{p}' must be a YAML mapping of sections "
                               f"(data, model, optim, horovod, train), got {type(raw).__name__}.")
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    parsed = [parse_override(t) for t in overrides]
-    _apply_tuned(raw, parsed)
     for text in overrides:
         key, value = parse_override(text)
         sec, name = key.split(".")
@@ -283,33 +282,22 @@ def load(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()
             raw[sec] = {}
         if isinstance(raw[sec], dict):
             raw[sec][name] = value
-    cfg = from_dict(raw, source=source + (" + overrides" if overrides else ""))
-    if path is not None and "{config}" in cfg.train.run_dir:
-        cfg = replace(cfg, "train.run_dir", cfg.train.run_dir.replace("{config}", Path(path).stem))
-    elif "{config}" in cfg.train.run_dir:
-        cfg = replace(cfg, "train.run_dir", cfg.train.run_dir.replace("{config}", "default"))
+    return raw, source + (" + overrides" if overrides else "")
+
+
+def build(raw: dict, source: str, path: Optional[str | Path] = None) -> Config:
+    """A validated Config from read()'s mapping; {config} in train.run_dir becomes the recipe's name."""
+    cfg = from_dict(raw, source=source)
+    if "{config}" in cfg.train.run_dir:
+        cfg = replace(cfg, "train.run_dir",
+                      cfg.train.run_dir.replace("{config}", Path(path).stem if path is not None else "default"))
     return cfg
 
 
-def _apply_tuned(raw: dict, overrides: list) -> None:
-    """Overlay `hvdfast tune`'s settings: recipe < tuned file < command-line overrides."""
-    from . import tune
-    hv = raw.get("horovod") if isinstance(raw.get("horovod"), dict) else {}
-    choice = dict(overrides).get("horovod.tuned", hv.get("tuned", "auto"))
-    if choice == "never" or not isinstance(choice, str):
-        return
-    doc = tune.load(None if choice == "auto" else choice)
-    if doc is None:
-        if choice != "auto":
-            raise ConfigError(f"horovod.tuned='{choice}' is not a file written by 'hvdfast tune'.")
-        return
-    explicit = {k for k, _ in overrides}
-    section = raw.setdefault("horovod", {}) if isinstance(raw.get("horovod", {}), dict) else {}
-    for key in tune.TUNED_KEYS:
-        if key == "op" and section.get("op") == "adasum":
-            continue  # the recipe chose a different reduction, not a faster way to average
-        if key in (doc.get("horovod") or {}) and f"horovod.{key}" not in explicit:
-            section[key] = doc["horovod"][key]
+def load(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML recipe (or defaults when path is None) and apply `section.key=value` overrides.
+    The user's settings only: `hvdfast.tuned.load_config` adds what `hvdfast tune` measured."""
+    return build(*read(path, overrides), path)
 
 
 def replace(cfg: Config, path: str, value: Any) -> Config:

@@ -122,6 +122,8 @@ def _mpi_world():
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1"))) <= 1:
         return None
     from mpi4py import MPI
+    if not MPI.Is_initialized():
+        MPI.Init()  # _mpi_info() turned mpi4py's automatic MPI_Init off (version queries need none)
     return MPI.COMM_WORLD
 
 
@@ -148,7 +150,10 @@ def main(as_json: bool = False) -> int:
     comm = _mpi_world()
     if comm is not None:
         reports = comm.gather(report, root=0)
-        if comm.Get_rank() != 0:
+        rank = comm.Get_rank()
+        from mpi4py import MPI
+        MPI.Finalize()  # initialised by _mpi_world, so finalised here (mpi4py would not at exit)
+        if rank != 0:
             return 0
         problems = problems + compare_ranks(reports)
         report = {"ranks": reports}

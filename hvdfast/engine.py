@@ -6,14 +6,40 @@ The optimizer passed in is Horovod's DistributedOptimizer; this module only reli
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import torch
 
-# Local sums kept per log window, in this order (reduced across ranks by the caller at log intervals only).
-WINDOW_FIELDS = ("loss_sum", "correct", "images", "data_wait_s", "step_s", "wall_s", "nonfinite")
+
+@dataclass
+class Window:
+    """This rank's sums over one log window (reduced across ranks by the caller, at log intervals only)."""
+    loss_sum: float = 0.0     # sum of per-image losses
+    correct: float = 0.0      # top-1 hits
+    images: float = 0.0       # images trained on
+    data_wait_s: float = 0.0  # time spent waiting for batches
+    step_s: float = 0.0       # time spent in forward, backward and the update
+    wall_s: float = 0.0       # wall time of the window
+    nonfinite: float = 0.0    # 1 where this rank's loss was NaN/inf
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor(dataclasses.astuple(self), dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> "Window":
+        return cls(*t.tolist())
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """One optimizer step, split where the benchmarks want it (device-synchronised when asked for)."""
+    compute_s: float    # forward + backward of every micro-batch (Horovod's allreduces start during backward)
+    comm_wait_s: float  # waiting in synchronize() for the allreduces that backward did not hide
+    update_s: float     # unscale, clip, optimizer update, zero_grad
+    step_s: float       # all of it
 
 
 @dataclass(frozen=True)
@@ -40,13 +66,14 @@ def precision_for(name: str, device: torch.device) -> Precision:
     return Precision(name=name, device_type=device.type, dtype=dtype, scaler=scaler)
 
 
-def optimizer_step(optimizer, model: torch.nn.Module, prec: Precision, clip_grad_norm: float) -> None:
-    """One update in Horovod's documented AMP order: synchronize -> unscale -> clip -> step (no second sync)."""
-    if prec.scaler is None and clip_grad_norm <= 0:
-        optimizer.step()  # Horovod: waits for the fused allreduces, then updates
-        return
+def optimizer_step(optimizer, model: torch.nn.Module, prec: Precision, clip_grad_norm: float,
+                   sync: Callable[[], None] = lambda: None) -> float:
+    """One update in Horovod's documented AMP order: synchronize -> unscale -> clip -> step (no second sync).
+    Returns when synchronize() finished (perf_counter; `sync` waits for the device first, for timings)."""
     # Horovod: finish the gradient allreduce before unscaling or clipping the averaged gradients.
     optimizer.synchronize()
+    sync()
+    t_synced = time.perf_counter()
     if prec.scaler is not None:
         prec.scaler.unscale_(optimizer)
     if clip_grad_norm > 0:
@@ -59,28 +86,34 @@ def optimizer_step(optimizer, model: torch.nn.Module, prec: Precision, clip_grad
             optimizer.step()
     if prec.scaler is not None:
         prec.scaler.update()
+    return t_synced
 
 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: int, first_step: int,
                 lr_fn: Callable[[int], float], criterion: torch.nn.Module, prec: Precision,
                 accumulation: int = 1, loss_divisor: int = 1, clip_grad_norm: float = 0.0,
                 log_every: int = 20,
-                on_log: Callable[[int, torch.Tensor], None] = lambda step, window: None,
-                on_step: Callable[[int], None] = lambda step: None) -> int:
+                on_log: Callable[[int, Window], None] = lambda step, window: None,
+                on_step: Callable[[int], None] = lambda step: None,
+                step_times: Optional[list] = None) -> int:
     """Run up to `steps` optimizer steps (each of `accumulation` micro-batches). Returns the next global step.
 
-    on_log(step, window) gets this rank's WINDOW_FIELDS sums every `log_every` steps and at the end; the caller
-    reduces them across ranks (the only cross-rank traffic besides the gradients).
+    on_log(step, window) gets this rank's Window every `log_every` steps and at the end; the caller reduces it
+    across ranks (the only cross-rank traffic besides the gradients). With `step_times` (a list), every step's
+    StepTimes is appended, the device synchronised at each boundary (benchmarks; training leaves it None).
     """
     model.train()
     step = first_step
     done = 0
-    window = torch.zeros(len(WINDOW_FIELDS), dtype=torch.float64)
+    window = Window()
     dev_sums = None  # loss_sum, correct on the device: no host sync per step
     t_window = t_prev = time.perf_counter()
+    sync = (torch.cuda.synchronize if step_times is not None and torch.cuda.is_available() else lambda: None)
+    t_step = None
     micro = 0
     for images, labels in batches:
         t_batch = time.perf_counter()
+        t_step = t_batch if micro == 0 else t_step
         if micro == 0:
             lr = lr_fn(step)
             for g in optimizer.param_groups:
@@ -98,26 +131,33 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
             n = labels.shape[0]
             sums = torch.stack([loss.detach().float() * n, (logits.argmax(1) == labels).sum().float()])
             dev_sums = sums if dev_sums is None else dev_sums + sums
-        window[2] += labels.shape[0]
+        window.images += labels.shape[0]
         micro += 1
         if micro == accumulation:
             micro = 0
-            optimizer_step(optimizer, model, prec, clip_grad_norm)
+            sync()
+            t_backward = time.perf_counter()
+            t_synced = optimizer_step(optimizer, model, prec, clip_grad_norm, sync)
             optimizer.zero_grad()  # Horovod: its zero_grad takes no arguments (torch default: set_to_none)
+            sync()
+            if step_times is not None:
+                t_end = time.perf_counter()
+                step_times.append(StepTimes(compute_s=t_backward - t_step, comm_wait_s=t_synced - t_backward,
+                                            update_s=t_end - t_synced, step_s=t_end - t_step))
             step += 1
             done += 1
             on_step(step)
         t_now = time.perf_counter()
-        window[3] += t_batch - t_prev
-        window[4] += t_now - t_batch
+        window.data_wait_s += t_batch - t_prev
+        window.step_s += t_now - t_batch
         t_prev = t_now
         if micro == 0 and (done % log_every == 0 or done == steps):
             host = dev_sums.double().cpu()
-            window[0], window[1] = host[0], host[1]
-            window[6] = 0.0 if torch.isfinite(host[0]) else 1.0
-            window[5] = t_now - t_window
-            on_log(step, window.clone())
-            window.zero_()
+            window.loss_sum, window.correct = float(host[0]), float(host[1])
+            window.nonfinite = 0.0 if torch.isfinite(host[0]) else 1.0
+            window.wall_s = t_now - t_window
+            on_log(step, window)
+            window = Window()
             dev_sums = None
             t_window = t_prev = time.perf_counter()
         if done >= steps and micro == 0:

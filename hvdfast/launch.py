@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import config, dist, tune
+from . import config, dist, tuned
 
 FORWARD = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV")  # names mpirun exports with -x
 
@@ -31,7 +31,7 @@ def _train_args(args) -> list[str]:
 def _config(args) -> config.Config:
     """The resolved training config (recipe < tuned file < overrides), loaded once per command."""
     if getattr(args, "resolved", None) is None:
-        args.resolved = config.load(args.config, args.overrides)
+        args.resolved, _ = tuned.load_config(args.config, args.overrides)
     return args.resolved
 
 
@@ -39,14 +39,13 @@ def _knobs(args) -> dict:
     cfg = _config(args)
     env = dist.horovod_env(cfg.horovod)
     prefixed = {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_", "NCCL_")) and k not in env}
-    return {**prefixed, **env, **tune.launcher_env(tune.for_config(cfg))}
+    return {**prefixed, **env, **tuned.launcher_env(tuned.for_config(cfg))}
 
 
 def _controller(args) -> str:
     if args.controller != "auto":
         return args.controller
-    doc = tune.load()
-    return (doc or {}).get("launcher", {}).get("controller", "mpi")
+    return tuned.controller(_config(args)) or "mpi"  # the file this config uses, not always the default one
 
 
 def _q(cmd: list[str]) -> str:
@@ -57,8 +56,8 @@ def horovodrun_cmd(args, hosts: str | None, program: list[str] | None = None, tu
     """horovodrun for args (np, hostfile, nic, controller, config, overrides) running `program` (default: hvdfast
     train with the recipe); bench runs its workers through it too."""
     # horovodrun hands its own environment to every rank (local and over ssh): start it with the tuned settings.
-    tuned = tune.launcher_env(tune.for_config(_config(args))) if tuned_env else {}
-    cmd = (["env", *[f"{k}={v}" for k, v in sorted(tuned.items())]] if tuned else []) + \
+    env = tuned.launcher_env(tuned.for_config(_config(args))) if tuned_env else {}
+    cmd = (["env", *[f"{k}={v}" for k, v in sorted(env.items())]] if env else []) + \
         ["horovodrun", "-np", str(args.np)]
     if args.hostfile:
         cmd += ["--hostfile", args.hostfile]
@@ -142,7 +141,7 @@ def _ray_train(cwd: str, config_path: str | None, overrides: list[str]) -> dict:
     from .data.folder import DataError
     os.chdir(cwd)
     try:
-        summary = train.run(config.load(config_path, overrides))
+        summary = train.run(*tuned.load_config(config_path, overrides))
     except (config.ConfigError, DataError, CheckpointError, train.TrainingError) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}  # every worker meets it; the driver says it once
     return {k: v for k, v in summary.items() if k != "model"}

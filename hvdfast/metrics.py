@@ -9,21 +9,20 @@ from typing import Optional
 
 import torch
 
-from .engine import WINDOW_FIELDS
+from .engine import Window
 
 
-def window_metrics(reduced: torch.Tensor, size: int) -> dict:
+def window_metrics(w: Window, size: int) -> dict:
     """Cross-rank sums of a log window -> averaged metrics (img/s is for all workers together)."""
-    w = dict(zip(WINDOW_FIELDS, reduced.tolist()))
-    images = max(w["images"], 1.0)
-    wall = w["wall_s"] / size
+    images = max(w.images, 1.0)
+    wall = w.wall_s / size
     return {
-        "loss": w["loss_sum"] / images,
-        "top1": 100.0 * w["correct"] / images,
-        "img_s": w["images"] / wall if wall > 0 else 0.0,
-        "data_wait_s": w["data_wait_s"] / size,
-        "step_s": (w["step_s"] / size),
-        "nonfinite_ranks": int(w["nonfinite"]),
+        "loss": w.loss_sum / images,
+        "top1": 100.0 * w.correct / images,
+        "img_s": w.images / wall if wall > 0 else 0.0,
+        "data_wait_s": w.data_wait_s / size,
+        "step_s": w.step_s / size,
+        "nonfinite_ranks": int(w.nonfinite),
     }
 
 
@@ -69,7 +68,10 @@ class Reporter:
         if self._bar is not None:
             self._bar.write(text)
         else:
-            print(text, flush=True)
+            # one write per line: launchers (horovodrun, mpirun) tag output per chunk read, and print() with
+            # PYTHONUNBUFFERED writes the text and its newline separately (tags glued mid-line)
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
 
     def record(self, kind: str, step: int, values: dict, show: Optional[str] = None) -> None:
         if not self.enabled:

@@ -11,33 +11,17 @@ and the file exists.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op", "bucket_mb")  # those a doc holds apply
+from .tuned import default_path
+
 # The grid's reduction ops and the training op that averages with each: Horovod's Average, or a Sum of gradients
 # already divided by the worker count (the 1/N taken on the loss: same result, no scaling pass after the sum).
 TRAINING_OP = {"average": "average", "sum": "prescaled"}
-
-
-def default_path() -> Path:
-    env = os.environ.get("HVDFAST_TUNED")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "hvdfast" / "tuned.yaml"
-
-
-def load(path: str | Path | None = None) -> dict | None:
-    p = Path(path) if path else default_path()
-    if not p.is_file():
-        return None
-    data = yaml.safe_load(p.read_text()) or {}
-    return data if isinstance(data, dict) else None
 
 
 def choose(rows: list[dict]) -> tuple[dict, list[str]]:
@@ -77,20 +61,6 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
                 why.append(f"{label(other)} on {best['controller']}: {alt['ms']:.1f} ms at its best "
                            f"({alt['ms'] / best['ms']:.2f}x)")
     return best, why
-
-
-def for_config(cfg) -> dict | None:
-    """The tuned file a config uses (None with horovod.tuned=never or when there is none)."""
-    choice = cfg.horovod.tuned
-    if choice == "never" or not isinstance(choice, str):
-        return None
-    return load(None if choice == "auto" else choice)
-
-
-def launcher_env(doc: dict | None) -> dict:
-    """Environment the tuned file asks every rank to start with (set by the launch helpers: GLIBC_TUNABLES is
-    read when a process starts, before any Python runs)."""
-    return {k: str(v) for k, v in ((doc or {}).get("launcher", {}).get("env") or {}).items()}
 
 
 # Across hosts: the gradient's wire format decides more than any Horovod knob. Each candidate is (compression,

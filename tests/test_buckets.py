@@ -1,7 +1,7 @@
 """Gradient bucket planning and views (the multi-rank reduction is in test_parallel and test_train_parallel)."""
 import torch
 
-from hvdfast.buckets import _view, plan
+from hvdfast.dist.buckets import _view, plan
 
 
 def test_plan_fills_buckets_last_parameter_first_and_gives_a_big_tensor_its_own():

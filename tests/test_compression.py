@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hvdfast import compression
+from hvdfast.dist import compression
 
 
 @pytest.mark.parametrize("name,wire", [("none", torch.float32), ("fp16", torch.float16), ("bf16", torch.float32)])

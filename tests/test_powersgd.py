@@ -2,7 +2,7 @@
 horovodrun / mpirun is in test_parallel and test_train_parallel)."""
 import torch
 
-from hvdfast import powersgd
+from hvdfast.dist import powersgd
 
 # a bucket as BucketedOptimizer lays it out: a conv weight (16 x 3x3x8), a bias (16), a linear weight (10 x 16)
 SHAPES = [(16, 8, 3, 3), (16,), (10, 16)]

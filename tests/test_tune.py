@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from hvdfast import config, tune
+from hvdfast import config, tune, tuned
 from hvdfast.config import ConfigError
 
 
@@ -23,18 +23,19 @@ def test_tuned_file_sits_between_recipe_and_overrides(tmp_path, monkeypatch):
     f.write_text(yaml.safe_dump({"horovod": {"fusion_threshold_mb": 0.0, "cycle_time_ms": 5.0,
                                              "compression": "fp16"}, "launcher": {"controller": "mpi"}}))
     monkeypatch.setenv("HVDFAST_TUNED", str(f))
-    cfg = config.load(None, ["horovod.cycle_time_ms=2"])
-    assert cfg.horovod.fusion_threshold_mb == 0.0 and cfg.horovod.compression == "fp16"
+    cfg, notes = tuned.load_config(None, ["horovod.cycle_time_ms=2"])
+    assert cfg.horovod.fusion_threshold_mb == 0.0 and cfg.horovod.compression == "fp16" and notes == []
     assert cfg.horovod.cycle_time_ms == 2.0                     # the command line wins
-    off = config.load(None, ["horovod.tuned=never"])
+    off, _ = tuned.load_config(None, ["horovod.tuned=never"])
     assert off.horovod.compression == "none" and off.horovod.fusion_threshold_mb == 64.0
+    assert config.load(None).horovod.compression == "none"      # config.load: the user's settings alone
     with pytest.raises(ConfigError, match="not a file written by 'hvdfast tune'"):
-        config.load(None, [f"horovod.tuned={tmp_path / 'missing.yaml'}"])
+        tuned.load_config(None, [f"horovod.tuned={tmp_path / 'missing.yaml'}"])
 
 
 def test_no_tuned_file_means_the_recipe_alone():
-    cfg = config.load(None)
-    assert cfg.horovod.compression == "none" and cfg.horovod.tuned == "auto"
+    cfg, notes = tuned.load_config(None)
+    assert cfg.horovod.compression == "none" and cfg.horovod.tuned == "auto" and notes == []
 
 
 def test_malloc_mode_is_explained_and_becomes_launcher_environment():
@@ -47,9 +48,9 @@ def test_malloc_mode_is_explained_and_becomes_launcher_environment():
     assert malloc_env({}, "default") == {}
     assert malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "hugepages") == {
         "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
-    assert tune.launcher_env({"launcher": {"env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}}) == {
+    assert tuned.launcher_env({"launcher": {"env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}}) == {
         "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    assert tune.launcher_env(None) == {}
+    assert tuned.launcher_env(None) == {}
 
 
 def test_sum_on_the_wire_becomes_the_prescaled_training_op(tmp_path, monkeypatch):
@@ -60,12 +61,15 @@ def test_sum_on_the_wire_becomes_the_prescaled_training_op(tmp_path, monkeypatch
     f = tmp_path / "tuned.yaml"
     f.write_text(yaml.safe_dump({"horovod": {"op": tune.TRAINING_OP[best["op"]]}}))
     monkeypatch.setenv("HVDFAST_TUNED", str(f))
-    assert config.load(None).horovod.op == "prescaled"
-    assert config.load(None, ["horovod.op=average"]).horovod.op == "average"   # the command line wins
-    assert config.load(None, ["horovod.op=adasum"]).horovod.op == "adasum"
+    assert tuned.load_config(None)[0].horovod.op == "prescaled"
+    assert tuned.load_config(None, ["horovod.op=average"])[0].horovod.op == "average"   # the command line wins
+    assert tuned.load_config(None, ["horovod.op=adasum"])[0].horovod.op == "adasum"
     recipe = tmp_path / "adasum.yaml"
     recipe.write_text("horovod:\n  op: adasum\n")
-    assert config.load(recipe).horovod.op == "adasum"  # a different reduction, not a way to average: kept
+    cfg, notes = tuned.load_config(recipe)
+    assert cfg.horovod.op == "adasum"  # a different reduction, not a way to average: kept
+    assert notes == ["tuned horovod.op=prescaled not applied: the recipe chose op=adasum, a different reduction "
+                     "rather than a slower way to average"]
     with pytest.raises(ConfigError, match="gradient_predivide_factor applies to op=average only"):
         config.load(None, ["horovod.op=prescaled", "horovod.gradient_predivide_factor=2"])
 
@@ -78,3 +82,38 @@ def test_buckets_are_a_grid_dimension_and_become_horovod_bucket_mb():
     assert any(w.startswith("one allreduce per gradient on mpi: 27.1 ms at its best (1.61x)") for w in why)
     with pytest.raises(ConfigError, match="does not apply to op=adasum"):
         config.load(None, ["horovod.bucket_mb=25", "horovod.op=adasum", "horovod.tuned=never"])
+
+
+def test_a_tuned_setting_never_invalidates_what_the_user_chose(tmp_path, monkeypatch):
+    """The file `hvdfast tune` writes (25 MiB buckets, op prescaled) with op=adasum, with a predivide factor, or
+    with elastic + PowerSGD: the user's settings train, the tuned ones that do not fit are left out with a note."""
+    f = tmp_path / "tuned.yaml"
+    f.write_text(yaml.safe_dump({"horovod": {"bucket_mb": 25.0, "op": "prescaled", "compression": "powersgd",
+                                             "cycle_time_ms": 3.0}, "launcher": {"controller": "gloo"}}))
+    monkeypatch.setenv("HVDFAST_TUNED", str(f))
+    cfg, notes = tuned.load_config(None, ["horovod.op=adasum"])
+    assert (cfg.horovod.op, cfg.horovod.bucket_mb, cfg.horovod.cycle_time_ms) == ("adasum", 0.0, 3.0)
+    assert [n.split(":")[0] for n in notes] == ["tuned horovod.bucket_mb=25.0 not applied",
+                                                "tuned horovod.compression=powersgd not applied"]
+    cfg, notes = tuned.load_config(None, ["horovod.gradient_predivide_factor=2"])
+    assert (cfg.horovod.op, cfg.horovod.bucket_mb, cfg.horovod.compression) == ("average", 25.0, "powersgd")
+    assert [n.split(":")[0] for n in notes] == ["tuned horovod.op=prescaled not applied"]
+    cfg, notes = tuned.load_config(None, ["train.elastic=true"])
+    assert (cfg.horovod.op, cfg.horovod.bucket_mb, cfg.horovod.compression) == ("prescaled", 25.0, "none")
+    assert [n.split(":")[0] for n in notes] == ["tuned horovod.compression=powersgd not applied"]
+
+
+def test_launch_takes_the_controller_from_the_tuned_file_the_config_uses(tmp_path, monkeypatch):
+    import argparse
+    from hvdfast import launch
+    default, other = tmp_path / "default.yaml", tmp_path / "other.yaml"
+    default.write_text(yaml.safe_dump({"launcher": {"controller": "gloo"}}))
+    other.write_text(yaml.safe_dump({"launcher": {"controller": "mpi"}}))
+    monkeypatch.setenv("HVDFAST_TUNED", str(default))
+
+    def controller(*overrides):
+        args = argparse.Namespace(config=None, overrides=list(overrides), controller="auto")
+        return launch._controller(args)
+    assert controller() == "gloo"
+    assert controller("horovod.tuned=never") == "mpi"          # Horovod's default, not the default file's
+    assert controller(f"horovod.tuned={other}") == "mpi"

@@ -61,8 +61,9 @@ def memcpy_floor(nbytes: int, repeat: int = 10) -> float:
 
 # ------------------------------------------------------------------------------------------------- worker side
 def _worker(args) -> None:
-    from .. import compression, dist
-    from ..buckets import plan
+    from .. import dist
+    from ..dist import compression
+    from ..dist.buckets import plan
     from ..config import HorovodConfig
     hcfg = HorovodConfig(fusion_threshold_mb=args.fusion_mb, cycle_time_ms=args.cycle_ms)
     shapes = gradient_shapes(args.model)

@@ -1,8 +1,9 @@
 """`hvdfast bench train`: synthetic training throughput under the real launcher, hvdfast vs plain Horovod.
 
 The driver (no launcher) starts `horovodrun -np N` once per variant, side by side in one command, and prints one
-table with the hardware. A variant's worker runs WARMUP untimed steps, then STEPS timed ones, and splits each step
-into forward+backward, waiting for the gradient allreduce after backward, and the optimizer update.
+table with the hardware. A variant's worker runs WARMUP untimed steps, then STEPS timed ones, through the training
+engine's own engine.train_epoch (the code `hvdfast train` runs), which splits each step into forward+backward,
+waiting for the gradient allreduce after backward, and the optimizer update.
 
 * baseline: what Horovod's examples/pytorch/pytorch_synthetic_benchmark.py does — fp32, NCHW, SGD(lr=0.01),
   DistributedOptimizer with no compression, Horovod's default knobs, and `--baseline-threads` torch threads.
@@ -12,6 +13,7 @@ into forward+backward, waiting for the gradient allreduce after backward, and th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -51,9 +53,9 @@ def peak_rss_mb() -> float:
 
 
 def _worker(args) -> None:
-    from .. import config, dist, engine, models
-    from ..train import param_digest
-    cfg = config.load(args.config, args.overrides)
+    from .. import config, dist, engine, models, tuned
+    from ..run.summary import param_digest
+    cfg, _ = tuned.load_config(args.config, args.overrides)  # as `hvdfast train` resolves it
     baseline = args.variant == "baseline"
     if baseline:
         info = dist.init(None, pin_threads=False)  # Horovod's defaults, as its example runs
@@ -75,35 +77,22 @@ def _worker(args) -> None:
     opt = dist.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), model, hcfg)
     forward = models.compiled(model, not baseline and cfg.model.compile)
     divisor = dist.loss_divisor(hcfg)  # op=prescaled: Horovod sums gradients already divided by the worker count
-    x, y = synthetic_batch(args, info.rank, info.device, channels_last)
-    sync = torch.cuda.synchronize if info.device.type == "cuda" else (lambda: None)
-    times = []
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            sent0 = net_bytes_sent()
-        t0 = time.perf_counter()
-        with prec.autocast():
-            loss = torch.nn.functional.cross_entropy(forward(x), y) / divisor
-        if prec.scaler is not None:
-            prec.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        sync()
-        t1 = time.perf_counter()
-        opt.synchronize()   # Horovod: the allreduces started during backward; this is the part not hidden
-        t2 = time.perf_counter()
-        with opt.skip_synchronize():
-            if prec.scaler is not None:
-                prec.scaler.step(opt)
-                prec.scaler.update()
-            else:
-                opt.step()
-        opt.zero_grad()
-        sync()
-        t3 = time.perf_counter()
-        if i >= args.warmup:
-            times.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
-    wire = (net_bytes_sent() - sent0) / args.steps
+    batch = synthetic_batch(args, info.rank, info.device, channels_last)
+    sent = {0: net_bytes_sent()}
+
+    def on_step(step: int) -> None:
+        if step == args.warmup:
+            sent[0] = net_bytes_sent()
+
+    # The training engine's own step (what `hvdfast train` runs), timed per phase: forward+backward, the wait
+    # for the allreduces backward did not hide, and the update.
+    step_times: list = []
+    total = args.warmup + args.steps
+    engine.train_epoch(forward, opt, itertools.repeat(batch, total), steps=total, first_step=0,
+                       lr_fn=lambda step: 0.01, criterion=torch.nn.CrossEntropyLoss(), prec=prec,
+                       loss_divisor=divisor, log_every=total, on_step=on_step, step_times=step_times)
+    times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in step_times[args.warmup:]]
+    wire = (net_bytes_sent() - sent[0]) / args.steps
     per_rank = {"rank": info.rank, "threads": torch.get_num_threads(), "controller": info.controller,
                 "wire_mb_per_step": wire / 1e6, "peak_rss_mb": peak_rss_mb(), "params_sha256": param_digest(model),
                 "compute_s": statistics.median(t[0] for t in times),

@@ -13,7 +13,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Loader(Protocol):
     steps_per_epoch: int   # batches this rank yields per epoch (identical on every rank for training)
     images: int            # images in the split (all ranks together, before padding)
-    skipped: int           # undecodable files skipped so far (data.skip_corrupt)
+    bad_files: set         # undecodable files this rank met and skipped so far (data.skip_corrupt); the run's
+                           # count is the union over ranks
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of one epoch; `skip` batches already consumed (mid-epoch resume) are not produced."""

@@ -52,16 +52,24 @@ def _track(loader) -> None:
 class FolderSource:
     """An ImageFolder split read by fn.readers.file, over a file list permuted by (seed, epoch)."""
 
-    def __init__(self, split: Split, train: bool, seed: int, skip_corrupt: bool):
+    def __init__(self, split: Split, train: bool, seed: int, skip_corrupt: bool, rank: int = 0, size: int = 1):
         self.split, self.train, self.seed = split, train, seed
         self.valid = list(range(len(split)))
+        self.bad_files: set[str] = set()
         if skip_corrupt:
+            # DALI cannot skip a file mid-epoch (it would stop with the batch), so undecodable files leave the file
+            # list first. Each rank decodes every size-th file, and the ranks exchange what they found.
             from .check import undecodable
-            bad = {p for p, _ in undecodable(split.path(i) for i in range(len(split)))}
-            self.valid = [i for i in range(len(split)) if split.path(i) not in bad]
+            self.bad_files = {str(p) for p, _ in undecodable(split.path(i) for i in range(rank, len(split), size))}
+            bad = self.bad_files
+            if size > 1:
+                from .. import dist
+                # Horovod: every rank needs the same file list (DALI shards it by rank).
+                found = dist.allgather_object(sorted(self.bad_files), name=f"dali.check.{split.root.name}")
+                bad = set().union(*map(set, found))
+            self.valid = [i for i in range(len(split)) if str(split.path(i)) not in bad]
         self.images = len(split)
         self.usable = len(self.valid)
-        self.skipped = self.images - self.usable
 
     def order(self, epoch: int) -> list[int]:
         if not self.train:
@@ -95,7 +103,7 @@ class ShardSource:
         self.index_paths = [p[:-4] + ".idx" for p in self.paths]
         self.train, self.seed = train, seed
         self.images = self.usable = int(meta["samples"])
-        self.skipped = 0
+        self.bad_files: set[str] = set()
 
     def reader(self, epoch: int, rank: int, size: int):
         from nvidia.dali import fn, types
@@ -153,7 +161,7 @@ class DaliLoader:
                        crop_scale=crop_scale, flip=flip, gpu=device.type == "cuda",
                        device_id=device.index if device.type == "cuda" else None)
         self.device, self.channels_last = device, channels_last
-        self.images, self.skipped = source.images, source.skipped
+        self.images, self.bad_files = source.images, source.bad_files
         # DALI shards contiguously; with pad_last_batch every shard is padded to the largest one's full batches.
         self.steps_per_epoch = math.ceil(math.ceil(source.usable / size) / batch)
         self._val_iter = None
@@ -187,10 +195,11 @@ class DaliLoader:
     def _take(self, epoch: int):
         """`epoch`'s training iterator: the one built ahead if it is for this epoch, else a new one."""
         ahead, self._next = self._next, None
+        if ahead is not None:
+            ahead[1].join()  # even when unused: a pipeline still building must not outlive its loader's control
         if ahead is None or ahead[0] != epoch:
             return self._iterator(epoch)  # first epoch, a resume, or an epoch skipped: nothing ahead to use
         _, thread, box = ahead
-        thread.join()
         if "error" in box:
             raise box["error"]
         return box["it"]
@@ -241,6 +250,6 @@ def build(cfg, dist, train_split: Split | None, val_split: Split | None, threads
         root = Path(d.dir)
         sources = ShardSource(root / "train", True, cfg.train.seed), ShardSource(root / "val", False, 0)
     else:
-        sources = (FolderSource(train_split, True, cfg.train.seed, d.skip_corrupt),
-                   FolderSource(val_split, False, 0, d.skip_corrupt))
+        sources = (FolderSource(train_split, True, cfg.train.seed, d.skip_corrupt, dist.rank, dist.size),
+                   FolderSource(val_split, False, 0, d.skip_corrupt, dist.rank, dist.size))
     return DaliLoader(sources[0], train=True, **common), DaliLoader(sources[1], train=False, **common)

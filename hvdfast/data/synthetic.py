@@ -5,7 +5,7 @@ import torch
 
 
 class SyntheticLoader:
-    skipped = 0
+    bad_files: set = frozenset()
 
     def __init__(self, *, images: int, classes: int, image_size: int, batch: int, size: int, seed: int,
                  device: torch.device, channels_last: bool, dtype=torch.float32):

@@ -29,31 +29,50 @@ def val_transform(image_size: int, resize: int):
 
 
 class FolderDataset(Dataset):
-    def __init__(self, split: Split, transform, skip_corrupt: bool, seed: int = 0):
+    def __init__(self, split: Split, transform, skip_corrupt: bool, seed: int = 0, substitute: bool = True):
         self.split, self.transform, self.skip_corrupt = split, transform, skip_corrupt
+        self.substitute = substitute  # training: replace a skipped file (full batches); validation: drop it
         self.seed, self.epoch = seed, 0
 
     def __len__(self):
         return len(self.split)
 
     def __getitem__(self, i):
+        """(image, label, paths of undecodable files passed over). With skip_corrupt, a file that fails to decode
+        is replaced by the next one of the split that decodes: every batch stays full, so every rank takes the
+        same number of steps (a rank one step short would leave the others waiting in the allreduce)."""
         from PIL import Image
-        path = self.split.path(i)
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except Exception as exc:  # PIL raises several types for bad files
-            # Reported from the main process (an exception raised in a loader worker arrives as a traceback dump).
-            return Undecodable(str(path), f"{type(exc).__name__}: {exc}")
+        bad = []
+        for k in range(len(self.split)):
+            j = (i + k) % len(self.split)
+            path = self.split.path(j)
+            try:
+                with Image.open(path) as im:
+                    img = im.convert("RGB")
+                break
+            except Exception as exc:  # PIL raises several types for bad files
+                if not self.skip_corrupt:
+                    # Reported from the main process (an exception raised in a loader worker arrives as a
+                    # traceback dump).
+                    return Undecodable(str(path), f"{type(exc).__name__}: {exc}")
+                bad.append(str(path))
+                if not self.substitute:
+                    return Skipped(str(path))
+        else:
+            return Undecodable(str(self.split.path(i)), "no file of the split decodes")
         # Augmentation is a function of (seed, epoch, sample): the same in any worker process, and replayed
         # exactly by a run resumed mid-epoch.
         torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
-        return self.transform(img), self.split.labels[i]
+        return self.transform(img), self.split.labels[j], bad
 
 
 class Undecodable(NamedTuple):
     path: str
     reason: str
+
+
+class Skipped(NamedTuple):
+    path: str
 
 
 def corrupt_error(path, reason: str, data_root) -> CorruptImageError:
@@ -62,24 +81,26 @@ def corrupt_error(path, reason: str, data_root) -> CorruptImageError:
 
 
 def _collate(batch):
-    good = [b for b in batch if not isinstance(b, Undecodable)]
-    bad = [b for b in batch if isinstance(b, Undecodable)]
-    if not good:
-        return None, None, bad
+    failed = [b for b in batch if isinstance(b, Undecodable)]
+    if failed:
+        return None, None, failed
+    skipped = [b.path for b in batch if isinstance(b, Skipped)]
+    good = [b for b in batch if not isinstance(b, Skipped)]
+    if not good:  # validation only (training substitutes): a batch of nothing
+        return None, None, skipped
     images = torch.stack([b[0] for b in good])
     labels = torch.tensor([b[1] for b in good], dtype=torch.long)
-    return images, labels, bad
+    return images, labels, skipped + [p for b in good for p in b[2]]
 
 
 class TorchvisionLoader:
     def __init__(self, split: Split, transform, *, rank: int, size: int, batch: int, seed: int, train: bool,
                  workers: int, device: torch.device, channels_last: bool, skip_corrupt: bool):
-        self.dataset = FolderDataset(split, transform, skip_corrupt, seed)
+        self.dataset = FolderDataset(split, transform, skip_corrupt, seed, substitute=train)
         self.rank, self.size, self.batch, self.seed, self.train = rank, size, batch, seed, train
         self.workers, self.device, self.channels_last = workers, device, channels_last
         self.images = len(split)
-        self.skipped = 0
-        self._bad: set[str] = set()
+        self.bad_files: set[str] = set()
         per_rank = len(shard_indices(len(split), rank, size, seed, 0, shuffle=train))
         # Training pads the last batch by repeating this rank's first samples (every image is seen each epoch,
         # every rank takes the same number of full steps); validation keeps a partial last batch instead.
@@ -98,12 +119,11 @@ class TorchvisionLoader:
                             collate_fn=_collate, pin_memory=self.device.type == "cuda",
                             persistent_workers=False, drop_last=False)
         for images, labels, bad in loader:
-            if bad and not self.dataset.skip_corrupt:
+            if bad and isinstance(bad[0], Undecodable):
                 raise corrupt_error(bad[0].path, bad[0].reason, self.dataset.split.root.parent)
-            self._bad.update(b.path for b in bad)
-            self.skipped = len(self._bad)  # distinct files, however often the epoch order met them
+            self.bad_files.update(bad)  # distinct files, however often the epoch order met them
             if images is None:
-                continue
+                continue  # validation: nothing decodable in this batch
             yield to_device(images, labels, self.device, self.channels_last)
 
 

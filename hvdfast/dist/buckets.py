@@ -17,7 +17,7 @@ import contextlib
 
 import torch
 
-from . import compression, dist, powersgd
+from . import compression, core as dist, powersgd
 
 
 def plan(sizes: list[int], bucket_bytes: int, element_bytes: int = 4) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""The one door to Horovod: the only module that imports horovod.torch.
+"""Horovod's process group: the only module that imports horovod.torch (init, DistInfo, collectives, elastic).
 
 Everything else takes a DistInfo and calls the helpers here, so the rest of the code reads (and tests) without a
 launcher, and Horovod's knobs are set in one place, before hvd.init() reads them.
@@ -11,8 +11,7 @@ from typing import Iterable
 
 import torch
 
-from . import compression
-from .config import HorovodConfig
+from ..config import HorovodConfig
 
 _hvd = None  # horovod.torch, once init() ran
 
@@ -132,78 +131,16 @@ def current(cores: int | None = None) -> DistInfo:
                     cores_per_rank=cores, device=device, controller="mpi" if hvd.mpi_enabled() else "gloo")
 
 
-def elastic_state(model: torch.nn.Module, optimizer, **counters):
-    """Horovod elastic state: model + optimizer + counters, committed in host memory, synced on resets."""
-    # Horovod: TorchState broadcasts from rank 0 on every reset, so new workers join with current weights.
-    init_optimizer_state(optimizer)
-    return _h().elastic.TorchState(model=model, optimizer=optimizer, **counters)
-
-
-def init_optimizer_state(optimizer) -> None:
-    """Give a fresh optimizer its state tensors, zeroed, without changing any parameter or option.
-
-    Horovod's state sync initialises an empty optimizer state by stepping it with zero gradients, *after* the
-    model broadcast: with weight decay that step moves the weights just received, so a worker joining a running
-    elastic job kept weights that differ from everyone else's. Zeroed state is what a fresh optimizer starts from
-    (SGD/LARS momentum, Adam/LAMB moments and step counts), so nothing else changes."""
-    if optimizer.state_dict()["state"]:
-        return
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-    saved = [p.detach().clone() for p in params]
-    options = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    # the wrapped optimizer's own step: the DistributedOptimizer's would allreduce (as Horovod does it)
-    super(optimizer.__class__, optimizer).step() if optimizer.__module__.startswith("horovod") else optimizer.step()
-    with torch.no_grad():
-        for p, s in zip(params, saved):
-            p.copy_(s)
-            p.grad = None
-    for g, o in zip(optimizer.param_groups, options):
-        for k in [k for k in g if k != "params" and k not in o]:
-            del g[k]                       # e.g. timm LAMB's group step counter
-        g.update(o)
-    for st in optimizer.state.values():
-        for v in st.values():
-            if torch.is_tensor(v):
-                v.zero_()
-
-
 def elastic_run(fn):
     """Horovod's elastic retry loop: restore the last commit and re-rendezvous when workers come or go."""
     return _h().elastic.run(fn)
 
 
 def _h():
+    """horovod.torch, after init() (for the modules of this package)."""
     if _hvd is None:
         raise RuntimeError("hvdfast.dist.init() must be called first")
     return _hvd
-
-
-def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, cfg: HorovodConfig):
-    if cfg.bucket_mb > 0:
-        from .buckets import BucketedOptimizer
-        # Horovod: the same averaged gradients, reduced as a few flat buckets instead of one call per tensor.
-        return BucketedOptimizer(optimizer, model, bucket_mb=cfg.bucket_mb, compression_name=cfg.compression,
-                                 op=cfg.op, backward_passes_per_step=cfg.backward_passes_per_step,
-                                 powersgd_rank=cfg.powersgd_rank, workers=_h().size())
-    hvd = _h()
-    # Horovod: allreduce gradients as backward produces them (hooks), fused and compressed.
-    return hvd.DistributedOptimizer(
-        optimizer,
-        named_parameters=model.named_parameters(),
-        compression=compression.get(cfg.compression),
-        backward_passes_per_step=cfg.backward_passes_per_step,
-        # prescaled: gradients arrive already divided by the worker count (loss_divisor), so a Sum is the average
-        op={"average": hvd.Average, "prescaled": hvd.Sum, "adasum": hvd.Adasum}[cfg.op],
-        gradient_predivide_factor=cfg.gradient_predivide_factor,
-    )
-
-
-def loss_divisor(cfg: HorovodConfig) -> int:
-    """What to divide the loss by before backward so that the allreduce's result is the gradient average:
-    the current worker count with op=prescaled (Horovod then only sums), else 1 (Horovod averages)."""
-    return _h().size() if cfg.op == "prescaled" else 1
 
 
 def broadcast_model(model: torch.nn.Module, root: int = 0) -> None:

@@ -1,0 +1,9 @@
+"""The one door to Horovod. `core` holds the process group (init, DistInfo, collectives, elastic) and is the only
+module in hvdfast that imports horovod.torch; `optimizer` wraps the user's optimizer (Horovod's
+DistributedOptimizer, or `buckets` with a `compression` / `powersgd` reducer). Imports inside the package run one
+way (core <- buckets <- optimizer), so the package has no cycle; everything outside it imports `hvdfast.dist`.
+"""
+from .core import (DeviceError, DistInfo, allgather_object, allreduce_async_, allreduce_mean, allreduce_sum,  # noqa
+                   average_buffers, barrier, broadcast_model, broadcast_object, build_info, cores_owned, current,
+                   elastic_run, gpu_problem, horovod_env, init, poll, shutdown, synchronize)
+from .optimizer import elastic_state, init_optimizer_state, loss_divisor, wrap_optimizer  # noqa: F401

@@ -1,0 +1,79 @@
+"""Wrapping the user's optimizer so that its gradients are reduced across the workers: Horovod's
+DistributedOptimizer (per-tensor hooks, fused and compressed), or gradient buckets (buckets.py)."""
+from __future__ import annotations
+
+import torch
+
+from ..config import HorovodConfig
+from . import compression
+from .buckets import BucketedOptimizer
+from .core import _h
+
+
+def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, cfg: HorovodConfig):
+    if cfg.bucket_mb > 0:
+        # Horovod: the same averaged gradients, reduced as a few flat buckets instead of one call per tensor.
+        return BucketedOptimizer(optimizer, model, bucket_mb=cfg.bucket_mb, compression_name=cfg.compression,
+                                 op=cfg.op, backward_passes_per_step=cfg.backward_passes_per_step,
+                                 powersgd_rank=cfg.powersgd_rank, workers=_h().size())
+    hvd = _h()
+    # Horovod: allreduce gradients as backward produces them (hooks), fused and compressed.
+    return hvd.DistributedOptimizer(
+        optimizer,
+        named_parameters=model.named_parameters(),
+        compression=compression.get(cfg.compression),
+        backward_passes_per_step=cfg.backward_passes_per_step,
+        # prescaled: gradients arrive already divided by the worker count (loss_divisor), so a Sum is the average
+        op={"average": hvd.Average, "prescaled": hvd.Sum, "adasum": hvd.Adasum}[cfg.op],
+        gradient_predivide_factor=cfg.gradient_predivide_factor,
+    )
+
+
+def loss_divisor(cfg: HorovodConfig) -> int:
+    """What to divide the loss by before backward so that the allreduce's result is the gradient average:
+    the current worker count with op=prescaled (Horovod then only sums), else 1 (Horovod averages)."""
+    return _h().size() if cfg.op == "prescaled" else 1
+
+
+def init_optimizer_state(optimizer) -> None:
+    """Give a fresh optimizer its state tensors, zeroed, without changing any parameter or option.
+
+    Horovod's state sync initialises an empty optimizer state by stepping it with zero gradients, *after* the
+    model broadcast: with weight decay that step moves the weights just received, so a worker joining a running
+    elastic job kept weights that differ from everyone else's. Zeroed state is what a fresh optimizer starts from
+    (SGD/LARS momentum, Adam/LAMB moments and step counts), so nothing else changes."""
+    if optimizer.state_dict()["state"]:
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    grads = [p.grad for p in params]  # gradient buckets' views stay the gradients
+    options = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    # The wrapped optimizer's own step, without any collective (a worker joining an elastic job calls this alone):
+    # the DistributedOptimizer's step would allreduce (as Horovod does it), and so would the buckets'.
+    if isinstance(optimizer, BucketedOptimizer):
+        optimizer.optimizer.step()
+    elif optimizer.__module__.startswith("horovod"):
+        super(optimizer.__class__, optimizer).step()
+    else:
+        optimizer.step()
+    with torch.no_grad():
+        for p, s, g in zip(params, saved, grads):
+            p.copy_(s)
+            p.grad = g
+    for g, o in zip(optimizer.param_groups, options):
+        for k in [k for k in g if k != "params" and k not in o]:
+            del g[k]                       # e.g. timm LAMB's group step counter
+        g.update(o)
+    for st in optimizer.state.values():
+        for v in st.values():
+            if torch.is_tensor(v):
+                v.zero_()
+
+
+def elastic_state(model: torch.nn.Module, optimizer, **counters):
+    """Horovod elastic state: model + optimizer + counters, committed in host memory, synced on resets."""
+    # Horovod: TorchState broadcasts from rank 0 on every reset, so new workers join with current weights.
+    init_optimizer_state(optimizer)
+    return _h().elastic.TorchState(model=model, optimizer=optimizer, **counters)

@@ -1,0 +1,147 @@
+"""Fit: epochs of engine.train_epoch, with metrics at log intervals, validation and checkpoints at epoch ends (and
+every train.checkpoint_every_steps). Everything the loop changes lives in FitState, so elastic training can
+re-enter the loop after a reset and a checkpoint is a plain copy of it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .. import checkpoint, config, dist, engine
+from ..metrics import Reporter, eval_metrics, window_metrics
+from ..watchdog import Watchdog
+from .setup import Job
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop (e.g. loss diverged); the message says what to try."""
+
+
+@dataclass
+class FitState:
+    step: int = 0                       # optimizer steps done, in this run's global batch
+    best_top1: float = -1.0             # best validation top-1 (percent) so far
+    best_epoch: int = -1
+    final_top1: Optional[float] = None  # the last validation's top-1
+    img_s: list = field(default_factory=list)  # every log window's throughput (all workers)
+    time_to_target: Optional[float] = None     # s of training until validation reached train.target_top1
+    trained_s: float = 0.0              # training time of earlier processes (a resumed run)
+    bad_files: set = field(default_factory=set)  # undecodable files skipped (data.skip_corrupt), all ranks
+    nonfinite_logs: int = 0             # consecutive log windows with a NaN/inf loss
+    t_start: float = 0.0                # perf_counter() when this process started training, less trained_s
+
+    @classmethod
+    def from_checkpoint(cls, state: dict, step: int) -> "FitState":
+        best = state.get("best") or {}
+        return cls(step=step, best_top1=best.get("top1", -1.0), best_epoch=best.get("epoch", -1),
+                   trained_s=float(state.get("train_time_s", 0.0)), bad_files=set(state.get("bad_files", ())))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+
+def bad_files(job: Job, st: FitState) -> set:
+    """Every rank's skipped files, united (a collective: every rank calls it at the same point)."""
+    mine = sorted(job.plan.data.train.bad_files | job.plan.data.val.bad_files)
+    found = dist.allgather_object(mine, name="bad_files") if job.plan.info.size > 1 else [mine]
+    return st.bad_files.union(*map(set, found))
+
+
+def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool) -> None:
+    """Called on every rank at the same step: BN statistics are averaged first unless they just were (a checkpoint
+    holds one model, not rank 0's shard statistics; running statistics are linear in the batches, so averaging
+    mid-epoch does not change the epoch-end average), and the skipped files are gathered; rank 0 writes."""
+    p = job.plan
+    if p.info.size > 1 and not buffers_averaged:
+        dist.average_buffers(job.model)
+    skipped = bad_files(job, st)
+    if not p.info.is_main:
+        return
+    wd.beat("checkpoint write")
+    checkpoint.save(job.run_dir / "checkpoints", {
+        "model": job.model.state_dict(), "optimizer": job.opt.state_dict(),
+        "scaler": job.prec.scaler.state_dict() if job.prec.scaler is not None else {},
+        "step": st.step, "epoch": st.step / p.steps_per_epoch, "step_in_epoch": st.step % p.steps_per_epoch,
+        "rng": checkpoint.rng_state(), "config": config.to_dict(job.cfg), "model_name": job.cfg.model.name,
+        "num_classes": p.data.num_classes, "best": {"top1": st.best_top1, "epoch": st.best_epoch},
+        "train_time_s": st.elapsed(), "bad_files": sorted(skipped), "world_size": p.info.size,
+        "global_batch": p.global_batch,
+    }, keep=job.cfg.train.keep_checkpoints)
+
+
+def validate(job: Job, st: FitState, rep: Reporter, wd: Watchdog, epoch: int, n_epochs: int) -> None:
+    cfg = job.cfg
+    val_batches = wd.watch(job.plan.data.val.epoch(0), phase="validation data loader", then="validation")
+    ev = eval_metrics(dist.allreduce_sum(engine.evaluate(job.model, val_batches, job.prec, job.criterion),
+                                         name=f"eval.{st.step}"))
+    elapsed = st.elapsed()
+    st.final_top1 = ev["top1"]
+    if ev["top1"] > st.best_top1:
+        st.best_top1, st.best_epoch = ev["top1"], epoch + 1
+    if cfg.train.target_top1 and st.time_to_target is None and ev["top1"] >= cfg.train.target_top1:
+        st.time_to_target = elapsed
+    rep.record("val", st.step, {"epoch": epoch + 1, **ev}, show=f"epoch {epoch + 1}/{n_epochs} validation: "
+               f"top1 {ev['top1']:.2f}% top5 {ev['top5']:.2f}% loss {ev['loss']:.4f} "
+               f"({ev['images']} images) at {elapsed:.1f}s")
+
+
+def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
+        after_step: Callable[[int], None] = lambda step: None) -> None:
+    """Train from st.step to the plan's last step. `after_step(step)` runs after every optimizer step (elastic
+    training commits its state there)."""
+    cfg, p = job.cfg, job.plan
+    every_steps = cfg.train.checkpoint_every_steps
+    n_epochs = math.ceil(p.total_steps / p.steps_per_epoch)
+
+    def on_log(at_step: int, window: engine.Window) -> None:
+        # Horovod: one small allreduce per log interval carries every metric.
+        m = window_metrics(engine.Window.from_tensor(dist.allreduce_sum(window.to_tensor(),
+                                                                        name=f"metrics.{at_step}")), p.info.size)
+        st.nonfinite_logs = st.nonfinite_logs + 1 if m["nonfinite_ranks"] else 0
+        st.img_s.append(m["img_s"])
+        lr = p.lr_fn(at_step - 1)
+        epoch = (at_step - 1) // p.steps_per_epoch
+        rep.record("train", at_step, {"epoch": epoch, "lr": lr, **m},
+                   show=None if rep.has_bar else
+                   f"epoch {epoch} step {at_step}/{p.total_steps} loss {m['loss']:.4f} top1 {m['top1']:.1f}% "
+                   f"lr {lr:.4g} {m['img_s']:.1f} img/s data-wait {m['data_wait_s']:.2f}s")
+        rep.progress(at_step, f"loss {m['loss']:.3f} {m['img_s']:.0f} img/s")
+        if st.nonfinite_logs >= 2:
+            raise TrainingError(f"loss is NaN/inf at step {at_step} on {m['nonfinite_ranks']} rank(s) for "
+                                f"{st.nonfinite_logs} log intervals; lower optim.lr or raise "
+                                f"optim.warmup_epochs, and resume from the last checkpoint.")
+
+    def on_step(at_step: int) -> None:
+        st.step = at_step
+        wd.beat("training step", at_step)
+        # Mid-epoch checkpoints: the data order is a function of (seed, epoch), so a resumed run skips exactly
+        # the batches this one consumed.
+        if every_steps and at_step % every_steps == 0 and at_step % p.steps_per_epoch and at_step < p.total_steps:
+            save_checkpoint(job, st, wd, buffers_averaged=False)
+        after_step(at_step)
+
+    while st.step < p.total_steps:
+        epoch, skip = divmod(st.step, p.steps_per_epoch)
+        steps_now = min(p.steps_per_epoch - skip, p.total_steps - st.step)
+        before = st.step
+        st.step = engine.train_epoch(
+            job.forward, job.opt, wd.watch(p.data.train.epoch(epoch, skip=skip * p.accum)), steps=steps_now,
+            first_step=st.step, lr_fn=p.lr_fn, criterion=job.criterion, prec=job.prec, accumulation=p.accum,
+            loss_divisor=dist.loss_divisor(cfg.horovod),  # the current world size after an elastic reset
+            clip_grad_norm=cfg.optim.clip_grad_norm, log_every=cfg.train.log_every, on_log=on_log,
+            on_step=on_step)
+        if st.step == before:
+            raise TrainingError(f"epoch {epoch}'s training data ended before its first step; every rank must yield "
+                                f"{p.steps_per_epoch * p.accum} batches per epoch (a data backend bug: please report it).")
+        last = st.step >= p.total_steps
+        if not (st.step % p.steps_per_epoch == 0 or last):
+            continue  # an elastic reset or a short epoch: go on where it stopped
+        if p.info.size > 1:
+            dist.average_buffers(job.model)  # one model everywhere for validation and the checkpoint
+        if (epoch + 1) % cfg.train.eval_every == 0 or last:
+            validate(job, st, rep, wd, epoch, n_epochs)
+        every = cfg.train.checkpoint_every
+        if last or (every > 0 and (epoch + 1) % every == 0):
+            save_checkpoint(job, st, wd, buffers_averaged=True)

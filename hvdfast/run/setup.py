@@ -1,0 +1,92 @@
+"""Setup: config -> dist -> data -> model -> optimizer -> Horovod wrapper, the same for every way of training.
+
+`Job` is what a run trains with; `Plan` is the part that depends on the world size (data shards, global batch,
+steps, LR schedule), rebuilt after an elastic reset.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .. import config, data, dist, engine, models, optim
+
+
+@dataclass
+class Plan:
+    """What the world size decides."""
+    info: dist.DistInfo
+    data: data.Data
+    accum: int                      # micro-batches per optimizer step (horovod.backward_passes_per_step)
+    global_batch: int               # images per optimizer step, all workers: batch_size x workers x accum
+    steps_per_epoch: int            # optimizer steps per epoch
+    total_steps: int                # optimizer steps of the whole run
+    lr_fn: Callable[[int], float]   # optimizer step -> learning rate
+
+
+@dataclass
+class Job:
+    cfg: config.Config
+    run_dir: Path
+    plan: Plan
+    model: torch.nn.Module
+    forward: torch.nn.Module        # the model, compiled where model.compile is on (training steps only)
+    opt: object                     # Horovod's DistributedOptimizer or hvdfast's BucketedOptimizer
+    prec: engine.Precision
+    criterion: torch.nn.Module
+    notes: list                     # lines for the run log (tuned settings left out, resume notes, ...)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def plan(cfg: config.Config, info: dist.DistInfo, d: Optional[data.Data] = None) -> Plan:
+    """Shards, global batch, steps and LR schedule for the current world (`d`: loaders already built for it)."""
+    d = d or data.build(cfg, info)
+    accum = cfg.horovod.backward_passes_per_step
+    steps_per_epoch = d.train.steps_per_epoch // accum
+    if steps_per_epoch < 1:
+        raise data.DataError(f"one epoch gives {d.train.steps_per_epoch} batches per worker, fewer than "
+                             f"backward_passes_per_step={accum}; lower data.batch_size or backward_passes_per_step.")
+    global_batch = cfg.data.batch_size * info.size * accum
+    lr_fn, total_steps = optim.schedule.from_config(cfg.optim, global_batch=global_batch,
+                                                    steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs)
+    return Plan(info=info, data=d, accum=accum, global_batch=global_batch, steps_per_epoch=steps_per_epoch,
+                total_steps=total_steps, lr_fn=lr_fn)
+
+
+def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
+    """Everything a run trains with, from fresh weights (resume.py then loads a checkpoint into it)."""
+    notes = list(notes)
+    if elastic and cfg.model.channels_last:
+        # Horovod's elastic state sync broadcasts tensors as they are, and Horovod refuses NHWC-strided ones.
+        cfg = config.replace(cfg, "model.channels_last", False)
+        notes.append("elastic: model.channels_last off (Horovod's elastic state sync needs contiguous tensors)")
+    info = dist.init(cfg.horovod, threads=cfg.train.threads, elastic=elastic)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    p = plan(cfg, info)
+    model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual)
+    model.to(p.info.device)
+    # Horovod: identical starting weights everywhere (before channels_last: Horovod needs contiguous tensors).
+    dist.broadcast_model(model)
+    if cfg.model.channels_last:
+        models.to_channels_last(model)
+    opt = optim.build(model, cfg.optim)
+    forward = models.compiled(model, cfg.model.compile)  # training steps only; evaluation runs eager
+    prec = engine.precision_for(cfg.train.precision, p.info.device)
+    opt = dist.wrap_optimizer(opt, model, cfg.horovod)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    return Job(cfg=cfg, run_dir=Path(cfg.train.run_dir), plan=p, model=model, forward=forward, opt=opt, prec=prec,
+               criterion=criterion, notes=notes)

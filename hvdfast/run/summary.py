@@ -1,0 +1,108 @@
+"""What a run leaves behind: config.yaml and versions.json at the start; at the end every rank's parameter digest
+(the ranks must agree), the skipped files, and one SUMMARY line with accuracy and throughput."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+
+import numpy as np
+import torch
+
+from .. import config, dist, optim, tuned
+from ..metrics import Reporter
+from .fit import FitState, bad_files
+from .setup import Job
+
+
+def versions(info: dist.DistInfo) -> dict:
+    import torchvision
+    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "horovod": dist.build_info(), "host": platform.node(), "cpu_cores": torch.get_num_threads(),
+           "workers": info.size, "controller": info.controller, "device": str(info.device)}
+    try:
+        import nvidia.dali as dali_mod
+        out["dali"] = dali_mod.__version__
+    except Exception:
+        out["dali"] = None
+    return out
+
+
+def write_run_files(job: Job) -> None:
+    """The resolved config and the software versions, next to the results (rank 0)."""
+    if job.plan.info.is_main:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        (job.run_dir / "config.yaml").write_text(config.dump(job.cfg))
+        (job.run_dir / "versions.json").write_text(json.dumps(versions(job.plan.info), indent=2) + "\n")
+
+
+def announce(job: Job, st: FitState, rep: Reporter, resumed_from) -> None:
+    """The run's first lines: what trains on what, with which knobs, and anything the user should know."""
+    cfg, p = job.cfg, job.plan
+    info = p.info
+    for note in job.notes:
+        rep.line(note)
+    peak_lr = optim.schedule.scaled_lr(cfg.optim.lr, p.global_batch)
+    rep.line(f"hvdfast train: {cfg.model.name} on {p.data.backend} data ({p.data.train.images} train / "
+             f"{p.data.val.images} val images, {p.data.num_classes} classes), {info.size} worker(s) x "
+             f"{cfg.data.batch_size} x {p.accum} = global batch {p.global_batch}, {cfg.optim.name} peak lr "
+             f"{peak_lr:.4g}, {job.prec.name}, compression {cfg.horovod.compression}, {info.controller}, "
+             f"op {cfg.horovod.op}"
+             f"{f', gradient buckets {cfg.horovod.bucket_mb:g} MiB' if cfg.horovod.bucket_mb > 0 else ''}, "
+             f"{info.cores_per_rank} core(s)/worker, {p.steps_per_epoch} steps/epoch, {p.total_steps} steps"
+             + (", elastic" if cfg.train.elastic else ""))
+    if resumed_from is not None:
+        rep.line(f"resuming from {resumed_from} (step {st.step}, epoch {st.step // p.steps_per_epoch})")
+    rep.line(f"run directory: {job.run_dir}")
+    unset = {k: v for k, v in tuned.launcher_env(tuned.for_config(cfg)).items() if v not in os.environ.get(k, "")}
+    if unset:
+        rep.line(f"note: `hvdfast tune` chose {' '.join(f'{k}={v}' for k, v in unset.items())} at process start, "
+                 f"and this run did not get it; launch with `hvdfast launch` (or export it before horovodrun).")
+
+
+def param_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes, in order: equal on all ranks when data parallelism kept them in step."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def consistency(model: torch.nn.Module, size: int) -> list[dict]:
+    """Every rank's host and parameter digest (rank order), gathered at the end of a run."""
+    mine = {"host": platform.node(), "params_sha256": param_digest(model)}
+    got = dist.allgather_object(mine, name="consistency") if size > 1 else [mine]
+    return [{"rank": r, **g} for r, g in enumerate(got)]
+
+
+def summarize(job: Job, st: FitState, rep: Reporter) -> dict:
+    """Collectives first (every rank), then rank 0 reports. Returns the summary (every rank)."""
+    cfg, info = job.cfg, job.plan.info
+    total = st.elapsed()
+    ranks = consistency(job.model, info.size)
+    skipped = len(bad_files(job, st))
+    mean_img_s = float(np.mean(st.img_s[1:] or st.img_s or [0.0]))
+    summary = {"best_top1": st.best_top1, "best_epoch": st.best_epoch, "final_top1": st.final_top1,
+               "train_time_s": total, "time_to_target_s": st.time_to_target,
+               "target_top1": cfg.train.target_top1 or None, "mean_img_s": mean_img_s, "workers": info.size,
+               "global_batch": job.plan.global_batch, "skipped_images": skipped, "steps": st.step,
+               "params_sha256": ranks[0]["params_sha256"],
+               "ranks_agree": len({r["params_sha256"] for r in ranks}) == 1, "ranks": ranks}
+    target = ""
+    if cfg.train.target_top1:
+        ttt = st.time_to_target
+        target = (f" | time to {cfg.train.target_top1:g}% top-1: " +
+                  (f"{ttt:.1f} s" if ttt is not None else "not reached"))
+    rep.record("summary", st.step, summary,
+               show=f"SUMMARY best top-1 {st.best_top1:.2f}% (epoch {st.best_epoch})"
+                    + (f", final {st.final_top1:.2f}%" if st.final_top1 is not None else "")
+                    + f" | train time {total:.1f} s"
+                    f"{target} | mean {mean_img_s:.1f} img/s over {info.size} worker(s)"
+                    + (f" | skipped {skipped} undecodable image(s)" if skipped else ""))
+    if not summary["ranks_agree"]:
+        odd = [f"rank {r['rank']} on {r['host']}" for r in ranks if r["params_sha256"] != ranks[0]["params_sha256"]]
+        rep.line(f"WARNING: the ranks finished with different parameters ({', '.join(odd)} differ from rank 0): "
+                 f"a rank ran a different code or library version, or a non-deterministic op; check "
+                 f"`hvdfast doctor --hosts` and the run's versions.json.")
+    return summary

@@ -1,0 +1,85 @@
+"""The tuned-settings file that `hvdfast tune` writes: where it lives, what it holds, and how it joins a config.
+
+Precedence: recipe < tuned file < command-line overrides, applied here and nowhere else (`load_config`). A tuned
+value is a measured way to go faster, never a change of what is trained, so it is left out (with a note saying
+why) where it would replace a setting the user made on the command line, change the reduction the recipe chose
+(op=adasum), or make the config invalid (e.g. buckets with op=adasum or elastic, prescaled with
+gradient_predivide_factor).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from . import config
+from .config import Config, ConfigError
+
+TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op", "bucket_mb")  # those a file holds apply
+
+
+def default_path() -> Path:
+    env = os.environ.get("HVDFAST_TUNED")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "hvdfast" / "tuned.yaml"
+
+
+def load(path: str | Path | None = None) -> dict | None:
+    p = Path(path) if path else default_path()
+    if not p.is_file():
+        return None
+    data = yaml.safe_load(p.read_text()) or {}
+    return data if isinstance(data, dict) else None
+
+
+def for_config(cfg: Config) -> dict | None:
+    """The tuned file a config uses (None with horovod.tuned=never, or with auto when there is none)."""
+    choice = cfg.horovod.tuned
+    if choice == "never":
+        return None
+    doc = load(None if choice == "auto" else choice)
+    if doc is None and choice != "auto":
+        raise ConfigError(f"horovod.tuned='{choice}' is not a file written by 'hvdfast tune'.")
+    return doc
+
+
+def launcher_env(doc: dict | None) -> dict:
+    """Environment the tuned file asks every rank to start with (set by the launch helpers: GLIBC_TUNABLES is
+    read when a process starts, before any Python runs)."""
+    return {k: str(v) for k, v in ((doc or {}).get("launcher", {}).get("env") or {}).items()}
+
+
+def controller(cfg: Config) -> Optional[str]:
+    """The Horovod controller (mpi | gloo) the config's tuned file measured fastest, or None."""
+    return ((for_config(cfg) or {}).get("launcher") or {}).get("controller")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> tuple[Config, list[str]]:
+    """The run's config: the user's (validated on its own first, so their mistakes are reported as theirs) with
+    the tuned file's settings overlaid where they apply, and one note per tuned setting left out."""
+    raw, source = config.read(path, overrides)
+    mine = config.build(raw, source, path)
+    doc = for_config(mine)
+    if not doc:
+        return mine, []
+    explicit = {config.parse_override(t)[0] for t in overrides}
+    notes = []
+    for key, value in (doc.get("horovod") or {}).items():
+        if key not in TUNED_KEYS or f"horovod.{key}" in explicit:
+            continue
+        if key == "op" and mine.horovod.op == "adasum":
+            notes.append(f"tuned horovod.op={value} not applied: the recipe chose op=adasum, a different "
+                         f"reduction rather than a slower way to average")
+            continue
+        trial = {**raw, "horovod": {**(raw.get("horovod") or {}), key: value}}
+        try:
+            config.build(trial, f"{source} + tuned file", path)
+        except ConfigError as exc:
+            notes.append(f"tuned horovod.{key}={value} not applied: {exc}")
+            continue
+        raw = trial
+    return config.build(raw, f"{source} + tuned file", path), notes
