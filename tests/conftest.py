@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from hvdfast.launch import commands
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Tests must not pick up this machine's `hvdfast tune` result (in this process or in launched ones).
@@ -16,26 +18,18 @@ os.environ["HVDFAST_TUNED"] = str(ROOT / "tests" / "no-tuned-file.yaml")
 
 
 def launcher_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    # Open MPI refuses root without these; CI containers run as root.
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     # No ptrace (CMA) in most containers: use copy-in/copy-out shared memory.
+    env = commands.process_env(PYTHONPATH=str(ROOT))
     env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
     return env
 
 
 def launch_cmd(kind: str, np: int, args: list[str]) -> list[str]:
-    if kind == "gloo":
-        return [str(BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo", *args]
-    if kind == "horovodrun-mpi":
-        return [str(BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--mpi", *args]
+    """The real launchers, through the builder `hvdfast launch` uses (hvdfast/launch/commands.py)."""
+    if kind in ("gloo", "horovodrun-mpi"):
+        return commands.horovodrun(np, args, controller="gloo" if kind == "gloo" else "mpi")
     if kind == "mpirun":
-        return [shutil.which("mpirun") or "mpirun", "-np", str(np), "-bind-to", "none", "-map-by", "slot",
-                "--oversubscribe", *args]
+        return commands.mpirun(np, args, oversubscribe=True)
     raise ValueError(kind)
 
 

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 
-from conftest import BIN, ROOT, launcher_env, worker_pid
+from conftest import ROOT, launcher_env, worker_pid
+
+from hvdfast.launch import commands
 
 
 def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str]) -> tuple[str, int, dict]:
@@ -19,12 +21,13 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str]) -> tuple[st
     discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
     discover.chmod(0o755)
     run = tmp_path / "run"
-    cmd = [str(BIN / "horovodrun"), "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
-           str(discover), *extra, sys.executable, "-m", "hvdfast.cli", "train", "--config",
+    cmd = commands.horovodrun(2, [
+           sys.executable, "-m", "hvdfast.cli", "train", "--config",
            str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", f"data.dir={digits_dir}",
            "data.backend=torchvision", "data.workers=0", "model.name=resnet18", "data.image_size=32",
            "data.val_resize=32", "data.batch_size=16", f"train.epochs={epochs}", "train.threads=1",
-           "train.log_every=5", "train.checkpoint_every_steps=5", f"train.run_dir={run}"]
+           "train.log_every=5", "train.checkpoint_every_steps=5", f"train.run_dir={run}"], controller="gloo",
+        options=["--min-np", "1", "--max-np", "2", "--host-discovery-script", str(discover), *extra])
     job = subprocess.Popen(cmd, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            cwd=ROOT)
     lines = []

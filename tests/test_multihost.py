@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hvdfast import config
+from hvdfast import tuned
 from hvdfast.bench import hosts as cluster
-from conftest import BIN, ROOT
+from conftest import ROOT
+from hvdfast.launch import commands
 
 SKEW_VERSION = "0.27.0"
 
@@ -50,9 +51,9 @@ def hosts(tmp_path_factory):
 
 
 def env() -> dict:
-    return {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONUNBUFFERED": "1",
-            "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-            "HVDFAST_TUNED": os.environ["HVDFAST_TUNED"]}
+    # what the login host's launcher gets: the builder's environment over a clean one
+    return commands.process_env({"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"},
+                                HVDFAST_TUNED=os.environ["HVDFAST_TUNED"])
 
 
 def on_login(hosts, command: str, timeout: float = 600):
@@ -140,5 +141,5 @@ def test_tune_across_hosts_writes_the_wire_format_that_launch_applies(hosts, tmp
     assert doc["horovod"]["compression"] in sent and doc["launcher"]["controller"] == "gloo"
     assert doc["why"][0].startswith("fastest across the hosts: compression ")
     # hvdfast train reads it like any tuned file (recipe < tuned file < overrides)
-    cfg = config.load(ROOT / "launch/configs/digits-cpu.yaml", [f"horovod.tuned={out}"])
+    cfg, _ = tuned.load_config(ROOT / "launch/configs/digits-cpu.yaml", [f"horovod.tuned={out}"])
     assert cfg.horovod.compression == doc["horovod"]["compression"] and cfg.horovod.bucket_mb == 25.0

@@ -141,16 +141,14 @@ def _raw_mpi(nbytes: int, warmup: int, repeat: int) -> float:
 def run_cell(controller: str, malloc: str, np_: int, fusion_mb: float, cycle_ms: float, args,
              out: Path) -> dict:
     root = Path(__file__).resolve().parents[2]
-    cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
-           f"--{controller}", sys.executable, "-m", "hvdfast.bench.allreduce", "--worker", "--out", str(out),
+    from ..launch import commands
+    cmd = commands.horovodrun(np_, [
+           sys.executable, "-m", "hvdfast.bench.allreduce", "--worker", "--out", str(out),
            "--model", args.model, "--fusion-mb", str(fusion_mb), "--cycle-ms", str(cycle_ms), "--malloc", malloc,
            "--compressions", args.compressions, "--ops", args.ops, "--layout", args.layout,
            "--buckets-mb", args.buckets_mb,
-           "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
-    env = malloc_env(dict(os.environ, PYTHONUNBUFFERED="1"), malloc)
-    if os.geteuid() == 0:
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+           "--warmup", str(args.warmup), "--repeat", str(args.repeat)], controller=controller)
+    env = malloc_env(commands.process_env(), malloc)
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0 or not out.is_file():
         raise SystemExit(f"hvdfast bench allreduce: {controller} malloc={malloc} fusion={fusion_mb} "

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..launch import commands
 from . import hosts
 
 LINKS = {"100mbit": "100mbit", "1gbit": "1gbit", "10gbit": "10gbit", "unlimited": None}
@@ -51,9 +52,8 @@ class Bench:
         self.workers = [f"host{chr(ord('a') + i)}" for i in range(args.hosts)]
         self.cluster = hosts.Cluster(work, [("login", "login", [])] + [(h, h, []) for h in self.workers])
         self.threads = max(1, (os.cpu_count() or 1) // args.hosts)
-        self.env = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                    "PYTHONUNBUFFERED": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-                    "PYTHONPATH": str(ROOT)}
+        # the login host's launcher environment, as `hvdfast launch` builds it (a clean one, not this shell's)
+        self.env = commands.process_env({"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, PYTHONPATH=str(ROOT))
         if os.environ.get("HVDFAST_TUNED"):
             self.env["HVDFAST_TUNED"] = os.environ["HVDFAST_TUNED"]
         self.seq = 0

@@ -142,12 +142,8 @@ def _launch(variant: str, args, np_: int, out: Path, threads: int = 0, hosts: st
             nic: str | None = None) -> list[dict]:
     root = Path(__file__).resolve().parents[2]
     cmd = launcher_cmd(variant, args, np_, worker_program(variant, args, out, threads), hosts, nic)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if os.geteuid() == 0:
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
+    from ..launch import commands
+    proc = subprocess.run(cmd, env=commands.process_env(), cwd=root, capture_output=True, text=True, timeout=args.timeout)
     return read_result(variant, np_, proc, out)
 
 

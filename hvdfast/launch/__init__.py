@@ -16,9 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import config, dist, tuned
-
-FORWARD = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV")  # names mpirun exports with -x
+from .. import config, dist, tuned
+from . import commands
 
 
 def _train_args(args) -> list[str]:
@@ -57,34 +56,13 @@ def horovodrun_cmd(args, hosts: str | None, program: list[str] | None = None, tu
     train with the recipe); bench runs its workers through it too."""
     # horovodrun hands its own environment to every rank (local and over ssh): start it with the tuned settings.
     env = tuned.launcher_env(tuned.for_config(_config(args))) if tuned_env else {}
-    cmd = (["env", *[f"{k}={v}" for k, v in sorted(env.items())]] if env else []) + \
-        ["horovodrun", "-np", str(args.np)]
-    if args.hostfile:
-        cmd += ["--hostfile", args.hostfile]
-    else:
-        cmd += ["-H", hosts or f"localhost:{args.np}"]
-    if args.nic:
-        cmd += ["--network-interface", args.nic]
-    cmd.append(f"--{_controller(args)}")
-    return cmd + (program or _train_args(args))
+    return commands.horovodrun(args.np, program or _train_args(args), hosts=hosts, hostfile=args.hostfile,
+                               nic=args.nic, controller=_controller(args), env=env)
 
 
 def mpirun_cmd(args, np_expr: str | None = None, hostfile: str | None = None) -> list[str]:
-    cmd = ["mpirun", "-np", np_expr or str(args.np)]
-    if hostfile or args.hostfile:
-        cmd += ["-hostfile", hostfile or args.hostfile]
-    elif args.hosts:
-        cmd += ["-H", args.hosts]
-    # Horovod: no core binding (workers set their own threads), ranks fill each host's slots in order.
-    cmd += ["-bind-to", "none", "-map-by", "slot", "-mca", "pml", "ob1", "-mca", "btl", "^openib"]
-    if args.nic:
-        cmd += ["-mca", "btl_tcp_if_include", args.nic]
-    for name in FORWARD:
-        if name in os.environ or name == "PATH":
-            cmd += ["-x", name]
-    for k, v in sorted(_knobs(args).items()):
-        cmd += ["-x", f"{k}={v}"]
-    return cmd + _train_args(args)
+    return commands.mpirun(np_expr or args.np, _train_args(args), hosts=args.hosts,
+                           hostfile=hostfile or args.hostfile, nic=args.nic, env=_knobs(args))
 
 
 def slurm_script(args) -> str:
@@ -119,7 +97,7 @@ def pbs_script(args) -> str:
 def _preflight(args) -> bool:
     """ssh to every host first: a missing key, a duplicate hostname or version skew fails here in seconds, with
     the host named, instead of as a hang at hvd.init()."""
-    from . import preflight
+    from .. import preflight
     hosts = preflight.parse_hosts(args.hosts, args.hostfile)
     cfg = _config(args)
     data = None if cfg.data.backend == "synthetic" else os.path.abspath(cfg.data.dir)
@@ -136,9 +114,9 @@ def _preflight(args) -> bool:
 def _ray_train(cwd: str, config_path: str | None, overrides: list[str]) -> dict:
     """Runs inside each Ray worker (after RayExecutor set up Horovod's rendezvous), in the launcher's folder as
     horovodrun's ranks are, so relative data and run paths mean the same."""
-    from . import train
-    from .checkpoint import CheckpointError
-    from .data.folder import DataError
+    from .. import train
+    from ..checkpoint import CheckpointError
+    from ..data.folder import DataError
     os.chdir(cwd)
     try:
         summary = train.run(*tuned.load_config(config_path, overrides))
@@ -253,8 +231,4 @@ def main(argv=None) -> int:
         if not _preflight(args):
             return 2
     print(text, flush=True)
-    env = dict(os.environ)
-    if os.geteuid() == 0:  # Open MPI refuses root without these
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd, env=commands.process_env())
