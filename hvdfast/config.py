@@ -235,6 +235,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("horovod.compression=powersgd compresses gradient buckets: set horovod.bucket_mb (e.g. 25)"
                           + (" and train.elastic=false (elastic runs use Horovod's own optimizer)."
                              if cfg.train.elastic else "."))
+    if cfg.horovod.op == "adasum" and cfg.train.elastic:
+        raise ConfigError("horovod.op=adasum needs Horovod's MPI controller, and elastic training runs on Gloo; "
+                          "set train.elastic=false or another horovod.op.")
+    if cfg.horovod.op == "adasum" and (cfg.optim.clip_grad_norm > 0 or cfg.optim.name == "lamb"):
+        # Horovod's Adasum reduces parameter updates: its hooks step the optimizer once per parameter during backward
+        raise ConfigError("horovod.op=adasum steps the optimizer once per parameter during backward (Horovod reduces "
+                          "updates, not gradients), so " + ("optim.clip_grad_norm cannot see the whole gradient; set "
+                          "optim.clip_grad_norm=0" if cfg.optim.clip_grad_norm > 0 else "LAMB's step counter would "
+                          "count parameters; use optim.name=sgd or lars") + " (or another horovod.op).")
     if cfg.horovod.op != "average" and cfg.horovod.gradient_predivide_factor != 1.0:
         raise ConfigError(f"horovod.gradient_predivide_factor applies to op=average only; set it to 1.0 with "
                           f"{cfg.horovod.op}.")

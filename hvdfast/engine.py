@@ -67,9 +67,15 @@ def precision_for(name: str, device: torch.device) -> Precision:
 
 
 def optimizer_step(optimizer, model: torch.nn.Module, prec: Precision, clip_grad_norm: float,
-                   sync: Callable[[], None] = lambda: None) -> float:
+                   sync: Optional[Callable[[], None]] = None) -> Optional[float]:
     """One update in Horovod's documented AMP order: synchronize -> unscale -> clip -> step (no second sync).
-    Returns when synchronize() finished (perf_counter; `sync` waits for the device first, for timings)."""
+    With `sync` (timings: it waits for the device) returns when synchronize() finished (perf_counter)."""
+    if prec.scaler is None and clip_grad_norm <= 0 and sync is None:
+        # Horovod: step() waits for the allreduces, then updates (Adasum's optimizer steps only this way: it
+        # reduces parameter updates, and refuses skip_synchronize)
+        optimizer.step()
+        return None
+    sync = sync or (lambda: None)
     # Horovod: finish the gradient allreduce before unscaling or clipping the averaged gradients.
     optimizer.synchronize()
     sync()
@@ -137,7 +143,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
             micro = 0
             sync()
             t_backward = time.perf_counter()
-            t_synced = optimizer_step(optimizer, model, prec, clip_grad_norm, sync)
+            t_synced = optimizer_step(optimizer, model, prec, clip_grad_norm, None if step_times is None else sync)
             optimizer.zero_grad()  # Horovod: its zero_grad takes no arguments (torch default: set_to_none)
             sync()
             if step_times is not None:

@@ -72,6 +72,22 @@ def test_checkpoint_of_another_model(trained_run, digits_dir):
               "holds resnet18 with 10 classes", "resnet34 with 10 classes", "train.resume=never")
 
 
+def test_a_finished_run_is_not_resumed_as_another_or_rerun_as_done(trained_run, digits_dir, tmp_path):
+    """Rerunning in a finished run's folder: with nothing left to train it says so (no "done" with 0 img/s), and
+    with other data it refuses to continue the old run; neither touches the run's files."""
+    import shutil
+    before = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={trained_run}", *SMALL, "train.epochs=0.25"),
+              "nothing left to train", "Raise train.epochs")
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={trained_run}", *SMALL, "train.epochs=0.1"),
+              "nothing left to train")
+    other = tmp_path / "other"
+    shutil.copytree(digits_dir, other)
+    one_error(train(f"data.dir={other}", f"train.run_dir={trained_run}", *SMALL, "train.epochs=1"),
+              "is a checkpoint of a different run", f"-> '{other}'", "train.resume=never")
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == before
+
+
 def test_diverging_loss_stops_the_run(digits_dir, tmp_path):
     err = one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL, "optim.lr=1.0e+9",
                           "optim.warmup_epochs=0", "train.log_every=1", "train.epochs=0.2"),

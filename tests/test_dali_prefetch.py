@@ -1,5 +1,7 @@
 """The next training epoch's DALI pipeline is built ahead, in a thread, and gives exactly the batches a pipeline
 built on the spot would (order and augmentation are functions of seed, epoch and rank alone)."""
+import time
+
 import pytest
 import torch
 
@@ -30,6 +32,8 @@ def test_next_epoch_is_built_ahead_and_identical_to_one_built_on_the_spot(tmp_pa
     assert ahead._next is not None and ahead._next[0] == 1        # epoch 1 was started while epoch 0 ran
     ahead._next[1].join()
     assert "it" in ahead._next[2]                                  # ... and is ready before it is asked for
+    build = ahead._iterator
+    ahead._iterator = lambda e: (time.sleep(1.0) if e == 2 else None, build(e))[1]  # epoch 2 builds slowly
     second = batches(ahead.epoch(1))
     spot = loader(tree)
     assert spot._next is None
@@ -39,9 +43,11 @@ def test_next_epoch_is_built_ahead_and_identical_to_one_built_on_the_spot(tmp_pa
         assert torch.equal(y1, y2) and torch.equal(x1, x2)
     # a different epoch really is different data, so the comparison above could fail
     assert any(not torch.equal(a[1], b[1]) for a, b in zip(first, second))
-    # asking for another epoch than the one built ahead (a resume) drops it and builds the right one
+    # asking for another epoch than the one built ahead (a resume) drops it, after joining its builder (a pipeline
+    # still being built must not outlive its loader's control), and builds the right one
+    _, builder, _ = ahead._next                                    # epoch 2, started while epoch 1 ran
     third = batches(ahead.epoch(3))
-    assert third and ahead._next[0] == 4
+    assert third and ahead._next[0] == 4 and not builder.is_alive()
 
 
 def test_nothing_is_built_past_the_last_epoch_and_close_joins_the_builder(tmp_path):

@@ -42,3 +42,13 @@ def test_doctor_names_horovod_without_pytorch():
 def test_doctor_names_missing_dali():
     p = _doctor_without("nvidia.dali")
     assert p.returncode == 1 and "NVIDIA DALI is not installed" in p.stdout
+
+
+def test_doctor_under_mpirun_reports_every_rank():
+    """`mpirun -np 2 hvdfast doctor` (README): rank 0 gathers both ranks' stacks with mpi4py (MPI_Init was
+    never called when doctor turned mpi4py's automatic init off for its version query, and every rank aborted)."""
+    from conftest import run_launcher
+    p = run_launcher("mpirun", 2, [sys.executable, "-m", "hvdfast.cli", "doctor"], timeout=180)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "2 ranks on 1 host(s)" in p.stdout and "OK: all ranks agree." in p.stdout
+    assert "MPI_INIT" not in p.stdout + p.stderr

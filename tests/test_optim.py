@@ -35,6 +35,28 @@ def test_lars_step_matches_hand_computed_trust_ratio():
     torch.testing.assert_close(model[1].weight.detach(), gamma0 - lr * ggamma)
 
 
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_trust_ratio_survives_zero_weight_decay(name):
+    """timm applies the trust ratio only where a group's weight decay is non-zero unless always_adapt is set:
+    with optim.weight_decay=0 LARS silently became momentum SGD at LARS's learning rate."""
+    model = _model()
+    opt = optim.build(model, OptimConfig(name=name, lr=0.5, weight_decay=0.0, trust_coeff=0.02))
+    for g in opt.param_groups:
+        g["lr"] = 0.5
+    model(torch.randn(8, 5)).pow(2).mean().backward()
+    w0, g0 = model[0].weight.detach().clone(), model[0].weight.grad.detach().clone()
+    b0, gb = model[0].bias.detach().clone(), model[0].bias.grad.detach().clone()
+    opt.step()
+    if name == "lars":  # first momentum step = the trust-scaled gradient
+        expected = w0 - 0.5 * (0.02 * w0.norm() / g0.norm()) * g0
+    else:  # first Adam step: m_hat / sqrt(v_hat) = sign(g); LAMB scales it by |w| / |update|
+        update = g0 / (g0.abs() + 1e-6)
+        expected = w0 - 0.5 * (w0.norm() / update.norm()) * update
+    torch.testing.assert_close(model[0].weight.detach(), expected, rtol=1e-4, atol=1e-6)
+    if name == "lars":  # the no-decay group still does not adapt: plain SGD
+        torch.testing.assert_close(model[0].bias.detach(), b0 - 0.5 * gb)
+
+
 @pytest.mark.parametrize("name", ["sgd", "lars", "lamb"])
 def test_every_optimizer_reduces_a_simple_loss(name):
     model = _model()

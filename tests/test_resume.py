@@ -62,5 +62,7 @@ def test_killed_worker_ends_the_job_and_the_rerun_matches_an_uninterrupted_run(d
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming from" in again.stdout and "s00000050.pt" in again.stdout
     a, b = final_params(tmp_path / "ref"), final_params(run)
-    params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    assert params and all(torch.equal(a[k], b[k]) for k in params)
+    # parameters and BatchNorm buffers: a mid-epoch checkpoint holds the ranks' averaged running statistics (as
+    # the uninterrupted run's checkpoints at the same steps do), not rank 0's alone
+    assert any(k.endswith("running_var") for k in a) and a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import torch
 
-from ..config import HorovodConfig
+from ..config import ConfigError, HorovodConfig
 
 _hvd = None  # horovod.torch, once init() ran
 
@@ -108,6 +108,10 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
 
     hvd.init()
     _hvd = hvd
+    if cfg is not None and cfg.op == "adasum" and not hvd.mpi_enabled():
+        # Horovod 0.28.1 has no Adasum over Gloo ("No Adasum operation enabled" at the first allreduce)
+        raise ConfigError("horovod.op=adasum needs Horovod's MPI controller: launch with horovodrun --mpi or "
+                          "mpirun (this job runs on Gloo), or use another horovod.op.")
     cores = threads or cores_owned(hvd.local_size())
     if pin_threads:
         # Horovod: one worker per core share; oversubscribed intra-op threads cost 3x on small machines.

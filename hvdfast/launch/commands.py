@@ -27,12 +27,18 @@ def process_env(base: Optional[Mapping[str, str]] = None, **extra: str) -> dict:
 
 def horovodrun(np: int, program: Sequence[str], *, hosts: Optional[str] = None, hostfile: Optional[str] = None,
                nic: Optional[str] = None, controller: str = "mpi", env: Optional[Mapping[str, str]] = None,
-               options: Sequence[str] = ()) -> list[str]:
+               elastic: Optional[tuple[int, int, str]] = None, options: Sequence[str] = ()) -> list[str]:
     """horovodrun -np N (-H hosts | --hostfile F) [--network-interface NIC] --CONTROLLER [options] PROGRAM.
-    `env`: variables every rank starts with (horovodrun hands its own environment to local and ssh ranks)."""
+    `env`: variables every rank starts with (horovodrun hands its own environment to local and ssh ranks).
+    `elastic`: (min workers, max workers, host discovery script) instead of a fixed host list."""
     cmd = (["env", *[f"{k}={v}" for k, v in sorted(env.items())]] if env else [])
     cmd += ["horovodrun", "-np", str(np)]  # found on process_env()'s PATH (this environment's bin first)
-    cmd += ["--hostfile", hostfile] if hostfile else ["-H", hosts or f"localhost:{np}"]
+    if elastic:
+        cmd += ["--min-np", str(elastic[0]), "--max-np", str(elastic[1]), "--host-discovery-script", elastic[2]]
+    elif hostfile:
+        cmd += ["--hostfile", hostfile]
+    else:
+        cmd += ["-H", hosts or f"localhost:{np}"]
     if nic:
         cmd += ["--network-interface", nic]
     return cmd + [f"--{controller}", *options, *program]

@@ -86,6 +86,9 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
     opt = optim.build(model, cfg.optim)
     forward = models.compiled(model, cfg.model.compile)  # training steps only; evaluation runs eager
     prec = engine.precision_for(cfg.train.precision, p.info.device)
+    if prec.scaler is not None and cfg.horovod.op == "adasum":
+        raise config.ConfigError("horovod.op=adasum steps the optimizer inside backward, before a loss scaler could "
+                                 "unscale the gradients: use train.precision=bf16 (or fp32) with adasum.")
     opt = dist.wrap_optimizer(opt, model, cfg.horovod)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     return Job(cfg=cfg, run_dir=Path(cfg.train.run_dir), plan=p, model=model, forward=forward, opt=opt, prec=prec,

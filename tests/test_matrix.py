@@ -1,0 +1,206 @@
+"""The combination matrix: every pair of knob settings trains together through the real launchers, or the config
+refuses it up front with one message.
+
+A pairwise covering set (every value of every knob meets every value of every other knob in at least one cell)
+over optimizer x op x buckets x accumulation x compression x clipping x compile x elastic x backend, 2 ranks, a
+few steps of ResNet-18 on the digits. Every cell asserts that the ranks end with identical parameters and, where
+the maths says so, that it matches a reference run in the same ranks:
+
+* bit for bit: op=prescaled against op=average (the 1/N moves from after the sum to the loss; with 2 workers a
+  division by a power of two, exact in binary floating point) and gradient buckets against Horovod's per-tensor
+  allreduce (the same elementwise sums, grouped differently). Not for prescaled vs average under fp16
+  compression: halving an fp16 gradient in the subnormal range (below 6e-5) drops bits, so there the maths does
+  not promise equality.
+* to a tolerance: 2 micro-batches of 16 (backward_passes_per_step=2) against 1 batch of 32. The gradient is the
+  same average over the same 32 images, except BatchNorm, which normalises over 16 images instead of 32: the
+  parameter updates must point the same way (cosine >= COSINE_MIN) and be of the same size (ratio within
+  1 +- SIZE_TOL). Checked with the torchvision backend, whose augmentation is a function of the sample, not of
+  the batch (DALI's random crops are drawn per batch).
+"""
+import json
+import random
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, launcher_env, run_launcher
+from hvdfast import config
+from hvdfast.launch import commands
+
+FACTORS = {
+    "optim.name": ["sgd", "lars", "lamb"],
+    "horovod.op": ["average", "prescaled", "adasum"],
+    "horovod.bucket_mb": [0, 25],
+    "horovod.backward_passes_per_step": [1, 2],
+    "horovod.compression": ["none", "fp16", "bf16"],
+    "optim.clip_grad_norm": [0, 1.0],
+    "model.compile": [False, True],
+    "train.elastic": [False, True],
+    "data.backend": ["dali", "torchvision"],
+}
+# Pairs the config refuses, with the message that says so.
+REJECTED = {
+    (("horovod.op", "adasum"), ("horovod.bucket_mb", 25)): "horovod.bucket_mb averages gradients in buckets; "
+                                                           "it does not apply to op=adasum",
+    (("optim.name", "lamb"), ("horovod.op", "adasum")): "LAMB's step counter would count parameters",
+    (("horovod.op", "adasum"), ("optim.clip_grad_norm", 1.0)): "optim.clip_grad_norm cannot see the whole gradient",
+    (("horovod.op", "adasum"), ("train.elastic", True)): "needs Horovod's MPI controller, and elastic training "
+                                                         "runs on Gloo",
+}
+COMMON = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
+          "train.epochs=0.1", "optim.warmup_epochs=0", "optim.schedule=constant", "train.threads=1",
+          "data.workers=0", "train.log_every=2", "train.checkpoint_every=0", "train.progress=lines",
+          "train.resume=never", "train.target_top1=0"]
+COSINE_MIN = 0.95
+SIZE_TOL = 0.1
+
+
+def pairs(cell: dict) -> set:
+    names = list(FACTORS)
+    return {((a, cell[a]), (b, cell[b])) for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def covering_set(seed: int = 0) -> list[dict]:
+    """Greedy pairwise cover (AETG-like): each new cell is the best of many random completions of an uncovered
+    pair, by the number of uncovered pairs it covers; rejected pairs are never put in a cell."""
+    names = list(FACTORS)
+    everything = {((a, va), (b, vb)) for i, a in enumerate(names) for b in names[i + 1:]
+                  for va in FACTORS[a] for vb in FACTORS[b]}
+    uncovered = everything - set(REJECTED)
+    rng = random.Random(seed)
+    cells = []
+    while uncovered:
+        best = None
+        todo = sorted(uncovered, key=repr)
+        for _ in range(300):
+            (a, va), (b, vb) = todo[rng.randrange(len(todo))]
+            cell = {n: rng.choice(FACTORS[n]) for n in names}
+            cell[a], cell[b] = va, vb
+            if pairs(cell) & set(REJECTED):
+                continue
+            gain = len(pairs(cell) & uncovered)
+            if best is None or gain > best[0]:
+                best = (gain, cell)
+        cells.append(best[1])
+        uncovered -= pairs(best[1])
+    return cells
+
+
+CELLS = covering_set()
+
+
+def overrides(cell: dict) -> list[str]:
+    return [f"{k}={json.dumps(v)}" if isinstance(v, bool) else f"{k}={v}" for k, v in cell.items()]
+
+
+def cell_id(cell: dict) -> str:
+    short = {"optim.name": "", "horovod.op": "", "horovod.bucket_mb": "b", "horovod.backward_passes_per_step": "x",
+             "horovod.compression": "", "optim.clip_grad_norm": "clip", "model.compile": "compile",
+             "train.elastic": "elastic", "data.backend": ""}
+    parts = []
+    for k, v in cell.items():
+        if isinstance(v, bool) or k == "optim.clip_grad_norm":
+            if v:
+                parts.append(short[k])
+        else:
+            parts.append(f"{short[k]}{v:g}" if isinstance(v, (int, float)) else str(v))
+    return "-".join(parts)
+
+
+def references(cell: dict) -> dict:
+    """The runs a cell must match, by kind: 'exact' (bit for bit) and 'accum' (to the tolerance)."""
+    refs = {}
+    exact = {}
+    if cell["horovod.bucket_mb"]:
+        exact["horovod.bucket_mb"] = 0
+    if cell["horovod.op"] == "prescaled" and cell["horovod.compression"] != "fp16":
+        exact["horovod.op"] = "average"
+    if exact:
+        refs["exact"] = {**cell, **exact}
+    if cell["horovod.backward_passes_per_step"] == 2 and cell["data.backend"] == "torchvision":
+        refs["accum"] = {**cell, "horovod.backward_passes_per_step": 1}
+    return refs
+
+
+def launcher(i: int, cell: dict) -> str:
+    if cell["horovod.op"] == "adasum":
+        return "mpirun"  # Horovod's Adasum on CPU tensors runs over MPI
+    return ("gloo", "mpirun")[i % 2]
+
+
+def test_the_cells_cover_every_pair_and_the_config_refuses_the_rest():
+    names = list(FACTORS)
+    every = {((a, va), (b, vb)) for i, a in enumerate(names) for b in names[i + 1:]
+             for va in FACTORS[a] for vb in FACTORS[b]}
+    covered = set().union(*map(pairs, CELLS))
+    assert covered | set(REJECTED) == every and not covered & set(REJECTED)
+    assert len(CELLS) <= 16  # a covering set, not the 2,592 cells of the full product
+    for ((a, va), (b, vb)), message in REJECTED.items():
+        with pytest.raises(config.ConfigError) as e:
+            config.load(None, overrides({a: va, b: vb}))
+        assert message in str(e.value)
+    for cell in CELLS:
+        config.load(None, COMMON + overrides(cell))  # every cell is a valid config
+
+
+def run_elastic(cell: dict, digits_dir, tmp_path):
+    """An elastic cell through horovodrun's elastic mode (discovery script, --min-np/--max-np), as users start it."""
+    import subprocess
+    discover = tmp_path / "discover.sh"
+    discover.write_text("#!/bin/sh\necho localhost:2\n")
+    discover.chmod(0o755)
+    run = tmp_path / "elastic"
+    cmd = commands.horovodrun(2, [sys.executable, "-m", "hvdfast.cli", "train", "--config",
+                                  str(ROOT / "launch/configs/digits-cpu.yaml"), f"data.dir={digits_dir}",
+                                  *COMMON, *overrides(cell), f"train.run_dir={run}"],
+                              controller="gloo", elastic=(2, 2, str(discover)))
+    return subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600), run
+
+
+@pytest.mark.parametrize("i", range(len(CELLS)), ids=[cell_id(c) for c in CELLS])
+def test_cell_trains_the_same_model_on_both_ranks_and_matches_its_references(i, digits_dir, tmp_path):
+    cell = CELLS[i]
+    accum = cell["horovod.backward_passes_per_step"]
+    if cell["train.elastic"]:
+        proc, run = run_elastic(cell, digits_dir, tmp_path)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        summary = next(r for r in rows if r["kind"] == "summary")
+        assert summary["ranks_agree"], summary["ranks"]
+        assert summary["global_batch"] == 16 * 2 * accum and summary["steps"] > 0
+        assert summary["final_top1"] is not None and summary["final_top1"] >= 0
+        assert "Traceback" not in proc.stdout + proc.stderr
+        return
+    refs = references(cell)
+    runs = {"cell": COMMON + overrides(cell)}
+    for kind, ref in refs.items():
+        runs[kind] = COMMON + overrides(ref) + (["data.batch_size=32"] if kind == "accum" else [])
+    proc = run_launcher(launcher(i, cell), 2, [sys.executable, str(ROOT / "tests/parallel/matrix_cell.py"),
+                                               str(tmp_path), str(digits_dir), json.dumps(runs)], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for name in runs:
+        assert ranks[0][name]["params"] == ranks[1][name]["params"], name   # the ranks agree, bit for bit
+        assert ranks[0][name]["ranks_agree"] and ranks[0][name]["final_top1"] is not None
+    assert ranks[0]["cell"]["global_batch"] == 16 * 2 * accum
+    if "exact" in refs:
+        assert ranks[0]["cell"]["params"] == ranks[0]["exact"]["params"]
+    if "accum" in refs:
+        assert ranks[0]["accum"]["global_batch"] == ranks[0]["cell"]["global_batch"] == 64
+        assert ranks[0]["accum"]["steps"] == ranks[0]["cell"]["steps"]
+        start = _initial_params(tmp_path)
+        a = torch.load(tmp_path / "cell.pt") - start
+        b = torch.load(tmp_path / "accum.pt") - start
+        cosine = float(a @ b / (a.norm() * b.norm()))
+        ratio = float(a.norm() / b.norm())
+        print(f"accumulation vs one batch: cosine {cosine:.4f}, size ratio {ratio:.4f}")
+        assert cosine >= COSINE_MIN and abs(ratio - 1) <= SIZE_TOL, (cosine, ratio)
+
+
+def _initial_params(tmp_path) -> torch.Tensor:
+    """Rank 0's starting parameters (seed 0, as every run builds them before the broadcast)."""
+    from hvdfast import models
+    torch.manual_seed(0)
+    m = models.build("resnet18", 10, True)
+    return torch.cat([p.detach().double().flatten() for p in m.parameters()])
