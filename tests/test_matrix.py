@@ -47,6 +47,7 @@ REJECTED = {
     (("horovod.op", "adasum"), ("optim.clip_grad_norm", 1.0)): "optim.clip_grad_norm cannot see the whole gradient",
     (("horovod.op", "adasum"), ("train.elastic", True)): "needs Horovod's MPI controller, and elastic training "
                                                          "runs on Gloo",
+    (("horovod.bucket_mb", 25), ("train.elastic", True)): "horovod.bucket_mb does not apply to train.elastic=true",
 }
 COMMON = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
           "train.epochs=0.1", "optim.warmup_epochs=0", "optim.schedule=constant", "train.threads=1",
@@ -148,7 +149,7 @@ def run_elastic(cell: dict, digits_dir, tmp_path):
     """An elastic cell through horovodrun's elastic mode (discovery script, --min-np/--max-np), as users start it."""
     import subprocess
     discover = tmp_path / "discover.sh"
-    discover.write_text("#!/bin/sh\necho localhost:2\n")
+    discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")  # two names of this host, 1 slot each
     discover.chmod(0o755)
     run = tmp_path / "elastic"
     cmd = commands.horovodrun(2, [sys.executable, "-m", "hvdfast.cli", "train", "--config",
