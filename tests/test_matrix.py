@@ -11,18 +11,19 @@ the maths says so, that it matches a reference run in the same ranks:
   allreduce (the same elementwise sums, grouped differently). Not for prescaled vs average under fp16
   compression: halving an fp16 gradient in the subnormal range (below 6e-5) drops bits, so there the maths does
   not promise equality.
-* to a tolerance: 2 micro-batches of 16 (backward_passes_per_step=2) against 1 batch of 32. The gradient is the
-  same average over the same 32 images, except BatchNorm, which normalises over 16 images instead of 32: the
-  parameter updates must point the same way (cosine >= COSINE_MIN) and be of the same size (ratio within
-  1 +- SIZE_TOL). Checked with the torchvision backend, whose augmentation is a function of the sample, not of
-  the batch (DALI's random crops are drawn per batch).
+* to a tolerance: 2 micro-batches of 16 (backward_passes_per_step=2) against 1 batch of 32, through the cell's
+  optimizer, op, buckets, compression and clipping, in fp32 (engine.train_epoch and dist.wrap_optimizer in the
+  same ranks, 3 steps), on a small net without BatchNorm: the gradient is the same average of the same 32
+  samples, summed in another order, so the parameters must end within ACCUM_TOL of each other, relative to how far
+  they moved. Not on ResNet: BatchNorm normalises over the 16 images of a micro-batch instead of 32, which is
+  other maths (measured on ResNet-18 at its first step: cosine 0.70-0.76 between the two updates, 0.62 for a
+  single micro-batch of 16 — too close to tell a broken accumulation from BatchNorm).
 """
 import json
 import random
 import sys
 
 import pytest
-import torch
 
 from conftest import ROOT, launcher_env, run_launcher
 from hvdfast import config
@@ -53,8 +54,7 @@ COMMON = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "da
           "train.epochs=0.1", "optim.warmup_epochs=0", "optim.schedule=constant", "train.threads=1",
           "data.workers=0", "train.log_every=2", "train.checkpoint_every=0", "train.progress=lines",
           "train.resume=never", "train.target_top1=0"]
-COSINE_MIN = 0.95
-SIZE_TOL = 0.1
+ACCUM_TOL = 1e-4  # measured: at most 3e-5 (LAMB with fp16 compression), 2e-6 and less elsewhere
 
 
 def pairs(cell: dict) -> set:
@@ -119,8 +119,8 @@ def references(cell: dict) -> dict:
         exact["horovod.op"] = "average"
     if exact:
         refs["exact"] = {**cell, **exact}
-    if cell["horovod.backward_passes_per_step"] == 2 and cell["data.backend"] == "torchvision":
-        refs["accum"] = {**cell, "horovod.backward_passes_per_step": 1}
+    if cell["horovod.backward_passes_per_step"] == 2:
+        refs["accumulation"] = cell
     return refs
 
 
@@ -176,32 +176,19 @@ def test_cell_trains_the_same_model_on_both_ranks_and_matches_its_references(i, 
     refs = references(cell)
     runs = {"cell": COMMON + overrides(cell)}
     for kind, ref in refs.items():
-        runs[kind] = COMMON + overrides(ref) + (["data.batch_size=32"] if kind == "accum" else [])
+        runs[kind] = COMMON + overrides(ref)
     proc = run_launcher(launcher(i, cell), 2, [sys.executable, str(ROOT / "tests/parallel/matrix_cell.py"),
                                                str(tmp_path), str(digits_dir), json.dumps(runs)], timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for name in runs:
         assert ranks[0][name]["params"] == ranks[1][name]["params"], name   # the ranks agree, bit for bit
-        assert ranks[0][name]["ranks_agree"] and ranks[0][name]["final_top1"] is not None
+        if name != "accumulation":
+            assert ranks[0][name]["ranks_agree"] and ranks[0][name]["final_top1"] is not None
     assert ranks[0]["cell"]["global_batch"] == 16 * 2 * accum
     if "exact" in refs:
         assert ranks[0]["cell"]["params"] == ranks[0]["exact"]["params"]
-    if "accum" in refs:
-        assert ranks[0]["accum"]["global_batch"] == ranks[0]["cell"]["global_batch"] == 64
-        assert ranks[0]["accum"]["steps"] == ranks[0]["cell"]["steps"]
-        start = _initial_params(tmp_path)
-        a = torch.load(tmp_path / "cell.pt") - start
-        b = torch.load(tmp_path / "accum.pt") - start
-        cosine = float(a @ b / (a.norm() * b.norm()))
-        ratio = float(a.norm() / b.norm())
-        print(f"accumulation vs one batch: cosine {cosine:.4f}, size ratio {ratio:.4f}")
-        assert cosine >= COSINE_MIN and abs(ratio - 1) <= SIZE_TOL, (cosine, ratio)
-
-
-def _initial_params(tmp_path) -> torch.Tensor:
-    """Rank 0's starting parameters (seed 0, as every run builds them before the broadcast)."""
-    from hvdfast import models
-    torch.manual_seed(0)
-    m = models.build("resnet18", 10, True)
-    return torch.cat([p.detach().double().flatten() for p in m.parameters()])
+    if "accumulation" in refs:
+        acc = ranks[0]["accumulation"]
+        print(f"2 x 16 vs 1 x 32: parameters {acc['apart']:.2e} apart, relative to the largest move {acc['moved']:.3g}")
+        assert acc["moved"] > 0 and acc["apart"] <= ACCUM_TOL, acc
