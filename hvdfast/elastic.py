@@ -42,7 +42,7 @@ class ElasticRun:
         cfg, old = self.job.cfg, self.job.plan
         for loader in (old.data.train, old.data.val):
             getattr(loader, "close", lambda: None)()
-        self.job.plan = plan(cfg, dist.current())
+        self.job.plan = plan(cfg, dist.current(), collectives=False)  # a joining worker is not in this callback
         info = self.job.plan.info
         if self.rep.enabled != info.is_main:  # another worker may be rank 0 now
             self.rep.close()
@@ -71,7 +71,7 @@ class ElasticRun:
 def run(cfg: config.Config, notes=()) -> dict:
     job = setup(cfg, notes, elastic=True)
     st = FitState()
-    path, saved = resume.find(job)
+    path, saved = resume.find(job, broadcast=False)  # no collective before Horovod's state sync
     if saved is not None:
         resume.check(job, path, saved)
         st = FitState.from_checkpoint(saved, resume.start_step(job, path, saved, job.notes.append))

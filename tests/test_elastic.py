@@ -32,15 +32,15 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str]) -> tuple[st
                            cwd=ROOT)
     lines = []
     killed = False
-    deadline = time.monotonic() + 500
+    deadline = time.monotonic() + 240
     for line in job.stdout:
         lines.append(line)
-        if not killed and "step 20 " in line and "(2 workers)" in line:
+        if not killed and "step 20/" in line:  # both workers still in the job
             pid = worker_pid("HOROVOD_HOSTNAME=127.0.0.1", str(run))
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             killed = True
-        assert time.monotonic() < deadline, "elastic run did not finish"
+        assert time.monotonic() < deadline, "elastic run did not finish:\n" + "".join(lines)[-4000:]
     job.wait(timeout=60)
     out = "".join(lines)
     assert killed, out[-3000:]

@@ -52,7 +52,7 @@ def test_trust_ratio_survives_zero_weight_decay(name):
     else:  # first Adam step: m_hat / sqrt(v_hat) = sign(g); LAMB scales it by |w| / |update|
         update = g0 / (g0.abs() + 1e-6)
         expected = w0 - 0.5 * (w0.norm() / update.norm()) * update
-    torch.testing.assert_close(model[0].weight.detach(), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model[0].weight.detach(), expected, rtol=1e-3, atol=1e-5)  # eps: LAMB's 1e-6
     if name == "lars":  # the no-decay group still does not adapt: plain SGD
         torch.testing.assert_close(model[0].bias.detach(), b0 - 0.5 * gb)
 

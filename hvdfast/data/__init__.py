@@ -33,7 +33,9 @@ def loader_workers(requested: int, cores: int) -> int:
     return cores if cores > 1 else 0
 
 
-def build(cfg, dist) -> Data:
+def build(cfg, dist, collectives: bool = True) -> Data:
+    """collectives=False: no cross-rank exchange while building (DALI's skip_corrupt check then reads every file on
+    every rank)."""
     backend = resolve_backend(cfg.data.backend)
     if backend == "synthetic":
         from . import synthetic
@@ -54,7 +56,7 @@ def build(cfg, dist) -> Data:
     check_size(len(train_split), dist.size, cfg.data.batch_size, f"training split '{train_split.root}'")
     if backend == "dali":
         from . import dali
-        train, val = dali.build(cfg, dist, train_split, val_split, threads=max(1, workers))
+        train, val = dali.build(cfg, dist, train_split, val_split, threads=max(1, workers), collectives=collectives)
     else:
         from . import torchvision as tv
         train, val = tv.build(cfg, dist, train_split, val_split, workers)

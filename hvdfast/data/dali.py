@@ -237,7 +237,7 @@ class DaliLoader:
             raise
 
 
-def build(cfg, dist, train_split: Split | None, val_split: Split | None, threads: int):
+def build(cfg, dist, train_split: Split | None, val_split: Split | None, threads: int, collectives: bool = True):
     """Loaders over an ImageFolder (train_split / val_split) or, when they are None, over packed shards."""
     d = cfg.data
     common = dict(rank=dist.rank, size=dist.size, batch=d.batch_size, seed=cfg.train.seed, threads=threads,
@@ -250,6 +250,8 @@ def build(cfg, dist, train_split: Split | None, val_split: Split | None, threads
         root = Path(d.dir)
         sources = ShardSource(root / "train", True, cfg.train.seed), ShardSource(root / "val", False, 0)
     else:
-        sources = (FolderSource(train_split, True, cfg.train.seed, d.skip_corrupt, dist.rank, dist.size),
-                   FolderSource(val_split, False, 0, d.skip_corrupt, dist.rank, dist.size))
+        # the skip_corrupt check split over the ranks (or, without collectives, all of it on every rank)
+        part = (dist.rank, dist.size) if collectives else (0, 1)
+        sources = (FolderSource(train_split, True, cfg.train.seed, d.skip_corrupt, *part),
+                   FolderSource(val_split, False, 0, d.skip_corrupt, *part))
     return DaliLoader(sources[0], train=True, **common), DaliLoader(sources[1], train=False, **common)

@@ -16,13 +16,15 @@ from .setup import Job
 IDENTITY = ("data.dir", "data.synthetic_classes", "model.name", "optim.name", "train.seed")
 
 
-def find(job: Job) -> tuple[Optional[Path], Optional[dict]]:
-    """(path, state) of the checkpoint to resume from, or (None, None) to start fresh."""
+def find(job: Job, broadcast: bool = True) -> tuple[Optional[Path], Optional[dict]]:
+    """(path, state) of the checkpoint to resume from, or (None, None) to start fresh. broadcast=False (elastic):
+    every rank reads it itself, with no collective (a joining worker calls this while the others train; what it
+    reads is then replaced by Horovod's state sync from rank 0)."""
     info = job.plan.info
-    path, state, notes = (checkpoint.find_resume(job.run_dir, job.cfg.train.resume) if info.is_main
+    path, state, notes = (checkpoint.find_resume(job.run_dir, job.cfg.train.resume) if info.is_main or not broadcast
                           else (None, None, []))
     job.notes.extend(notes)
-    if info.size > 1:
+    if info.size > 1 and broadcast:
         # Horovod: rank 0 alone reads the checkpoint (no shared file system assumed) and sends it to all.
         path, state = dist.broadcast_object((path, state), name="resume.state")
     return path, state

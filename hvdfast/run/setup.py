@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,9 +52,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def plan(cfg: config.Config, info: dist.DistInfo, d: Optional[data.Data] = None) -> Plan:
-    """Shards, global batch, steps and LR schedule for the current world (`d`: loaders already built for it)."""
-    d = d or data.build(cfg, info)
+def plan(cfg: config.Config, info: dist.DistInfo, collectives: bool = True) -> Plan:
+    """Shards, global batch, steps and LR schedule for the current world. collectives=False: build the data without
+    any cross-rank exchange (a worker joining an elastic job builds it alone, while the others train)."""
+    d = data.build(cfg, info, collectives=collectives)
     accum = cfg.horovod.backward_passes_per_step
     steps_per_epoch = d.train.steps_per_epoch // accum
     if steps_per_epoch < 1:
@@ -76,11 +77,14 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
         notes.append("elastic: model.channels_last off (Horovod's elastic state sync needs contiguous tensors)")
     info = dist.init(cfg.horovod, threads=cfg.train.threads, elastic=elastic)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    p = plan(cfg, info)
+    p = plan(cfg, info, collectives=not elastic)
     model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual)
     model.to(p.info.device)
-    # Horovod: identical starting weights everywhere (before channels_last: Horovod needs contiguous tensors).
-    dist.broadcast_model(model)
+    if not elastic:
+        # Horovod: identical starting weights everywhere (before channels_last: Horovod needs contiguous tensors).
+        # Elastic: Horovod's state sync broadcasts them at the start and after every reset, and a worker joining a
+        # running job must not call a collective the others are not in.
+        dist.broadcast_model(model)
     if cfg.model.channels_last:
         models.to_channels_last(model)
     opt = optim.build(model, cfg.optim)
