@@ -23,7 +23,8 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str]) -> tuple[st
     run = tmp_path / "run"
     cmd = commands.horovodrun(2, [
            sys.executable, "-m", "hvdfast.cli", "train", "--config",
-           str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", "horovod.bucket_mb=0", f"data.dir={digits_dir}",
+           str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", "horovod.bucket_mb=0",
+           f"data.dir={digits_dir}",
            "data.backend=torchvision", "data.workers=0", "model.name=resnet18", "data.image_size=32",
            "data.val_resize=32", "data.batch_size=16", f"train.epochs={epochs}", "train.threads=1",
            "train.log_every=5", "train.checkpoint_every_steps=5", f"train.run_dir={run}"], controller="gloo",

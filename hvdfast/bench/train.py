@@ -143,7 +143,8 @@ def _launch(variant: str, args, np_: int, out: Path, threads: int = 0, hosts: st
     root = Path(__file__).resolve().parents[2]
     cmd = launcher_cmd(variant, args, np_, worker_program(variant, args, out, threads), hosts, nic)
     from ..launch import commands
-    proc = subprocess.run(cmd, env=commands.process_env(), cwd=root, capture_output=True, text=True, timeout=args.timeout)
+    proc = subprocess.run(cmd, env=commands.process_env(), cwd=root, capture_output=True, text=True,
+                          timeout=args.timeout)
     return read_result(variant, np_, proc, out)
 
 

@@ -134,7 +134,8 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
             on_step=on_step)
         if st.step == before:
             raise TrainingError(f"epoch {epoch}'s training data ended before its first step; every rank must yield "
-                                f"{p.steps_per_epoch * p.accum} batches per epoch (a data backend bug: please report it).")
+                                f"{p.steps_per_epoch * p.accum} batches per epoch (a data backend bug: please "
+                                f"report it).")
         last = st.step >= p.total_steps
         if not (st.step % p.steps_per_epoch == 0 or last):
             continue  # an elastic reset or a short epoch: go on where it stopped
