@@ -143,3 +143,22 @@ def test_tune_across_hosts_writes_the_wire_format_that_launch_applies(hosts, tmp
     # hvdfast train reads it like any tuned file (recipe < tuned file < overrides)
     cfg, _ = tuned.load_config(ROOT / "launch/configs/digits-cpu.yaml", [f"horovod.tuned={out}"])
     assert cfg.horovod.compression == doc["horovod"]["compression"] and cfg.horovod.bucket_mb == 25.0
+
+
+def test_dali_shards_by_global_rank_with_two_slots_per_host(hosts, tmp_path):
+    """4 ranks on 2 hosts (local ranks 0, 1 on each): DALI must shard by global rank. Sharded by local rank (as
+    DALI's own ResNet-50 example does), hosta's and hostb's local rank 0 would read the same images."""
+    import shlex
+    import sys
+    from conftest import make_jpeg_tree
+    tree = make_jpeg_tree(tmp_path / "tree", classes=32, per_class={"train": 1, "val": 1})
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = commands.horovodrun(4, [sys.executable, str(ROOT / "tests/parallel/shards.py"), str(out), str(tree),
+                                  "dali", "4"], hosts="hosta:2,hostb:2", nic="hvd0", controller="gloo")
+    p = on_login(hosts, shlex.join(cmd), timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(4)]
+    seen = [sorted(i for b in r["train"] for i in b) for r in ranks]
+    assert all(len(s) == 8 for s in seen)                              # 32 images / 4 ranks / batch 4: 2 steps
+    assert sorted(i for s in seen for i in s) == list(range(32))       # disjoint, and together every image
