@@ -63,14 +63,14 @@ class OptimConfig:
 @dataclass(frozen=True)
 class HorovodConfig:
     compression: str = "none"         # none | fp16 | bf16 (gradient wire format) | powersgd (rank-r factors with
-                                      # error feedback, hvdfast/powersgd.py; needs bucket_mb > 0)
+                                      # error feedback, hvdfast/dist/powersgd.py; needs bucket_mb > 0)
     powersgd_rank: int = 4            # rank r of compression=powersgd: each weight n x m sends (n + m) r numbers
     fusion_threshold_mb: float = 64.0  # MiB; tensor fusion buffer (HOROVOD_FUSION_THRESHOLD); 0 = no fusion
     cycle_time_ms: float = 1.0        # ms between Horovod background cycles (HOROVOD_CYCLE_TIME)
     backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
     bucket_mb: float = 0.0            # MiB; > 0: gradients live in flat buckets of about this size, each one
                                       # allreduced as a single tensor when its last gradient is ready (no fusion
-                                      # copies, few calls; hvdfast/buckets.py); 0: Horovod's per-tensor hooks.
+                                      # copies, few calls; hvdfast/dist/buckets.py); 0: Horovod's per-tensor hooks.
                                       # With buckets the fusion threshold is capped at bucket_mb / 2
     gradient_predivide_factor: float = 1.0  # divide before the sum and after it (average only)
     op: str = "average"               # average | prescaled | adasum. prescaled: the same average, with the 1/N
