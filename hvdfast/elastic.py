@@ -70,12 +70,7 @@ class ElasticRun:
 
 def run(cfg: config.Config, notes=()) -> dict:
     job = setup(cfg, notes, elastic=True)
-    st = FitState()
-    path, saved = resume.find(job, broadcast=False)  # no collective before Horovod's state sync
-    if saved is not None:
-        resume.check(job, path, saved)
-        st = FitState.from_checkpoint(saved, resume.start_step(job, path, saved, job.notes.append))
-        resume.restore(job, saved)
+    st, path = resume.resume(job, broadcast=False)  # no collective before Horovod's state sync
     summary.write_run_files(job)
     info = job.plan.info
     er = ElasticRun(job=job, st=st, rep=Reporter(job.run_dir, info.is_main, "lines", job.plan.total_steps),

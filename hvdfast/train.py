@@ -9,7 +9,7 @@ import time
 from . import config
 from .metrics import Reporter
 from .run import resume, summary
-from .run.fit import FitState, TrainingError, fit  # noqa: F401  (TrainingError: cli reports it as a user error)
+from .run.fit import TrainingError, fit  # noqa: F401  (TrainingError: cli reports it as a user error)
 from .run.setup import setup
 from .run.summary import consistency, param_digest  # noqa: F401  (used by tests and bench)
 from .watchdog import Watchdog
@@ -22,12 +22,7 @@ def run(cfg: config.Config, notes=()) -> dict:
     # 1. config -> dist -> data -> model -> optimizer -> Horovod wrapper
     job = setup(cfg, notes)
     # 2. resume: this run's newest checkpoint, if there is one (refused when it belongs to another run)
-    st = FitState()
-    path, state = resume.find(job)
-    if state is not None:
-        resume.check(job, path, state)
-        st = FitState.from_checkpoint(state, resume.start_step(job, path, state, job.notes.append))
-        resume.restore(job, state)
+    st, path = resume.resume(job)
     # 3. fit, with the run's files and log next to it
     summary.write_run_files(job)
     rep = Reporter(job.run_dir, job.plan.info.is_main, cfg.train.progress, job.plan.total_steps)

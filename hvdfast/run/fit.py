@@ -43,7 +43,10 @@ class FitState:
 
 
 def bad_files(job: Job, st: FitState) -> set:
-    """Every rank's skipped files, united (a collective: every rank calls it at the same point)."""
+    """Every rank's skipped files, united (a collective: every rank calls it at the same point; none without
+    data.skip_corrupt, where there is nothing to gather)."""
+    if not job.cfg.data.skip_corrupt:
+        return st.bad_files
     mine = sorted(job.plan.data.train.bad_files | job.plan.data.val.bad_files)
     found = dist.allgather_object(mine, name="bad_files") if job.plan.info.size > 1 else [mine]
     return st.bad_files.union(*map(set, found))

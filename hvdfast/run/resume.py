@@ -10,6 +10,7 @@ from typing import Optional
 
 from .. import checkpoint, config, dist
 from ..checkpoint import CheckpointError
+from .fit import FitState
 from .setup import Job
 
 # Settings that make a run a different run: a checkpoint written under other values is not this run's.
@@ -69,3 +70,15 @@ def restore(job: Job, state: dict) -> None:
     job.opt.load_state_dict(state["optimizer"])
     if job.prec.scaler is not None and state.get("scaler"):
         job.prec.scaler.load_state_dict(state["scaler"])
+
+
+def resume(job: Job, broadcast: bool = True) -> tuple[FitState, Optional[Path]]:
+    """The run's FitState: from this run's newest checkpoint (checked, loaded into the job), or a fresh one.
+    Returns it with the checkpoint's path (None when starting fresh). broadcast: see find()."""
+    path, state = find(job, broadcast)
+    if state is None:
+        return FitState(), None
+    check(job, path, state)
+    st = FitState.from_checkpoint(state, start_step(job, path, state, job.notes.append))
+    restore(job, state)
+    return st, path
