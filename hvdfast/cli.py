@@ -182,6 +182,7 @@ def main(argv=None) -> int:
     from .config import ConfigError
     from .data.folder import DataError
     from .dist import DeviceError
+    from .run.stop import EXIT_STOPPED, Stopped
     user_errors = (ConfigError, DataError, CheckpointError, DeviceError)
     try:
         from .train import TrainingError
@@ -196,6 +197,11 @@ def main(argv=None) -> int:
             prefix = f"hvdfast: error (rank {rank}): " if rank else "hvdfast: error: "
             print(prefix + str(exc), file=sys.stderr, flush=True)
         return 2
+    except Stopped as exc:
+        # a preemption warning or train.max_time: checkpointed (or nothing to save yet); rerun to continue
+        if env_rank() == 0 and not exc.shown:
+            print(f"hvdfast: {exc}", file=sys.stderr, flush=True)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         return 130
 

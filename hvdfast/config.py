@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,8 @@ class TrainConfig:
     elastic: bool = False             # Horovod elastic training (horovodrun --min-np/--max-np/--host-discovery-script)
     hang_timeout_s: float = 600.0     # seconds without progress before every rank dumps its stack and rank 0
                                       # names the rank that is behind; 0 = off
+    max_time: str = ""                # wall-time budget of this process, e.g. 23h50m, 90m, 1-00:00:00 (SLURM's
+                                      # form) or seconds: checkpoint and stop (exit 75) before it; "" = none
 
 
 @dataclass(frozen=True)
@@ -252,8 +255,32 @@ def validate(cfg: Config) -> None:
     if cfg.horovod.op != "average" and cfg.horovod.gradient_predivide_factor != 1.0:
         raise ConfigError(f"horovod.gradient_predivide_factor applies to op=average only; set it to 1.0 with "
                           f"{cfg.horovod.op}.")
+    parse_duration(cfg.train.max_time)
     if not 0 <= cfg.optim.label_smoothing < 1:
         raise ConfigError(f"config key 'optim.label_smoothing' must be in [0, 1), got {cfg.optim.label_smoothing}.")
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration: "23h50m", "90m", "1d12h", "3600", SLURM's "[D-]HH:MM:SS" / "MM:SS". "" = 0 (none)."""
+    t = str(text).strip().lower()
+    if not t:
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", t)
+    if m and ":" in t:
+        days, *hms = m.groups()
+        parts = [int(x) for x in hms if x is not None]
+        # SLURM: MM:SS, HH:MM:SS, D-HH:MM, D-HH:MM:SS
+        parts = parts if len(parts) == 3 else (parts + [0] if days else [0] + parts)
+        return float(int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2])
+    pieces = re.findall(r"(\d+(?:\.\d+)?)([dhms])", t)
+    if pieces and "".join(n + u for n, u in pieces) == t:
+        return float(sum(float(n) * _UNITS[u] for n, u in pieces))
+    raise ConfigError(f"train.max_time must be a duration like 23h50m, 90m, 1-00:00:00 or seconds; got {text!r}.")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

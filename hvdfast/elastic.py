@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from . import config, dist
 from .metrics import Reporter
-from .run import resume, summary
+from .run import resume, stop, summary
 from .run.fit import FitState, fit
 from .run.setup import Job, plan, setup
 from .watchdog import Watchdog
@@ -36,6 +36,7 @@ class ElasticRun:
     rep: Reporter
     wd: Watchdog
     commit_every: int    # optimizer steps between in-memory commits
+    vote: stop.StopVote  # the stop agreement (its vote in flight died with the old Horovod at a reset)
 
     def on_reset(self) -> None:
         """After workers came or went: rebuild what the world size decides, and the rank-0 outputs."""
@@ -44,6 +45,8 @@ class ElasticRun:
             getattr(loader, "close", lambda: None)()
         self.job.plan = plan(cfg, dist.current(), collectives=False)  # a joining worker is not in this callback
         info = self.job.plan.info
+        self.vote.size = info.size
+        self.vote.forget()
         if self.rep.enabled != info.is_main:  # another worker may be rank 0 now
             self.rep.close()
             self.rep = Reporter(self.job.run_dir, info.is_main, "lines", self.job.plan.total_steps)
@@ -64,25 +67,34 @@ class ElasticRun:
     def train(self, state) -> None:
         # Horovod: after a reset `state` holds the last commit; the run goes on from the images it had seen.
         self.st.step = state.images // self.job.plan.global_batch
-        fit(self.job, self.st, self.rep, self.wd, self.after_step)
+        fit(self.job, self.st, self.rep, self.wd, self.after_step, self.vote)
         state.commit()
 
 
-def run(cfg: config.Config, notes=()) -> dict:
+def run(cfg: config.Config, notes=(), vote: stop.StopVote | None = None) -> dict:
+    vote = vote or stop.StopVote(cfg.train.max_time, time.time()).install()
     job = setup(cfg, notes, elastic=True)
+    vote.size = job.plan.info.size
     st, path = resume.resume(job, broadcast=False)  # no collective before Horovod's state sync
     summary.write_run_files(job)
     info = job.plan.info
     er = ElasticRun(job=job, st=st, rep=Reporter(job.run_dir, info.is_main, "lines", job.plan.total_steps),
                     wd=Watchdog(job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s),
                     state=dist.elastic_state(job.model, job.opt, images=st.step * job.plan.global_batch),
-                    commit_every=cfg.train.checkpoint_every_steps or 10)
+                    commit_every=cfg.train.checkpoint_every_steps or 10, vote=vote)
     summary.announce(job, st, er.rep, path)
     er.announce_world()
     er.state.register_reset_callbacks([er.on_reset])
     st.t_start = time.perf_counter() - st.trained_s
-    dist.elastic_run(er.train)(er.state)
-    er.wd.stop()
+    if info.is_main:
+        stop.clear(job.run_dir)
+    try:
+        dist.elastic_run(er.train)(er.state)
+    except stop.Stopped:
+        er.rep.close()
+        raise
+    finally:
+        er.wd.stop()
     out = summary.summarize(job, st, er.rep)
     er.rep.close()
     return {**out, "model": job.model, "rank": job.plan.info.rank}

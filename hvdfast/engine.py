@@ -100,12 +100,14 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
                 accumulation: int = 1, loss_divisor: int = 1, clip_grad_norm: float = 0.0,
                 log_every: int = 20,
                 on_log: Callable[[int, Window], None] = lambda step, window: None,
-                on_step: Callable[[int], None] = lambda step: None,
+                on_step: Callable[[int], Optional[bool]] = lambda step: None,
                 step_times: Optional[list] = None) -> int:
     """Run up to `steps` optimizer steps (each of `accumulation` micro-batches). Returns the next global step.
 
     on_log(step, window) gets this rank's Window every `log_every` steps and at the end; the caller reduces it
-    across ranks (the only cross-rank traffic besides the gradients). With `step_times` (a list), every step's
+    across ranks (the only cross-rank traffic besides the gradients). on_step(step) runs after every optimizer
+    step; when it returns True the epoch ends there (after logging the partial window): the caller must make every
+    rank return True at the same step, since on_log is collective. With `step_times` (a list), every step's
     StepTimes is appended, the device synchronised at each boundary (benchmarks; training leaves it None).
     """
     model.train()
@@ -117,6 +119,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
     sync = (torch.cuda.synchronize if step_times is not None and torch.cuda.is_available() else lambda: None)
     t_step = None
     micro = 0
+    stop = False
     for images, labels in batches:
         t_batch = time.perf_counter()
         t_step = t_batch if micro == 0 else t_step
@@ -152,12 +155,12 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
                                             update_s=t_end - t_synced, step_s=t_end - t_step))
             step += 1
             done += 1
-            on_step(step)
+            stop = bool(on_step(step))
         t_now = time.perf_counter()
         window.data_wait_s += t_batch - t_prev
         window.step_s += t_now - t_batch
         t_prev = t_now
-        if micro == 0 and (done % log_every == 0 or done == steps):
+        if micro == 0 and (done % log_every == 0 or done == steps or stop):
             host = dev_sums.double().cpu()
             window.loss_sum, window.correct = float(host[0]), float(host[1])
             window.nonfinite = 0.0 if torch.isfinite(host[0]) else 1.0
@@ -166,7 +169,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
             window = Window()
             dev_sums = None
             t_window = t_prev = time.perf_counter()
-        if done >= steps and micro == 0:
+        if micro == 0 and (done >= steps or stop):
             break
     return step
 

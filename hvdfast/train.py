@@ -8,19 +8,28 @@ import time
 
 from . import config
 from .metrics import Reporter
-from .run import resume, summary
+from .run import resume, stop, summary
 from .run.fit import TrainingError, fit  # noqa: F401  (TrainingError: cli reports it as a user error)
 from .run.setup import setup
 from .run.summary import consistency, param_digest  # noqa: F401  (used by tests and bench)
 from .watchdog import Watchdog
 
 
+def process_start() -> float:
+    """time.time() when this process started: train.max_time counts from there (imports and setup included)."""
+    import psutil  # a Horovod dependency
+    return psutil.Process().create_time()
+
+
 def run(cfg: config.Config, notes=()) -> dict:
+    # first, so that a scheduler's warning during setup is kept for the first step instead of killing the process
+    vote = stop.StopVote(cfg.train.max_time, process_start()).install()
     if cfg.train.elastic:
         from . import elastic
-        return elastic.run(cfg, notes)
+        return elastic.run(cfg, notes, vote)
     # 1. config -> dist -> data -> model -> optimizer -> Horovod wrapper
     job = setup(cfg, notes)
+    vote.size = job.plan.info.size
     # 2. resume: this run's newest checkpoint, if there is one (refused when it belongs to another run)
     st, path = resume.resume(job)
     # 3. fit, with the run's files and log next to it
@@ -29,8 +38,15 @@ def run(cfg: config.Config, notes=()) -> dict:
     summary.announce(job, st, rep, path)
     wd = Watchdog(job.run_dir, job.plan.info.rank, job.plan.info.size, cfg.train.hang_timeout_s)
     st.t_start = time.perf_counter() - st.trained_s
-    fit(job, st, rep, wd)
-    wd.stop()
+    if job.plan.info.is_main:
+        stop.clear(job.run_dir)  # a record of an earlier early stop is not this run's
+    try:
+        fit(job, st, rep, wd, vote=vote)
+    except stop.Stopped:
+        rep.close()  # metrics and TensorBoard flushed; the CLI exits with stop.EXIT_STOPPED
+        raise
+    finally:
+        wd.stop()  # no hang report while the process exits
     # 4. summarize: ranks agree?, accuracy and throughput
     out = summary.summarize(job, st, rep)
     rep.close()

@@ -12,8 +12,10 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .. import config, dist, tuned
@@ -65,33 +67,92 @@ def mpirun_cmd(args, np_expr: str | None = None, hostfile: str | None = None) ->
                            hostfile=hostfile or args.hostfile, nic=args.nic, env=_knobs(args))
 
 
+def _tasks_per_node(args) -> int:
+    """GPU nodes: one task per GPU. --cpu: --tasks-per-node, else 2 (one worker per socket of a 2-socket node)."""
+    if args.tasks_per_node:
+        return args.tasks_per_node
+    return 2 if args.cpu else args.gpus_per_node
+
+
+# The batch script's preemption block, shared by slurm and pbs: the training step runs in the background so that
+# the shell's trap runs at once (bash defers traps while a foreground child runs), and the trap passes the warning
+# on as SIGUSR1 (the workers' stop request; srun and mpirun pass SIGUSR1 to every task).
+STOP_BLOCK = """step_pid=
+forward() {{
+  echo "hvdfast: $1 received: asking the training to checkpoint and stop"
+  [ -n "$step_pid" ] && kill -USR1 "$step_pid" 2>/dev/null
+}}
+trap 'forward SIGUSR1' USR1
+trap 'forward SIGTERM' TERM
+{step} &
+step_pid=$!
+rc=0
+while :; do  # wait returns early (> 128) when a trap ran; wait again until the step itself ends
+  wait "$step_pid" && rc=0 || rc=$?
+  kill -0 "$step_pid" 2>/dev/null || break
+done
+if [ "$rc" -eq {code} ]; then
+  echo "hvdfast: the run stopped early with a checkpoint (exit {code}); {requeue_text}"
+  {requeue}
+fi
+exit "$rc"
+"""
+
+
 def slurm_script(args) -> str:
+    from ..run.stop import EXIT_STOPPED
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(_knobs(args).items()))
     lines = ["#!/bin/bash", f"#SBATCH --job-name={args.job_name}", f"#SBATCH --nodes={args.nodes}",
-             f"#SBATCH --ntasks-per-node={args.gpus_per_node}", f"#SBATCH --time={args.time}"]
+             f"#SBATCH --ntasks-per-node={_tasks_per_node(args)}", f"#SBATCH --time={args.time}"]
     if args.gpus_per_node and not args.cpu:
         lines.append(f"#SBATCH --gpus-per-node={args.gpus_per_node}")
     if args.partition:
         lines.append(f"#SBATCH --partition={args.partition}")
-    lines += ["set -euo pipefail", f"source {shlex.quote(str(Path(sys.prefix) / 'bin/activate'))}",
+    lines += [f"#SBATCH --output={args.job_name}-%j.out",
+              "#SBATCH --open-mode=append  # a requeued job continues the same log",
+              f"#SBATCH --signal=B:USR1@{args.warn_s}  # warn this script {args.warn_s} s before the time limit",
+              "#SBATCH --requeue",
+              "set -uo pipefail", f"source {shlex.quote(str(Path(sys.prefix) / 'bin/activate'))}",
               f"export {exports}" if exports else "",
               "# Horovod: one task per GPU; ranks come from PMI (SLURM_PROCID / PMIX_RANK).",
-              f"srun --mpi={args.srun_mpi} --cpu-bind=none {_q(_train_args(args))}"]
-    return "\n".join(line for line in lines if line) + "\n"
+              "# Preemption and the time limit: the warning (SIGUSR1 from --signal, or a SIGTERM) goes to the job "
+              "step,",
+              f"# which checkpoints at a step all ranks agree on and exits {EXIT_STOPPED}; the job then requeues "
+              f"itself and",
+              "# resumes from that checkpoint (train.resume=auto).",
+              STOP_BLOCK.format(step=f"srun --mpi={args.srun_mpi} --cpu-bind=none {_q(_train_args(args))}",
+                                code=EXIT_STOPPED, requeue_text="requeueing job $SLURM_JOB_ID to continue",
+                                requeue='scontrol requeue "$SLURM_JOB_ID"')]
+    return "\n".join(line for line in lines if line).rstrip("\n") + "\n"
 
 
 def pbs_script(args) -> str:
-    total = args.nodes * args.gpus_per_node
-    select = f"select={args.nodes}:mpiprocs={args.gpus_per_node}" + (
+    from ..run.stop import EXIT_STOPPED
+    total = args.nodes * _tasks_per_node(args)
+    select = f"select={args.nodes}:mpiprocs={_tasks_per_node(args)}" + (
         "" if args.cpu else f":ngpus={args.gpus_per_node}")
-    lines = ["#!/bin/bash", f"#PBS -N {args.job_name}", f"#PBS -l {select}", f"#PBS -l walltime={args.time}"]
+    lines = ["#!/bin/bash", f"#PBS -N {args.job_name}", f"#PBS -l {select}", f"#PBS -l walltime={args.time}",
+             "#PBS -r y  # rerunnable: a preempted job goes back to the queue"]
     if args.partition:
         lines.append(f"#PBS -q {args.partition}")
-    lines += ["set -euo pipefail", 'cd "$PBS_O_WORKDIR"',
+    step = _q(mpirun_cmd(args, np_expr=str(total), hostfile="$PBS_NODEFILE")).replace("'$PBS_NODEFILE'",
+                                                                                     '"$PBS_NODEFILE"')
+    lines += ["set -uo pipefail", 'cd "$PBS_O_WORKDIR"',
               f"source {shlex.quote(str(Path(sys.prefix) / 'bin/activate'))}",
-              _q(mpirun_cmd(args, np_expr=str(total), hostfile="$PBS_NODEFILE")).replace("'$PBS_NODEFILE'",
-                                                                                        '"$PBS_NODEFILE"')]
-    return "\n".join(lines) + "\n"
+              "# PBS sends SIGTERM (then SIGKILL after its kill_delay) at preemption or the wall time; the trap "
+              "passes",
+              f"# it on as SIGUSR1 (mpirun forwards that to every rank), the ranks checkpoint and exit {EXIT_STOPPED}, "
+              f"and the",
+              "# job submits itself again to resume (train.resume=auto). With a short kill_delay, set "
+              "train.max_time below",
+              "# the wall time instead: the run then stops on its own, with time to spare.",
+              STOP_BLOCK.format(step=step, code=EXIT_STOPPED, requeue_text="submitting this job again to continue",
+                                requeue=f'qsub {shlex.quote(str(_script_path(args).resolve()))}')]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _script_path(args) -> Path:
+    return Path(args.script or f"hvdfast-{args.target}.sh")
 
 
 def _preflight(args) -> bool:
@@ -187,6 +248,64 @@ def build(args) -> tuple[str, list[str] | None]:
     return script, None
 
 
+WORKER_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+
+
+def local_workers(pid: int) -> list:
+    """The training processes below launcher `pid` on this host (they hold a rank in their environment; the shells
+    and the launchers between do not)."""
+    import psutil  # a Horovod dependency
+    out = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            if any(v in proc.environ() for v in WORKER_VARS):
+                out.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
+    """Run the launcher; a scheduler's warning (SIGUSR1, SIGTERM) reaching this process becomes a stop request to
+    the workers, which agree on a step, checkpoint there and exit with stop.EXIT_STOPPED, as this process then does.
+
+    mpirun passes SIGUSR1 on to every rank on every host (a SIGTERM would kill them), so it gets SIGUSR1.
+    horovodrun has no such forwarding (SIGUSR1 would kill it; SIGTERM gives the ranks 5 s before SIGKILL), so the
+    workers on this host get SIGUSR1 directly and the stop vote carries it to the others; only where none runs here
+    does horovodrun get SIGTERM."""
+    from ..run import stop
+    t0 = time.time()
+    child = subprocess.Popen(cmd, env=commands.process_env())
+
+    def forward(signum, frame):
+        name = signal.Signals(signum).name
+        if target == "mpirun":
+            child.send_signal(signal.SIGUSR1)
+            how = "mpirun passes SIGUSR1 to every rank"
+        else:
+            workers = local_workers(child.pid)
+            for proc in workers:
+                proc.send_signal(signal.SIGUSR1)
+            if not workers:
+                child.send_signal(signal.SIGTERM)
+            how = (f"SIGUSR1 to the {len(workers)} worker(s) on this host" if workers
+                   else "no worker on this host: SIGTERM to horovodrun, which gives the ranks 5 s")
+        print(f"hvdfast launch: {name}: asking the workers to checkpoint and stop ({how})", file=sys.stderr,
+              flush=True)
+
+    previous = {sig: signal.signal(sig, forward) for sig in stop.SIGNALS}
+    try:
+        rc = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    record = stop.read(run_dir, since=t0)
+    if rc != 0 and record is not None:
+        # horovodrun reports every worker failure as 1: the run's own record says it stopped on purpose
+        return stop.EXIT_STOPPED
+    return rc
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hvdfast launch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,8 +319,13 @@ def main(argv=None) -> int:
     p.add_argument("--controller", choices=["auto", "mpi", "gloo"], default="auto",
                    help="auto: the one `hvdfast tune` chose, else mpi")
     p.add_argument("--nodes", type=int, default=1, help="slurm / pbs nodes")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="slurm / pbs: tasks (GPUs) per node")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="slurm / pbs: GPUs per node (one task each)")
     p.add_argument("--cpu", action="store_true", help="slurm / pbs: do not request GPUs")
+    p.add_argument("--tasks-per-node", type=int, help="slurm / pbs: workers per node (default: --gpus-per-node; "
+                                                      "with --cpu, 2)")
+    p.add_argument("--warn-s", type=int, default=120,
+                   help="slurm: seconds before the time limit at which SLURM warns the job (--signal=B:USR1@N); "
+                        "the run checkpoints, stops and requeues itself (default 120)")
     p.add_argument("--time", default="24:00:00", help="slurm / pbs wall time")
     p.add_argument("--partition", help="slurm partition / pbs queue")
     p.add_argument("--job-name", default="hvdfast")
@@ -222,7 +346,7 @@ def main(argv=None) -> int:
     if args.target == "ray":
         return run_ray(args)
     if cmd is None:
-        path = Path(args.script or f"hvdfast-{args.target}.sh")
+        path = _script_path(args)
         path.write_text(text)
         submit = ["sbatch", str(path)] if args.target == "slurm" else ["qsub", str(path)]
         print(f"wrote {path}; submitting with {_q(submit)}", flush=True)
@@ -231,4 +355,4 @@ def main(argv=None) -> int:
         if not _preflight(args):
             return 2
     print(text, flush=True)
-    return subprocess.call(cmd, env=commands.process_env())
+    return supervise(cmd, args.target, Path(_config(args).train.run_dir))

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from .. import checkpoint, config, dist, engine
 from ..metrics import Reporter, eval_metrics, window_metrics
 from ..watchdog import Watchdog
+from . import stop
 from .setup import Job
 
 
@@ -31,6 +32,8 @@ class FitState:
     bad_files: set = field(default_factory=set)  # undecodable files skipped (data.skip_corrupt), all ranks
     nonfinite_logs: int = 0             # consecutive log windows with a NaN/inf loss
     t_start: float = 0.0                # perf_counter() when this process started training, less trained_s
+    stop_reason: Optional[str] = None   # what all ranks agreed to stop for (a signal, train.max_time)
+    saved_step: int = -1                # the step of the last checkpoint written
 
     @classmethod
     def from_checkpoint(cls, state: dict, step: int) -> "FitState":
@@ -60,6 +63,7 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
     if p.info.size > 1 and not buffers_averaged:
         dist.average_buffers(job.model)
     skipped = bad_files(job, st)
+    st.saved_step = st.step
     if not p.info.is_main:
         return
     wd.beat("checkpoint write")
@@ -90,10 +94,35 @@ def validate(job: Job, st: FitState, rep: Reporter, wd: Watchdog, epoch: int, n_
                f"({ev['images']} images) at {elapsed:.1f}s")
 
 
+def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_averaged: bool) -> None:
+    """Every rank, at the agreed step: checkpoint there (unless one was just written), leave the stop record and
+    raise stop.Stopped (the CLI exits with stop.EXIT_STOPPED)."""
+    p = job.plan
+    steps = dist.allgather_object(st.step, name="stop.steps") if p.info.size > 1 else [st.step]
+    if st.saved_step != st.step:
+        save_checkpoint(job, st, wd, buffers_averaged)
+    epoch, in_epoch = divmod(st.step, p.steps_per_epoch)
+    where = f"step {st.step}/{p.total_steps} (epoch {epoch}, step {in_epoch} of {p.steps_per_epoch})"
+    msg = f"stopped on {st.stop_reason} at {where}"
+    if p.info.is_main:
+        saved = checkpoint.list_checkpoints(job.run_dir / "checkpoints")[0]
+        msg += (f": checkpoint {saved} written; exit code {stop.EXIT_STOPPED}. Run the same command again to "
+                f"continue from it (train.resume=auto).")
+        stop.record(job.run_dir, step=st.step, total_steps=p.total_steps, reason=st.stop_reason,
+                    checkpoint=str(saved), rank_steps=steps)
+        rep.record("stop", st.step, {"epoch": st.step / p.steps_per_epoch, "reason": st.stop_reason,
+                                     "checkpoint": str(saved)}, show=msg)
+    if p.info.size > 1:
+        # Nobody exits before rank 0 has written everything: mpirun ends the whole job at the first non-zero exit.
+        dist.barrier()
+    raise stop.Stopped(msg, shown=p.info.is_main)
+
+
 def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
-        after_step: Callable[[int], None] = lambda step: None) -> None:
+        after_step: Callable[[int], None] = lambda step: None, vote: Optional[stop.StopVote] = None) -> None:
     """Train from st.step to the plan's last step. `after_step(step)` runs after every optimizer step (elastic
-    training commits its state there)."""
+    training commits its state there); `vote` (every rank's StopVote) ends the run early at an agreed step with
+    a checkpoint (stop.Stopped)."""
     cfg, p = job.cfg, job.plan
     every_steps = cfg.train.checkpoint_every_steps
     n_epochs = math.ceil(p.total_steps / p.steps_per_epoch)
@@ -124,7 +153,13 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
         if every_steps and at_step % every_steps == 0 and at_step % p.steps_per_epoch and at_step < p.total_steps:
             save_checkpoint(job, st, wd, buffers_averaged=False)
         after_step(at_step)
+        if vote is not None and at_step < p.total_steps:
+            st.stop_reason = vote.vote(at_step)  # the same answer on every rank at this step
+            return st.stop_reason is not None
+        return False
 
+    if vote is not None:
+        vote.phase = "training"
     while st.step < p.total_steps:
         epoch, skip = divmod(st.step, p.steps_per_epoch)
         steps_now = min(p.steps_per_epoch - skip, p.total_steps - st.step)
@@ -140,12 +175,21 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
                                 f"{p.steps_per_epoch * p.accum} batches per epoch (a data backend bug: please "
                                 f"report it).")
         last = st.step >= p.total_steps
-        if not (st.step % p.steps_per_epoch == 0 or last):
-            continue  # an elastic reset or a short epoch: go on where it stopped
-        if p.info.size > 1:
-            dist.average_buffers(job.model)  # one model everywhere for validation and the checkpoint
-        if (epoch + 1) % cfg.train.eval_every == 0 or last:
-            validate(job, st, rep, wd, epoch, n_epochs)
-        every = cfg.train.checkpoint_every
-        if last or (every > 0 and (epoch + 1) % every == 0):
-            save_checkpoint(job, st, wd, buffers_averaged=True)
+        epoch_end = st.step % p.steps_per_epoch == 0 or last
+        if epoch_end:
+            t0 = time.perf_counter()
+            if p.info.size > 1:
+                dist.average_buffers(job.model)  # one model everywhere for validation and the checkpoint
+            if (epoch + 1) % cfg.train.eval_every == 0 or last:
+                validate(job, st, rep, wd, epoch, n_epochs)
+            every = cfg.train.checkpoint_every
+            if last or (every > 0 and (epoch + 1) % every == 0):
+                save_checkpoint(job, st, wd, buffers_averaged=True)
+            if vote is not None:
+                vote.epoch_end_took(time.perf_counter() - t0)
+        if st.stop_reason and not last:
+            stop_early(job, st, rep, wd, buffers_averaged=epoch_end)
+        # not at an epoch end: an elastic reset or a short epoch; go on where it stopped
+    if vote is not None:
+        vote.drain()
+        vote.phase = "done"

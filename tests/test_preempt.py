@@ -1,0 +1,174 @@
+"""Preemption and wall-time limits (hvdfast/run/stop.py): a scheduler's warning signal reaching one rank, or the
+launcher, stops every rank at the same step with a checkpoint and exit code 75; running the same command again
+resumes and ends bit-identical to an uninterrupted run. Real horovodrun and mpirun, 2 ranks, deterministic CPU."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hvdfast import checkpoint
+from hvdfast.run.stop import EXIT_STOPPED
+
+from conftest import ROOT, hvdfast_cmd, launch_cmd, launcher_env, worker_pid
+
+STEPS = 90              # 2 epochs of 45 steps (1,437 images, global batch 32)
+SIGNAL_AFTER_STEP = 50  # in epoch 2 (steps 45..90): the stop lands mid-epoch
+TRAIN = ["--config", str(ROOT / "launch/configs/digits-cpu.yaml"), "data.backend=torchvision", "data.workers=0",
+         "model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
+         "train.epochs=2", "train.deterministic=true", "train.log_every=5", "train.progress=lines",
+         "train.target_top1=0", "train.keep_checkpoints=5"]
+
+
+def train_args(digits_dir, run_dir, *extra):
+    return [sys.executable, "-m", "hvdfast.cli", "train", *TRAIN, f"data.dir={digits_dir}",
+            f"train.run_dir={run_dir}", *extra]
+
+
+def params(run_dir: Path) -> dict:
+    state = checkpoint.load(checkpoint.list_checkpoints(run_dir / "checkpoints")[0])
+    assert state["step"] == STEPS
+    return state["model"]
+
+
+def assert_same_parameters(a: dict, b: dict) -> None:
+    # The weights are bit-identical. BatchNorm running statistics are averaged over the ranks at every checkpoint
+    # (the stop's included), so an interrupted run's differ from an uninterrupted one's by rounding only.
+    import torchvision
+    names = {n for n, _ in torchvision.models.resnet18(num_classes=10).named_parameters()}
+    assert names and names <= a.keys() and a.keys() == b.keys()
+    assert [n for n in names if not torch.equal(a[n], b[n])] == []
+
+
+def trained_step(run_dir: Path) -> int:
+    """The newest training step rank 0 has logged (metrics.jsonl, every 5 steps)."""
+    try:
+        rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    steps = [json.loads(r)["step"] for r in rows if '"kind": "train"' in r]
+    return max(steps, default=0)
+
+
+def signal_midway(job: subprocess.Popen, run_dir: Path, send) -> None:
+    deadline = time.monotonic() + 300
+    while trained_step(run_dir) < SIGNAL_AFTER_STEP:
+        assert job.poll() is None, "training ended before the signal: " + job.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    send()
+
+
+@pytest.fixture(scope="module")
+def reference(digits_dir, tmp_path_factory):
+    """An uninterrupted run's final parameters."""
+    run = tmp_path_factory.mktemp("uninterrupted")
+    p = subprocess.run(launch_cmd("gloo", 2, train_args(digits_dir, run)), env=launcher_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return params(run)
+
+
+def check_stopped_and_resume(out: str, rc: int, run: Path, cmd: list, reference: dict, reason: str,
+                             horovodrun: bool = False) -> None:
+    if horovodrun:  # horovodrun itself reports any worker's non-zero exit as 1 (`hvdfast launch` gives 75)
+        assert rc == 1 and f"Exit code: {EXIT_STOPPED}" in out, out[-4000:]
+    else:
+        assert rc == EXIT_STOPPED, out[-4000:]
+    record = json.loads((run / "stopped.json").read_text())
+    step = record["step"]
+    assert record["rank_steps"] == [step, step]                 # both ranks stopped at the same step
+    assert SIGNAL_AFTER_STEP < step < STEPS and step % 45, record  # mid-epoch
+    assert record["reason"].startswith(reason) and record["exit_code"] == EXIT_STOPPED
+    saved = checkpoint.load(Path(record["checkpoint"]))
+    assert saved["step"] == step
+    stops = [line for line in out.splitlines() if "stopped on" in line]
+    assert len(stops) == 1 and f"at step {step}/{STEPS}" in stops[0] and "exit code 75" in stops[0], out[-3000:]
+    assert not re.search(r'File ".*hvdfast/', out) and "SUMMARY" not in out  # no traceback of ours
+    again = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming from {record['checkpoint']}" in again.stdout
+    assert not (run / "stopped.json").exists()
+    assert_same_parameters(params(run), reference)
+
+
+@pytest.mark.parametrize("launcher,sig", [("gloo", signal.SIGUSR1), ("gloo", signal.SIGTERM),
+                                          ("mpirun", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
+def test_signal_to_one_rank_stops_all_at_one_step_and_resumes_bit_identical(digits_dir, tmp_path, reference,
+                                                                            launcher, sig):
+    run = tmp_path / "run"
+    cmd = launch_cmd(launcher, 2, train_args(digits_dir, run))
+    job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    rank1 = "HOROVOD_RANK=1" if launcher == "gloo" else "OMPI_COMM_WORLD_RANK=1"
+    signal_midway(job, run, lambda: os.kill(worker_pid(rank1, str(run)), sig))
+    out, _ = job.communicate(timeout=300)
+    check_stopped_and_resume(out, job.returncode, run, cmd, reference, sig.name, horovodrun=launcher == "gloo")
+
+
+@pytest.mark.parametrize("target,sig", [("local", signal.SIGUSR1), ("local", signal.SIGTERM),
+                                        ("mpirun", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
+def test_signal_to_the_launcher_has_the_same_effect(digits_dir, tmp_path, reference, target, sig):
+    """As SLURM signals the batch step: `hvdfast launch` passes the warning on (horovodrun itself would die of
+    SIGUSR1, and kill the ranks 5 s after SIGTERM), and exits 75 although horovodrun reports 1."""
+    run = tmp_path / "run"
+    cmd = hvdfast_cmd("launch", target, "--np", "2", "--controller", "gloo",
+                      *TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}")
+    job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    signal_midway(job, run, lambda: job.send_signal(sig))
+    out, _ = job.communicate(timeout=300)
+    assert f"hvdfast launch: {sig.name}: asking the workers to checkpoint and stop" in out
+    check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGUSR1")
+
+
+def test_max_time_stops_before_the_budget_with_a_checkpoint(digits_dir, tmp_path):
+    run = tmp_path / "run"
+    budget = 14.0  # start-up takes ~5 s here and the whole run ~20 s
+    t0 = time.time()
+    p = subprocess.run(launch_cmd("gloo", 2, train_args(digits_dir, run, f"train.max_time={budget:g}s")),
+                       env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    took = time.time() - t0
+    assert p.returncode == 1 and f"Exit code: {EXIT_STOPPED}" in p.stdout + p.stderr  # horovodrun's report
+    record = json.loads((run / "stopped.json").read_text())
+    assert record["reason"] == "train.max_time" and record["rank_steps"][0] == record["rank_steps"][1]
+    assert 0 < record["step"] < STEPS and checkpoint.load(Path(record["checkpoint"]))["step"] == record["step"]
+    assert took < budget + 5, took  # the ranks started after the launcher; horovodrun then exits in ~1 s
+    assert "stopped on train.max_time" in p.stdout
+
+
+def test_stop_vote_phases(tmp_path):
+    """The handler in this process: during setup a warning stops at once (nothing trained, nothing to save);
+    while training it is only noted, for the agreed step; after training the signal does what it does without
+    hvdfast. One rank: the vote is the rank's own wish."""
+    from hvdfast.run.stop import Stopped, StopVote
+    vote = StopVote("", time.time()).install()
+    try:
+        with pytest.raises(Stopped, match="stopped on SIGTERM before training began"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode
+        vote.phase = "training"
+        assert vote.vote(1) is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR1)  # a repeat (a launcher's forwarded copy) changes nothing
+        assert vote.vote(2) == "SIGUSR1 on 1 rank(s)"
+    finally:
+        vote.uninstall()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    budget = StopVote("10s", time.time() - 10.5)
+    budget.phase = "training"
+    assert budget.vote(1) == "train.max_time"  # spent
+
+
+def test_max_time_parses_scheduler_forms():
+    from hvdfast.config import ConfigError, parse_duration
+    assert [parse_duration(t) for t in ("23h50m", "90m", "1d12h", "3600", "1-00:00:00", "1-02:00", "00:10:00",
+                                        "10:30", "")] == [85800, 5400, 129600, 3600, 86400, 93600, 600, 630, 0]
+    with pytest.raises(ConfigError, match="train.max_time"):
+        parse_duration("tomorrow")
