@@ -60,16 +60,34 @@ def test_tuned_settings_become_flags(tmp_path):
 def test_batch_scripts(target):
     out = dry(target, *CFG, "--nodes", "4", "--gpus-per-node", "8", "--time", "02:00:00", "--partition", "gpu")
     assert out.startswith("#!/bin/bash\n")
+    lines = out.splitlines()
     if target == "slurm":
         for piece in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                       "#SBATCH --partition=gpu", "srun --mpi=pmix --cpu-bind=none hvdfast train",
                       "export HOROVOD_CYCLE_TIME=20.0"):
             assert piece in out, piece
+        # preemption: warned 120 s before the limit, requeue allowed, the step in the background with the trap
+        # forwarding the warning to it, and a requeue on the stop's exit code
+        assert "#SBATCH --signal=B:USR1@120" in [x.split("  #")[0] for x in lines] and "#SBATCH --requeue" in lines
+        assert 'scontrol requeue "$SLURM_JOB_ID"' in out
     else:
         for piece in ("#PBS -l select=4:mpiprocs=8:ngpus=8", "#PBS -l walltime=02:00:00",
                       'mpirun -np 32 -hostfile "$PBS_NODEFILE" -bind-to none', "-x HOROVOD_FUSION_THRESHOLD"):
             assert piece in out, piece
+        assert "#PBS -r y" in [x.split("  #")[0] for x in lines] and "  qsub /" in out
+    assert "trap 'forward SIGUSR1' USR1" in lines and "trap 'forward SIGTERM' TERM" in lines
+    assert '  [ -n "$step_pid" ] && kill -USR1 "$step_pid" 2>/dev/null' in lines
+    assert any(x.endswith(" &") and "hvdfast train" in x for x in lines) and 'if [ "$rc" -eq 75 ]; then' in lines
     assert "bin/activate" in out
+    syntax = subprocess.run(["bash", "-n"], input=out, capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_cpu_batch_jobs_ask_for_what_a_cpu_node_has():
+    out = dry("slurm", *CFG, "--cpu", "--nodes", "1")
+    assert "#SBATCH --ntasks-per-node=2" in out and "--gpus-per-node" not in out
+    assert "#SBATCH --ntasks-per-node=16" in dry("slurm", *CFG, "--cpu", "--tasks-per-node", "16")
+    assert "#PBS -l select=2:mpiprocs=2\n" in dry("pbs", *CFG, "--cpu", "--nodes", "2")
 
 
 def test_launch_local_trains_the_digits_recipe(digits_dir, tmp_path):

@@ -172,3 +172,75 @@ def test_max_time_parses_scheduler_forms():
                                         "10:30", "")] == [85800, 5400, 129600, 3600, 86400, 93600, 600, 630, 0]
     with pytest.raises(ConfigError, match="train.max_time"):
         parse_duration("tomorrow")
+
+
+def test_elastic_run_stops_at_one_step_and_resumes(digits_dir, tmp_path):
+    """Horovod elastic (two host names of this machine, as in test_elastic): a warning to one worker stops both
+    at one step with a checkpoint, each exiting 75 (Horovod's elastic driver ends the job when every worker has
+    failed, and does not restart them); the same command then resumes and finishes."""
+    from hvdfast.launch import commands
+    discover = tmp_path / "discover.sh"
+    discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    run = tmp_path / "run"
+    cmd = commands.horovodrun(2, train_args(digits_dir, run, "train.elastic=true", "horovod.bucket_mb=0",
+                                            "train.threads=1"),
+                              controller="gloo", elastic=(1, 2, str(discover)))
+    job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    signal_midway(job, run, lambda: os.kill(worker_pid("HOROVOD_HOSTNAME=127.0.0.1", str(run)), signal.SIGUSR1))
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 1 and f"Exit code: {EXIT_STOPPED}" in out, out[-3000:]
+    record = json.loads((run / "stopped.json").read_text())
+    assert record["rank_steps"] == [record["step"]] * 2 and SIGNAL_AFTER_STEP < record["step"] < STEPS
+    assert checkpoint.load(Path(record["checkpoint"]))["step"] == record["step"]
+    again = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming from {record['checkpoint']}" in again.stdout
+    assert "SUMMARY best top-1" in again.stdout and "over 2 worker(s)" in again.stdout
+
+
+def test_dali_run_stops_with_its_build_ahead_thread_joined(digits_dir, tmp_path):
+    """DALI builds the next epoch's pipeline in a thread while this one trains; a stop mid-epoch exits cleanly
+    (the loader joins that thread before DALI's exit hook), and the rerun resumes from the stop's checkpoint."""
+    pytest.importorskip("nvidia.dali")
+    run = tmp_path / "run"
+    cmd = launch_cmd("gloo", 2, train_args(digits_dir, run, "data.backend=dali"))
+    job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    signal_midway(job, run, lambda: os.kill(worker_pid("HOROVOD_RANK=0", str(run)), signal.SIGUSR1))
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 1 and out.count(f"exit with status code {EXIT_STOPPED}") == 2, out[-3000:]
+    ours = [line for line in out.splitlines()
+            if re.search(r'File ".*(hvdfast|dali)/', line) or "terminate called" in line]
+    assert ours == [], ours
+    record = json.loads((run / "stopped.json").read_text())
+    assert record["rank_steps"] == [record["step"]] * 2 and SIGNAL_AFTER_STEP < record["step"] < STEPS
+    again = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming from {record['checkpoint']}" in again.stdout and "SUMMARY best top-1" in again.stdout
+
+
+def test_pbs_batch_script_passes_sigterm_on_and_exits_75(digits_dir, tmp_path, reference):
+    """The script `hvdfast launch pbs` writes, run by bash as PBS runs it (PBS_O_WORKDIR, PBS_NODEFILE set; no
+    PBS server here, so its final `qsub` of itself is not exercised): PBS's SIGTERM reaches the script, the trap
+    passes it to mpirun as SIGUSR1, the ranks stop at one step with a checkpoint, and the script exits 75."""
+    run = tmp_path / "run"
+    script = tmp_path / "job.sh"
+    args = [*TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}"]
+    made = subprocess.run(hvdfast_cmd("launch", "pbs", "--cpu", "--nodes", "1", "--script", str(script), "--dry-run",
+                                      *args), env=launcher_env(), cwd=ROOT, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    script.write_text(made.stdout)
+    nodes = tmp_path / "nodefile"
+    nodes.write_text("localhost\nlocalhost\n")
+    env = launcher_env()
+    env.update(PBS_O_WORKDIR=str(ROOT), PBS_NODEFILE=str(nodes), PBS_JOBID="1.test")
+    job = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    signal_midway(job, run, lambda: job.send_signal(signal.SIGTERM))
+    out, _ = job.communicate(timeout=300)
+    assert "hvdfast: SIGTERM received: asking the training to checkpoint and stop" in out, out[-3000:]
+    assert "stopped early with a checkpoint (exit 75); submitting this job again" in out
+    cmd = launch_cmd("mpirun", 2, train_args(digits_dir, run))
+    check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGUSR1")
