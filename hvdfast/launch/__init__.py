@@ -306,6 +306,60 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
     return rc
 
 
+SLURM_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+               "DEADLINE", "PREEMPTED")
+
+
+def slurm_job(job: str) -> dict:
+    """scontrol's record of a job (works without SLURM accounting), as a dict; {} once the controller forgot it."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    return dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+
+
+def _log_line(log: Path, prefix: str) -> str:
+    """The last line of a job's log that starts with `prefix` (hvdfast's error line, the SUMMARY), else its last
+    line."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return f"no log at {log}"
+    return ([line for line in lines if line.startswith(prefix)] or lines or ["(empty log)"])[-1]
+
+
+def submit_slurm(path: Path, args) -> int:
+    """sbatch the script; with --wait, follow the job (through requeues) and return its exit code."""
+    out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        said = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"hvdfast launch: sbatch refused {path}: {said}", file=sys.stderr)
+        return out.returncode
+    job = out.stdout.strip().split(";")[0]
+    log = Path(f"{args.job_name}-{job}.out")
+    print(f"submitted job {job}; log {log} (squeue -j {job}; scancel {job} to stop it)", flush=True)
+    if not args.wait:
+        return 0
+    restarts = 0
+    while True:
+        rec = slurm_job(job)
+        state = rec.get("JobState", "")
+        if int(rec.get("Restarts", 0)) > restarts:
+            restarts = int(rec["Restarts"])
+            print(f"job {job} requeued ({restarts}x): it resumes from its checkpoint once SLURM starts it again",
+                  flush=True)
+        if not rec or state in SLURM_ENDED:
+            break
+        time.sleep(args.poll_s)
+    code, _, sig = rec.get("ExitCode", "1:0").partition(":")
+    if state == "COMPLETED":
+        print(f"job {job} COMPLETED: {_log_line(log, 'SUMMARY')}", flush=True)
+        return 0
+    print(f"hvdfast launch: job {job} {state or 'ended'} (exit {code}{f', signal {sig}' if sig not in ('', '0') else ''}"
+          f"): {_log_line(log, 'hvdfast: error')}", file=sys.stderr, flush=True)
+    return int(code) or 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hvdfast launch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -335,6 +389,9 @@ def main(argv=None) -> int:
                                          "host belongs to); default: start a local Ray instance on loopback")
     p.add_argument("--cpus-per-worker", type=int, default=1, help="ray: CPUs reserved per worker")
     p.add_argument("--ray-gpus", action="store_true", help="ray: one GPU per worker")
+    p.add_argument("--wait", action="store_true", help="slurm: follow the submitted job (through requeues) to its "
+                                                      "end; exit with its exit code and say why it failed")
+    p.add_argument("--poll-s", type=float, default=5.0, help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help="print the command or script; run nothing")
     p.add_argument("--no-preflight", action="store_true",
                    help="hosts / mpirun: skip the ssh preflight (hvdfast doctor --hosts) before launching")
@@ -348,9 +405,10 @@ def main(argv=None) -> int:
     if cmd is None:
         path = _script_path(args)
         path.write_text(text)
-        submit = ["sbatch", str(path)] if args.target == "slurm" else ["qsub", str(path)]
-        print(f"wrote {path}; submitting with {_q(submit)}", flush=True)
-        return subprocess.call(submit)
+        print(f"wrote {path}", flush=True)
+        if args.target == "slurm":
+            return submit_slurm(path, args)
+        return subprocess.call(["qsub", str(path)])
     if args.target in ("hosts", "mpirun") and (args.hosts or args.hostfile) and not args.no_preflight:
         if not _preflight(args):
             return 2
