@@ -6,13 +6,19 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${HVDFAST_VENV:-$ROOT/.venv}
 bash "$ROOT/launch/install.sh"
-# Test-only system packages: the multi-host tests run an sshd per simulated host (network namespaces, iproute2).
-# Installed when missing and root; otherwise those tests skip and say why.
-if { [ ! -x /usr/sbin/sshd ] || ! command -v ip >/dev/null; } && [ "$(id -u)" = 0 ] \
-   && command -v apt-get >/dev/null && [ "${HVDFAST_NO_APT:-0}" != 1 ]; then
-  echo "[hvdfast test] apt-get install openssh-server iproute2 (for the multi-host tests)" >&2
+# Test-only system packages: the multi-host tests run an sshd per simulated host (network namespaces, iproute2);
+# the SLURM tests start a private one-node SLURM (slurm-wlm, munge). Installed when missing and root; otherwise
+# those tests skip and say why.
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ip >/dev/null || need+=(iproute2)
+{ [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ]; } || need+=(slurm-wlm)
+[ -x /usr/sbin/munged ] || need+=(munge)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+   && [ "${HVDFAST_NO_APT:-0}" != 1 ]; then
+  echo "[hvdfast test] apt-get install ${need[*]} (for the multi-host and SLURM tests)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends openssh-server iproute2 >/dev/null
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 cd "$ROOT"
 export PATH="$VENV/bin:$PATH"
