@@ -6,55 +6,16 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from hvdfast import checkpoint
 from hvdfast.run.stop import EXIT_STOPPED
 
-from conftest import ROOT, hvdfast_cmd, launch_cmd, launcher_env, worker_pid
-
-STEPS = 90              # 2 epochs of 45 steps (1,437 images, global batch 32)
-SIGNAL_AFTER_STEP = 50  # in epoch 2 (steps 45..90): the stop lands mid-epoch
-TRAIN = ["--config", str(ROOT / "launch/configs/digits-cpu.yaml"), "data.backend=torchvision", "data.workers=0",
-         "model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
-         "train.epochs=2", "train.deterministic=true", "train.log_every=5", "train.progress=lines",
-         "train.target_top1=0", "train.keep_checkpoints=5"]
-
-
-def train_args(digits_dir, run_dir, *extra):
-    return [sys.executable, "-m", "hvdfast.cli", "train", *TRAIN, f"data.dir={digits_dir}",
-            f"train.run_dir={run_dir}", *extra]
-
-
-def params(run_dir: Path) -> dict:
-    state = checkpoint.load(checkpoint.list_checkpoints(run_dir / "checkpoints")[0])
-    assert state["step"] == STEPS
-    return state["model"]
-
-
-def assert_same_parameters(a: dict, b: dict) -> None:
-    # The weights are bit-identical. BatchNorm running statistics are averaged over the ranks at every checkpoint
-    # (the stop's included), so an interrupted run's differ from an uninterrupted one's by rounding only.
-    import torchvision
-    names = {n for n, _ in torchvision.models.resnet18(num_classes=10).named_parameters()}
-    assert names and names <= a.keys() and a.keys() == b.keys()
-    assert [n for n in names if not torch.equal(a[n], b[n])] == []
-
-
-def trained_step(run_dir: Path) -> int:
-    """The newest training step rank 0 has logged (metrics.jsonl, every 5 steps)."""
-    try:
-        rows = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return 0
-    steps = [json.loads(r)["step"] for r in rows if '"kind": "train"' in r]
-    return max(steps, default=0)
-
+from conftest import (ROOT, SIGNAL_AFTER_STEP, STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launch_cmd,
+                      launcher_env, params, train_args, trained_step, worker_pid)
 
 def signal_midway(job: subprocess.Popen, run_dir: Path, send) -> None:
     deadline = time.monotonic() + 300

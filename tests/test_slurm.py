@@ -15,8 +15,7 @@ import pytest
 
 from hvdfast import checkpoint
 
-from conftest import ROOT, hvdfast_cmd, launcher_env
-from test_preempt import STEPS, TRAIN, assert_same_parameters, params, trained_step
+from conftest import STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launcher_env, params, trained_step
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 

@@ -355,8 +355,9 @@ def submit_slurm(path: Path, args) -> int:
     if state == "COMPLETED":
         print(f"job {job} COMPLETED: {_log_line(log, 'SUMMARY')}", flush=True)
         return 0
-    print(f"hvdfast launch: job {job} {state or 'ended'} (exit {code}{f', signal {sig}' if sig not in ('', '0') else ''}"
-          f"): {_log_line(log, 'hvdfast: error')}", file=sys.stderr, flush=True)
+    killed = f", signal {sig}" if sig not in ("", "0") else ""
+    print(f"hvdfast launch: job {job} {state or 'ended'} (exit {code}{killed}): {_log_line(log, 'hvdfast: error')}",
+          file=sys.stderr, flush=True)
     return int(code) or 1
 
 
