@@ -295,7 +295,10 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in stop.SIGNALS}
     try:
-        rc = child.wait()
+        try:
+            rc = child.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the launcher too, which ends the job: wait for it, quietly
+            rc = child.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
