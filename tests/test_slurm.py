@@ -163,10 +163,12 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(slu
     job = next(tmp_path.glob("hvdfast-*.out")).stem.split("-")[1]
     # what SLURM does --warn-s seconds before the time limit (#SBATCH --signal=B:USR1@60), now
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
-    while int(_job(slurm, job).get("Restarts", 0)) < 1:
+    while (rec := _job(slurm, job)).get("JobState") != "PENDING" or int(rec.get("Restarts", 0)) < 1:
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
         time.sleep(0.2)
-    # SLURM holds a requeued job for 2 minutes (its BeginTime); as the admin, let it start now
+    # SLURM holds a requeued job for 2 minutes (its BeginTime); as the admin, let it start sooner, but not within
+    # the second of the requeue: slurmd still refuses that job's new credential then ("Job credential revoked")
+    time.sleep(5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True)
     out, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, out[-3000:] + err[-3000:]
