@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Build hvdfast's image with podman or docker, whichever is here (podman first).
+#
+#   docker/build.sh [cpu|gpu] [extra build options...]      -> image hvdfast:cpu (or hvdfast:gpu)
+#
+# Base image (HVDFAST_BASE): "auto" (default) uses the Dockerfile's public base when it is here or can be pulled,
+# and otherwise makes a local Debian 12 base with debootstrap (root; ~1 min, once) and builds from that; "public",
+# "local" or an image name force one. The image installs through launch/install.sh with this machine's pip sources
+# (its find-links, index and constraint, from `pip config list`; local folders are mounted read-only into the
+# build) and build cache mounts for pip and the Horovod wheel, so a rebuild after a source change takes minutes.
+# podman here needs runc (crun refuses hybrid cgroups) and no default ulimits (the machine cannot raise NPROC):
+# unless CONTAINERS_CONF is set, this script writes such a containers.conf and uses it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FLAVOR=${1:-cpu}
+[ $# -gt 0 ] && shift
+case $FLAVOR in cpu|gpu) ;; *) echo "usage: docker/build.sh [cpu|gpu] [build options]" >&2; exit 2;; esac
+TAG=${HVDFAST_IMAGE:-hvdfast:$FLAVOR}
+CACHE=${HVDFAST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdfast}
+LOCAL_BASE=localhost/hvdfast-base:bookworm
+log() { echo "[hvdfast image] $*" >&2; }
+
+if command -v podman >/dev/null; then
+  ENGINE=podman
+  if [ -z "${CONTAINERS_CONF:-}" ]; then
+    mkdir -p "$CACHE"
+    export CONTAINERS_CONF=$CACHE/containers.conf
+    { echo "[containers]"; echo "default_ulimits = []"
+      if command -v runc >/dev/null; then echo "[engine]"; echo 'runtime = "runc"'; fi; } > "$CONTAINERS_CONF"
+  fi
+elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  ENGINE=docker
+  export DOCKER_BUILDKIT=1  # RUN --mount cache mounts
+else
+  log "no container engine: install podman (Debian: apt-get install podman runc) or docker"; exit 3
+fi
+
+dockerfile=$ROOT/docker/Dockerfile.$FLAVOR
+default_base=$(sed -n 's/^ARG BASE_IMAGE=//p' "$dockerfile" | head -n1)
+base=${HVDFAST_BASE:-auto}
+if [ "$base" = auto ]; then
+  if $ENGINE image inspect "$default_base" >/dev/null 2>&1 || $ENGINE pull -q "$default_base" >/dev/null 2>&1; then
+    base=public
+  elif [ "$FLAVOR" = gpu ]; then
+    log "cannot pull $default_base (no registry reachable?) and the GPU image needs that CUDA base"; exit 3
+  else
+    base=local
+  fi
+fi
+build_args=()
+if [ "$base" = local ]; then
+  if ! $ENGINE image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || { log "no registry and no debootstrap (apt-get install debootstrap)"; exit 3; }
+    [ "$(id -u)" = 0 ] || { log "making the local base with debootstrap needs root"; exit 3; }
+    mirror=${HVDFAST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    log "no registry: making $LOCAL_BASE with debootstrap (Debian 12 minbase + python3 from $mirror)"
+    tree=$(mktemp -d "${TMPDIR:-/tmp}/hvdfast-base.XXXXXX")
+    trap 'rm -rf "$tree"' EXIT
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,ca-certificates bookworm \
+      "$tree" "$mirror" > "$tree.log" 2>&1 || { tail -n 20 "$tree.log" >&2; exit 1; }
+    tar -C "$tree" -c . | $ENGINE import - "$LOCAL_BASE" >/dev/null
+    rm -rf "$tree" "$tree.log"
+  fi
+  build_args+=(--build-arg "BASE_IMAGE=$LOCAL_BASE")
+elif [ "$base" != public ]; then
+  build_args+=(--build-arg "BASE_IMAGE=$base")
+fi
+
+# This machine's pip sources, for the build (a wheel directory, a file:// index, a constraint file).
+PY=${PYTHON:-python3}
+mounts=()
+pip_args=()
+declare -A seen=()
+mount_for() {  # a local path pip is told about -> the folder to mount (an index's files lie beside simple/)
+  local p=${1#file://}
+  [ "${p:0:1}" = / ] || return 0
+  local dir=$p
+  [ -f "$p" ] && dir=$(dirname "$p")
+  [ "$(basename "$dir")" = simple ] && dir=$(dirname "$dir")
+  [ -e "$dir" ] && [ -z "${seen[$dir]:-}" ] && { seen[$dir]=1; mounts+=(--volume "$dir:$dir:ro"); }
+  return 0
+}
+while IFS= read -r line; do
+  key=${line%%=*}; key=${key#*.}; value=${line#*=}; value=${value#\'}; value=${value%\'}
+  case $key in
+    index-url) var=PIP_INDEX_URL;; extra-index-url) var=PIP_EXTRA_INDEX_URL;;
+    find-links) var=PIP_FIND_LINKS;; constraint) var=PIP_CONSTRAINT;;
+    cert)  # the CA bundle this machine's pip trusts (a proxy's own CA, say), as one file beside the image's
+      [ -f "$value" ] && [ -z "${seen[cert]:-}" ] && { seen[cert]=1
+        mounts+=(--volume "$value:/run/hvdfast-pip-ca.crt:ro"); pip_args+=(--build-arg PIP_CERT=/run/hvdfast-pip-ca.crt); }
+      continue;;
+    *) continue;;
+  esac
+  pip_args+=(--build-arg "$var=$value")
+  for item in $value; do mount_for "$item"; done
+done < <("$PY" -m pip config list 2>/dev/null | grep -v '^:env:' || true)
+
+network=(--network host)  # the build's apt and pip reach their sources the way this machine does
+[ $ENGINE = podman ] && network+=(--format docker)  # podman's default OCI format ignores the Dockerfiles' SHELL
+if [ $ENGINE = docker ] && [ ${#mounts[@]} -gt 0 ]; then
+  log "docker build cannot mount folders: building with pip's defaults, not this machine's local sources"
+  mounts=() pip_args=()
+fi
+log "$ENGINE build -f docker/Dockerfile.$FLAVOR -t $TAG (base: ${base/public/$default_base})"
+t0=$(date +%s)
+$ENGINE build "${network[@]}" "${mounts[@]}" "${build_args[@]}" "${pip_args[@]}" -f "$dockerfile" -t "$TAG" "$@" \
+  "$ROOT"
+log "built $TAG in $(( $(date +%s) - t0 )) s"
