@@ -87,7 +87,8 @@ while IFS= read -r line; do
     find-links) var=PIP_FIND_LINKS;; constraint) var=PIP_CONSTRAINT;;
     cert)  # the CA bundle this machine's pip trusts (a proxy's own CA, say), as one file beside the image's
       [ -f "$value" ] && [ -z "${seen[cert]:-}" ] && { seen[cert]=1
-        mounts+=(--volume "$value:/run/hvdfast-pip-ca.crt:ro"); pip_args+=(--build-arg PIP_CERT=/run/hvdfast-pip-ca.crt); }
+        mounts+=(--volume "$value:/run/hvdfast-pip-ca.crt:ro")
+        pip_args+=(--build-arg PIP_CERT=/run/hvdfast-pip-ca.crt); }
       continue;;
     *) continue;;
   esac
