@@ -1,10 +1,12 @@
 """`hvdfast launch TARGET`: one training config + a target -> the exact launcher command (run it, or --dry-run).
 
 Targets: local (horovodrun on this host), hosts (horovodrun over ssh with -H/--hostfile), mpirun (with the binding
-and environment forwarding a cluster needs), slurm (an sbatch script, srun with PMI), pbs (a qsub script with
-mpirun over $PBS_NODEFILE) and ray (Horovod's RayExecutor on a Ray cluster, or a local one on loopback). The
-Horovod knobs of the recipe (and of `hvdfast tune`'s file) are exported to every rank explicitly, because remote
-ranks do not inherit the submitting shell's environment. hosts and mpirun first run the ssh preflight.
+and environment forwarding a cluster needs), slurm (an sbatch script, srun with PMI; submitted, and with --wait
+followed to its end), pbs (a qsub script with mpirun over $PBS_NODEFILE) and ray (Horovod's RayExecutor on a Ray
+cluster, or a local one on loopback). The Horovod knobs of the recipe (and of `hvdfast tune`'s file) are exported
+to every rank explicitly, because remote ranks do not inherit the submitting shell's environment. hosts and mpirun
+first run the ssh preflight. A scheduler's warning (SIGUSR1, SIGTERM) to this process, or to a batch script, is
+passed to the workers, which stop at one step with a checkpoint and exit 75; the batch scripts requeue on 75.
 """
 from __future__ import annotations
 
