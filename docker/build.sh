@@ -104,6 +104,12 @@ if [ $ENGINE = docker ] && [ ${#mounts[@]} -gt 0 ]; then
 fi
 log "$ENGINE build -f docker/Dockerfile.$FLAVOR -t $TAG (base: ${base/public/$default_base})"
 t0=$(date +%s)
+previous=$($ENGINE image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 $ENGINE build "${network[@]}" "${mounts[@]}" "${build_args[@]}" "${pip_args[@]}" -f "$dockerfile" -t "$TAG" "$@" \
   "$ROOT"
 log "built $TAG in $(( $(date +%s) - t0 )) s"
+# The image this tag named before (~8 GB, now untagged): removed unless a container or another tag still uses it.
+now=$($ENGINE image inspect --format '{{.Id}}' "$TAG")
+if [ -n "$previous" ] && [ "$previous" != "$now" ]; then
+  $ENGINE rmi "$previous" >/dev/null 2>&1 && log "removed the previous $TAG (${previous:0:12})" || true
+fi
