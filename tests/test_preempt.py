@@ -17,6 +17,7 @@ from hvdfast.run.stop import EXIT_STOPPED
 from conftest import (ROOT, SIGNAL_AFTER_STEP, STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launch_cmd,
                       launcher_env, params, train_args, trained_step, worker_pid)
 
+
 def signal_midway(job: subprocess.Popen, run_dir: Path, send) -> None:
     deadline = time.monotonic() + 300
     while trained_step(run_dir) < SIGNAL_AFTER_STEP:
