@@ -71,8 +71,7 @@ class ElasticRun:
         state.commit()
 
 
-def run(cfg: config.Config, notes=(), vote: stop.StopVote | None = None) -> dict:
-    vote = vote or stop.StopVote(cfg.train.max_time, time.time()).install()
+def run(cfg: config.Config, notes, vote: stop.StopVote) -> dict:
     job = setup(cfg, notes, elastic=True)
     vote.size = job.plan.info.size
     st, path = resume.resume(job, broadcast=False)  # no collective before Horovod's state sync

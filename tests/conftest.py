@@ -59,6 +59,16 @@ def worker_pid(env_entry: str, marker: str):
     return None
 
 
+def skip_unless_root_with(tools, root_reason: str, packages: str) -> None:
+    """Skip, saying why, unless this is root and every tool is installed (launch/test.sh apt-installs `packages`
+    as root)."""
+    if os.geteuid() != 0:
+        pytest.skip(root_reason)
+    missing = [t for t in tools if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (launch/test.sh installs {packages} as root)")
+
+
 def hvdfast_cmd(*args: str) -> list[str]:
     return [str(BIN / "hvdfast"), *args]
 

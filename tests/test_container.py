@@ -11,11 +11,10 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, skip_unless_root_with
 
 IMAGE = "localhost/hvdfast:cpu"
 NET = "hvdfast-test"
@@ -23,22 +22,12 @@ SUBNET = "10.89.77"
 NODES = {"nodea": f"{SUBNET}.11", "nodeb": f"{SUBNET}.12"}
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "podman here runs as root (rootless podman needs subuids this machine lacks)"
-    missing = [t for t in ("podman", "runc", "debootstrap") if shutil.which(t) is None
-               and not Path(f"/usr/sbin/{t}").exists()]
-    if missing:
-        return f"{', '.join(missing)} not installed (launch/test.sh installs podman, runc and debootstrap as root)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory):
     """Environment for podman (runc, no default ulimits) with the image built (or found up to date)."""
-    why = _why_not()
-    if why:
-        pytest.skip(why)
+    skip_unless_root_with(("podman", "runc", "debootstrap"),
+                          "podman here runs as root (rootless podman needs subuids this machine lacks)",
+                          "podman, runc and debootstrap")
     conf = tmp_path_factory.mktemp("podman") / "containers.conf"
     conf.write_text('[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n')
     env = {**os.environ, "CONTAINERS_CONF": str(conf)}

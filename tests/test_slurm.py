@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from hvdfast import checkpoint
+from hvdfast.launch import slurm_job
 
-from conftest import STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launcher_env, params, trained_step
+from conftest import (STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launcher_env, params,
+                      skip_unless_root_with, trained_step)
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
@@ -26,22 +28,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "the test SLURM runs its daemons as root"
-    missing = [d for d in (*DAEMONS, "sbatch", "scontrol") if shutil.which(d) is None
-               and not Path(f"/usr/sbin/{d}").exists()]
-    if missing:
-        return f"{', '.join(missing)} not installed (launch/test.sh installs slurm-wlm and munge as root)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """The environment (SLURM_CONF) of a running one-node cluster; stopped afterwards."""
-    why = _why_not()
-    if why:
-        pytest.skip(why)
+    skip_unless_root_with((*DAEMONS, "sbatch", "scontrol"), "the test SLURM runs its daemons as root",
+                          "slurm-wlm and munge")
     d = tmp_path_factory.mktemp("slurm")
     for sub in ("state", "spool", "log"):
         (d / sub).mkdir()
@@ -163,7 +154,7 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(slu
     job = next(tmp_path.glob("hvdfast-*.out")).stem.split("-")[1]
     # what SLURM does --warn-s seconds before the time limit (#SBATCH --signal=B:USR1@60), now
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
-    while (rec := _job(slurm, job)).get("JobState") != "PENDING" or int(rec.get("Restarts", 0)) < 1:
+    while (rec := slurm_job(job, slurm)).get("JobState") != "PENDING" or int(rec.get("Restarts", 0)) < 1:
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
         time.sleep(0.2)
     # SLURM holds a requeued job for 2 minutes (its BeginTime); as the admin, let it start sooner, but not within
@@ -183,7 +174,3 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(slu
     assert checkpoint.list_checkpoints(run / "checkpoints")
     assert_same_parameters(params(run), params(uninterrupted[2]))
 
-
-def _job(env, job: str) -> dict:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True)
-    return dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)

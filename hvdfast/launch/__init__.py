@@ -315,9 +315,9 @@ SLURM_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_
                "DEADLINE", "PREEMPTED")
 
 
-def slurm_job(job: str) -> dict:
+def slurm_job(job: str, env: dict | None = None) -> dict:
     """scontrol's record of a job (works without SLURM accounting), as a dict; {} once the controller forgot it."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True)
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {}
     return dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
