@@ -47,14 +47,22 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"                 # sgd | lars | lamb
-    lr: float = 0.1                   # per 256 images; scaled by global batch / 256
+    lr: float = 0.1                   # peak LR at a global batch of lr_batch images; scaled to the run's global
+                                      # batch by lr_scaling
+    lr_batch: int = 256               # images per optimizer step that optim.lr is stated for
+    lr_scaling: str = "linear"        # linear: lr x batch / lr_batch (Goyal et al. 2017) | sqrt: lr x sqrt(batch
+                                      # / lr_batch) (Hoffer et al. 2017; LAMB, You et al. 2019) | none: lr as given
+                                      # at any batch (a LARS recipe tuned at its own batch: MLPerf)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-5        # applied to conv/linear weights only (no decay for ndim <= 1)
     trust_coeff: float = 0.001        # LARS trust coefficient (eta)
-    warmup_epochs: float = 0.0        # linear warmup from 0 to the scaled lr, in epochs
+    warmup_epochs: float = 0.0        # linear warmup from warmup_from to the scaled lr, in epochs
+    warmup_from: float = 0.0          # LR (absolute) the warmup ramps up from; Goyal et al. start at the 256-image
+                                      # LR (0.1), MLPerf's LARS at 0
     schedule: str = "cosine"          # cosine | poly | step | constant (after warmup)
     poly_power: float = 2.0           # exponent of the poly schedule
+    end_lr: float = 0.0               # LR (absolute) that cosine and poly decay to at the last step (MLPerf: 1e-4)
     step_epochs: tuple = (30, 60, 80)  # epochs at which the step schedule multiplies lr by step_gamma
     step_gamma: float = 0.1
     label_smoothing: float = 0.0      # fraction of the target mass spread over all classes
@@ -126,16 +134,17 @@ CHOICES = {
     "data.backend": ("auto", "dali", "torchvision", "synthetic"),
     "optim.name": ("sgd", "lars", "lamb"),
     "optim.schedule": ("cosine", "poly", "step", "constant"),
+    "optim.lr_scaling": ("linear", "sqrt", "none"),
     "horovod.compression": ("none", "fp16", "bf16", "powersgd"),
     "horovod.op": ("average", "prescaled", "adasum"),
     "train.precision": ("auto", "fp32", "fp16", "bf16"),
     "train.progress": ("auto", "bar", "lines"),
 }
 POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.backward_passes_per_step",
-            "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "train.epochs",
+            "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "optim.lr_batch", "train.epochs",
             "horovod.cycle_time_ms", "horovod.gradient_predivide_factor", "horovod.powersgd_rank"}
 NON_NEGATIVE = {"horovod.fusion_threshold_mb", "horovod.bucket_mb", "optim.weight_decay", "optim.momentum",
-                "optim.warmup_epochs",
+                "optim.warmup_epochs", "optim.warmup_from", "optim.end_lr",
                 "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",
                 "train.hang_timeout_s", "train.threads",
                 "horovod.stall_check_warning_s",

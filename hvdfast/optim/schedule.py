@@ -1,42 +1,67 @@
-"""Learning-rate recipe as pure functions of the optimizer step (Goyal et al. 2017: linear scaling + warmup)."""
+"""Learning-rate recipe as pure functions of the optimizer step: LR scaling with the global batch (Goyal et al.
+2017: linear), linear warmup, then cosine / poly / step decay.
+
+The clock is MLPerf's (NVIDIA's ResNet-50 PolySchedule, mlcommons/training_results_v4.0): the LR of 0-based
+step s is the LR of update n = s + 1, so warmup reaches the peak at n = W and the decay ends at end_lr at n = T:
+
+    n <= W:  warmup_from + (peak - warmup_from) * n / W
+    n >  W:  end_lr + (peak - end_lr) * f((n - W) / (T - W)),   f = (1 - x)^power | (1 + cos(pi x)) / 2
+"""
 from __future__ import annotations
 
 import bisect
 import math
 
+SCALINGS = ("linear", "sqrt", "none")
 
-def scaled_lr(lr_per_256: float, global_batch: int) -> float:
-    """Linear scaling rule: lr is given per 256 images."""
-    return lr_per_256 * global_batch / 256.0
+
+def scaled_lr(lr: float, global_batch: int, *, lr_batch: int = 256, scaling: str = "linear") -> float:
+    """The peak LR at `global_batch` for an LR stated at `lr_batch` images per step."""
+    ratio = global_batch / lr_batch
+    if scaling == "linear":
+        return lr * ratio
+    if scaling == "sqrt":
+        return lr * math.sqrt(ratio)
+    if scaling == "none":
+        return lr
+    raise ValueError(f"unknown lr scaling '{scaling}' (one of {', '.join(SCALINGS)})")
+
+
+def peak_lr(ocfg, global_batch: int) -> float:
+    """The recipe's peak LR at this run's global batch."""
+    return scaled_lr(ocfg.lr, global_batch, lr_batch=ocfg.lr_batch, scaling=ocfg.lr_scaling)
 
 
 def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, schedule: str = "cosine",
-          poly_power: float = 2.0, milestones: tuple = (), gamma: float = 0.1) -> float:
-    """LR at optimizer step `step` (0-based): linear warmup from base_lr/warmup_steps to base_lr, then decay to 0
-    at total_steps (cosine, poly) or x gamma at each milestone step (step), or constant."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+          poly_power: float = 2.0, milestones: tuple = (), gamma: float = 0.1, warmup_from: float = 0.0,
+          end_lr: float = 0.0) -> float:
+    """LR at optimizer step `step` (0-based): linear warmup from warmup_from to base_lr, then decay to end_lr at
+    total_steps (cosine, poly), or x gamma at each milestone step (step), or constant."""
+    n = step + 1  # updates made once this step is applied
+    if warmup_steps > 0 and n <= warmup_steps:
+        return warmup_from + (base_lr - warmup_from) * n / warmup_steps
     if schedule == "constant":
         return base_lr
     if schedule == "step":
         return base_lr * gamma ** bisect.bisect_right(list(milestones), step)
     span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    progress = min(1.0, max(0.0, (n - warmup_steps) / span))
     if schedule == "cosine":
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return end_lr + (base_lr - end_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "poly":
-        return base_lr * (1.0 - progress) ** poly_power
+        return end_lr + (base_lr - end_lr) * (1.0 - progress) ** poly_power
     raise ValueError(f"unknown schedule '{schedule}'")
 
 
 def from_config(ocfg, *, global_batch: int, steps_per_epoch: int, epochs: float):
     """Bind the recipe to this run: returns (lr_fn(step) -> lr, total_steps)."""
-    base = scaled_lr(ocfg.lr, global_batch)
+    base = peak_lr(ocfg, global_batch)
     total = max(1, round(epochs * steps_per_epoch))
     warmup = round(ocfg.warmup_epochs * steps_per_epoch)
     milestones = tuple(round(e * steps_per_epoch) for e in ocfg.step_epochs)
 
     def fn(step: int) -> float:
         return lr_at(step, base_lr=base, total_steps=total, warmup_steps=warmup, schedule=ocfg.schedule,
-                     poly_power=ocfg.poly_power, milestones=milestones, gamma=ocfg.step_gamma)
+                     poly_power=ocfg.poly_power, milestones=milestones, gamma=ocfg.step_gamma,
+                     warmup_from=ocfg.warmup_from, end_lr=ocfg.end_lr)
     return fn, total

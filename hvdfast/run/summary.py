@@ -43,7 +43,7 @@ def announce(job: Job, st: FitState, rep: Reporter, resumed_from) -> None:
     info = p.info
     for note in job.notes:
         rep.line(note)
-    peak_lr = optim.schedule.scaled_lr(cfg.optim.lr, p.global_batch)
+    peak_lr = optim.schedule.peak_lr(cfg.optim, p.global_batch)
     rep.line(f"hvdfast train: {cfg.model.name} on {p.data.backend} data ({p.data.train.images} train / "
              f"{p.data.val.images} val images, {p.data.num_classes} classes), {info.size} worker(s) x "
              f"{cfg.data.batch_size} x {p.accum} = global batch {p.global_batch}, {cfg.optim.name} peak lr "
