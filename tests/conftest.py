@@ -75,9 +75,9 @@ def hvdfast_cmd(*args: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
-    from hvdfast.data import digits
+    from hvdfast.data import embedded
     d = tmp_path_factory.mktemp("digits")
-    digits.write(d)
+    embedded.write("digits", d)
     return d
 
 
