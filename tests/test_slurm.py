@@ -16,7 +16,7 @@ import pytest
 from hvdfast import checkpoint
 from hvdfast.launch import slurm_job
 
-from conftest import (STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launcher_env, params,
+from conftest import (ROOT, STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launcher_env, params,
                       skip_unless_root_with, trained_step)
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -174,3 +174,24 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(slu
     assert checkpoint.list_checkpoints(run / "checkpoints")
     assert_same_parameters(params(run), params(uninterrupted[2]))
 
+
+
+def test_a_study_trains_its_cells_as_slurm_jobs(slurm, uninterrupted, digits_dir, tmp_path):
+    """`hvdfast study --target slurm`: each cell is a job submitted and followed by `hvdfast launch slurm --wait`.
+    The one cell here is the uninterrupted run's recipe, so its weights must be that run's, bit for bit."""
+    spec = tmp_path / "study.yaml"
+    overrides = [o for o in TRAIN[2:] if not o.startswith(("train.epochs", "train.target_top1"))]
+    spec.write_text(f"recipe: {ROOT / 'launch/configs/digits-cpu.yaml'}\nepochs: 2\nbatch: 32\n"
+                    f"overrides: {json.dumps(overrides + [f'data.dir={digits_dir}'])}\n")
+    p = subprocess.run(hvdfast_cmd("study", str(spec), "--out", str(tmp_path / "out"), "--target", "slurm",
+                                   "--launch", "--cpu --time 00:10:00 --poll-s 1"),
+                       env=slurm, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    cell = tmp_path / "out/cells/recipe-b32-auto-w2"
+    assert "COMPLETED: SUMMARY best top-1" in (cell / "launch.log").read_text()
+    assert "srun --mpi=pmix" in (cell / "slurm.sh").read_text()
+
+    def summary(run):
+        return [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if '"summary"' in r][-1]
+    assert summary(cell)["params_sha256"] == summary(uninterrupted[2])["params_sha256"]
+    assert "| recipe-b32-auto-w2 | base | 32 | 16 x 1 | bf16 | 2 |" in (tmp_path / "out/study.md").read_text()

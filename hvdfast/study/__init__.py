@@ -1,0 +1,126 @@
+"""`hvdfast study SPEC`: what each lever costs on your model and data. A grid of short trainings around one recipe
+(optimizer x global batch, precision, workers; launch/studies/*.yaml), every cell at the same epoch budget, each
+one a real `hvdfast launch` job; one table (study.md, study.csv) and one PNG (study.png) with top-1 (best, final)
+and the wall time to the target beside each cell.
+
+Cells run one after another through `hvdfast launch TARGET` (local: horovodrun on this host; mpirun, hosts, slurm
+or pbs on a cluster, with --launch passing that target's options). A cell is done when its run directory holds a
+summary, so rerunning the same command skips finished cells and trains the rest: a half-finished grid resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import config
+from . import grid, report
+
+TARGETS = ("local", "mpirun", "hosts", "slurm", "pbs")
+
+
+def _hvdfast() -> list[str]:
+    exe = Path(sys.executable).with_name("hvdfast")
+    return [str(exe)] if exe.exists() else [shutil.which("hvdfast") or "hvdfast"]
+
+
+def launch_cmd(spec: grid.Spec, cell: grid.Cell, run_dir: Path, target: str, extra: list[str]) -> list[str]:
+    """The one `hvdfast launch` command that trains a cell (the launch module builds the launcher from it)."""
+    workers = (["--np", str(cell.workers)] if target in ("local", "mpirun", "hosts")
+               else ["--tasks-per-node", str(cell.workers), "--nodes", "1"])
+    # a batch script per cell, in the cell's folder; slurm cells are followed to their end (through requeues)
+    script = ["--script", str(Path(run_dir) / f"{target}.sh")] if target in ("slurm", "pbs") else []
+    wait = ["--wait"] if target == "slurm" else []
+    return [*_hvdfast(), "launch", target, "--config", spec.recipe, *workers, *script, *wait, *extra,
+            *grid.overrides(spec, cell, run_dir)]
+
+
+def _ensure_data(spec: grid.Spec) -> None:
+    if not spec.data:
+        return
+    data_dir = Path(config.load(spec.recipe, list(spec.overrides)).data.dir)
+    if not (data_dir / "train").is_dir():
+        from ..data import embedded
+        counts = embedded.write(spec.data, data_dir)
+        print(f"hvdfast study: wrote the embedded {spec.data} set to {data_dir} ({counts['train']} train / "
+              f"{counts['val']} val images)", flush=True)
+
+
+def _last_error(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
+    for ln in reversed(lines):
+        if "error" in ln.lower():
+            return ln[-200:]
+    return lines[-1][-200:] if lines else "no output"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="hvdfast study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="study spec, e.g. launch/studies/mnist.yaml")
+    p.add_argument("--out", help="study folder (default runs/study/<spec name>): cells/<cell>/ are the runs")
+    p.add_argument("--target", choices=TARGETS, default="local", help="hvdfast launch target of every cell "
+                   "(default local: horovodrun on this host; slurm cells are submitted and followed with --wait)")
+    p.add_argument("--launch", default="", metavar="'OPTIONS'",
+                   help="more hvdfast launch options for every cell, e.g. --launch '--cpu --time 00:20:00'")
+    p.add_argument("--only", default="", metavar="TEXT", help="train only the cells whose name contains TEXT")
+    p.add_argument("--report", action="store_true", help="write the table and plot from what exists; train nothing")
+    p.add_argument("--dry-run", action="store_true", help="print each pending cell's command; run nothing")
+    args = p.parse_args(argv)
+
+    spec = grid.load(args.spec)
+    cells = grid.cells(spec)
+    out = Path(args.out or Path("runs/study") / Path(args.spec).stem)
+    extra = shlex.split(args.launch)
+    failed: dict[str, str] = {}
+    todo = [c for c in cells if args.only in c.id and report.summary(out / "cells" / c.id) is None]
+    if not args.report:
+        if todo and not args.dry_run:
+            _ensure_data(spec)
+        print(f"hvdfast study: {len(cells)} cells in {out}; {len(cells) - len(todo)} done, {len(todo)} to train",
+              flush=True)
+        for i, cell in enumerate(todo, 1):
+            run_dir = out / "cells" / cell.id
+            cmd = launch_cmd(spec, cell, run_dir, args.target, extra)
+            if args.dry_run:
+                print(shlex.join(cmd))
+                continue
+            if run_dir.exists():  # an interrupted cell restarts: its times must come from one uninterrupted run
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            t0 = time.time()
+            with (run_dir / "launch.log").open("w") as log:
+                log.write(shlex.join(cmd) + "\n")
+                log.flush()
+                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+            r = report.row(cell, run_dir, "done" if rc == 0 else f"failed (exit {rc})")
+            if rc != 0 or r["status"] != "done":
+                failed[cell.id] = _last_error(run_dir / "launch.log")
+                print(f"[{i}/{len(todo)}] {cell.id}: FAILED (exit {rc}): {failed[cell.id]}", flush=True)
+                continue
+            t = r["time_to_target_s"]
+            print(f"[{i}/{len(todo)}] {cell.id}: best {r['best_top1']}%, final {r['final_top1']}%, "
+                  f"{'not reached' if t is None else f'{t} s to {spec.target_top1:g}%'}, {r['img_s']} img/s "
+                  f"({time.time() - t0:.0f} s with start-up)", flush=True)
+        if args.dry_run:
+            return 0
+    rows = []
+    for c in cells:
+        run_dir = out / "cells" / c.id
+        status = f"failed: {failed[c.id]}" if c.id in failed else ("not run" if not run_dir.exists() else
+                                                                  "incomplete")
+        rows.append(report.row(c, run_dir, status))
+    paths = report.write(out, rows, spec.target_top1, f"hvdfast study {Path(args.spec).name}: "
+                         f"{spec.epochs:g} epochs per cell, {spec.recipe}")
+    print(paths["md"].read_text(), end="")
+    print(f"hvdfast study: wrote {paths['md']}, {paths['csv']} and {paths['png']}", flush=True)
+    missing = [r["cell"] for r in rows if r["status"] != "done"]
+    if missing:
+        print(f"hvdfast study: {len(missing)} cell(s) without a result ({', '.join(missing[:6])}"
+              f"{', ...' if len(missing) > 6 else ''}); rerun the same command to train them.", file=sys.stderr)
+        return 1
+    return 0
