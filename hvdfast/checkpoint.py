@@ -54,10 +54,45 @@ def save(directory: Path, state: dict, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name_for(int(state["epoch"]), state["step"])
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
-    for stale in directory.glob(".ckpt-*.tmp-*"):  # left by a process killed mid-write
+    for stale in directory.glob(".ckpt-*.pt.tmp-*"):  # left by a process killed mid-write (not the ranks' files)
         if stale != tmp:
             stale.unlink(missing_ok=True)
-    state = dict(state, format_version=FORMAT_VERSION)
+    _write(final, tmp, dict(state, format_version=FORMAT_VERSION))
+    for old in list_checkpoints(directory)[keep:]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def rank_state_path(ckpt: Path, rank: int) -> Path:
+    """Where one rank's own part of checkpoint `ckpt` lives (what differs between ranks: PowerSGD's error)."""
+    return ckpt.with_name(f"{ckpt.name}.rank{rank:05d}")
+
+
+def save_rank_state(directory: Path, epoch: int, step: int, rank: int, state: dict, keep: int) -> Path:
+    """Every rank writes its own part beside the checkpoint of (epoch, step), atomically, and keeps its newest
+    `keep`. Rank-local: with no shared file system each node keeps its ranks' parts."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = rank_state_path(directory / name_for(epoch, step), rank)
+    _write(final, directory / f".{final.name}.tmp-{os.getpid()}", dict(state, format_version=FORMAT_VERSION))
+    mine = sorted(directory.glob(f"ckpt-e*-s*.pt.rank{rank:05d}"), key=lambda p: p.name.split("-s")[1],
+                  reverse=True)
+    for old in mine[keep:]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load_rank_state(ckpt: Path, rank: int) -> Optional[dict]:
+    """This rank's part of `ckpt`, or None when it has none or it cannot be read (the caller starts that part
+    fresh and says so)."""
+    try:
+        state = torch.load(rank_state_path(ckpt, rank), map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return state if isinstance(state, dict) and state.get("format_version") == FORMAT_VERSION else None
+
+
+def _write(final: Path, tmp: Path, state: dict) -> None:
+    directory = final.parent
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -79,9 +114,6 @@ def save(directory: Path, state: dict, keep: int) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    for old in list_checkpoints(directory)[keep:]:
-        old.unlink(missing_ok=True)
-    return final
 
 
 def load(path: Path) -> dict:

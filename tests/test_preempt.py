@@ -206,3 +206,38 @@ def test_pbs_batch_script_passes_sigterm_on_and_exits_75(digits_dir, tmp_path, r
     assert "stopped early with a checkpoint (exit 75); submitting this job again" in out
     cmd = launch_cmd("mpirun", 2, train_args(digits_dir, run))
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGUSR1")
+
+
+def test_powersgd_run_resumes_its_q_and_every_ranks_error_bit_identical(digits_dir, tmp_path):
+    """PowerSGD keeps state between steps: Q (the warm start, the same on every rank) and each rank's own error
+    feedback. A stop writes Q into the checkpoint and each rank's error into its own file beside it; the resumed
+    run ends bit-identical to an uninterrupted one. Without rank 1's file it must not (error restarted at zero
+    there), and it says so: the state is what makes the resume exact."""
+    import shutil
+    extra = ("horovod.compression=powersgd", "horovod.bucket_mb=25")
+    ref_run = tmp_path / "uninterrupted"
+    p = subprocess.run(launch_cmd("gloo", 2, train_args(digits_dir, ref_run, *extra)), env=launcher_env(),
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run = tmp_path / "run"
+    cmd = launch_cmd("gloo", 2, train_args(digits_dir, run, *extra))
+    job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    signal_midway(job, run, lambda: os.kill(worker_pid("HOROVOD_RANK=1", str(run)), signal.SIGUSR1))
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 1 and f"Exit code: {EXIT_STOPPED}" in out, out[-3000:]
+    ckpt = Path(json.loads((run / "stopped.json").read_text())["checkpoint"])
+    assert checkpoint.load(ckpt)["compressor_q"] is not None
+    assert all(checkpoint.load_rank_state(ckpt, r)["world_size"] == 2 for r in (0, 1))
+
+    partial = tmp_path / "partial"
+    shutil.copytree(run, partial)
+    checkpoint.rank_state_path(partial / "checkpoints" / ckpt.name, 1).unlink()
+    for where, note in ((run, False), (partial, True)):
+        again = subprocess.run(launch_cmd("gloo", 2, train_args(digits_dir, where, *extra)), env=launcher_env(),
+                               cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert ("error feedback restored on 1 of 2 rank(s)" in again.stdout) == note, again.stdout[-3000:]
+    assert_same_parameters(params(run), params(ref_run))
+    with pytest.raises(AssertionError):
+        assert_same_parameters(params(partial), params(ref_run))

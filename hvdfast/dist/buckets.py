@@ -197,6 +197,30 @@ class BucketedOptimizer:
     def state_dict(self):
         return self.optimizer.state_dict()
 
+    # -- the compressor's own state (PowerSGD: Q, shared by the ranks, and each rank's error feedback)
+    def compressor_state(self) -> dict | None:
+        """{"q": [tensor per bucket], "error": [tensor or None per bucket]}, or None when the wire format keeps no
+        state between steps."""
+        if not any(isinstance(b.reducer, powersgd.PowerSGDBucket) for b in self.buckets):
+            return None
+        states = [b.reducer.state() for b in self.buckets]
+        return {"q": [s["q"] for s in states], "error": [s["error"] for s in states]}
+
+    def load_compressor_state(self, q: list | None, error: list | None) -> list[str]:
+        """Restore compressor_state()'s parts; a part whose bucket shapes differ from this run's (other buckets,
+        rank or model) is left fresh. Returns what was restored: "q", "error"."""
+        mine = self.compressor_state()
+        done = []
+        for name, saved in (("q", q), ("error", error)):
+            if mine is None or saved is None or len(saved) != len(mine[name]) or any(
+                    (a is None) != (b is None) or (a is not None and a.shape != b.shape)
+                    for a, b in zip(saved, mine[name])):
+                continue
+            for b, t in zip(self.buckets, saved):
+                b.reducer.load_state(t if name == "q" else None, t if name == "error" else None)
+            done.append(name)
+        return done
+
     def load_state_dict(self, state) -> None:
         self.optimizer.load_state_dict(state)
 

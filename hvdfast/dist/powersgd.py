@@ -91,6 +91,18 @@ class PowerSGDBucket:
         """Numbers each rank contributes per step (both rounds), against flat.numel() uncompressed."""
         return self.p_wire.numel() + self.q_wire.numel()
 
+    def state(self) -> dict:
+        """What a resumed run needs to continue exactly: Q (the warm start, identical on every rank once averaged)
+        and this rank's error."""
+        return {"q": self.q_wire.clone(), "error": None if self.error is None else self.error.clone()}
+
+    def load_state(self, q: torch.Tensor | None, error: torch.Tensor | None) -> None:
+        """Restore what state() returned (None: keep the fresh value, a seeded Q or a zero error)."""
+        if q is not None:
+            self.q_wire.copy_(q)
+        if error is not None and self.error is not None:
+            self.error.copy_(error)
+
     def reset_q(self) -> None:
         """Q from a normal draw that every rank makes alike (same seed), as at the first step."""
         g = torch.Generator().manual_seed(self._seed)

@@ -64,6 +64,14 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
         dist.average_buffers(job.model)
     skipped = bad_files(job, st)
     st.saved_step = st.step
+    # PowerSGD's state: Q is the same on every rank (rank 0's checkpoint holds it); each rank's error feedback is
+    # its own, so each rank writes it beside the checkpoint (one model's worth per rank: no gather to rank 0)
+    comp = job.opt.compressor_state() if hasattr(job.opt, "compressor_state") else None
+    keep = job.cfg.train.keep_checkpoints
+    if comp is not None and any(e is not None for e in comp["error"]):
+        wd.beat("checkpoint write")
+        checkpoint.save_rank_state(job.run_dir / "checkpoints", int(st.step / p.steps_per_epoch), st.step,
+                                   p.info.rank, {"error": comp["error"], "world_size": p.info.size}, keep)
     if not p.info.is_main:
         return
     wd.beat("checkpoint write")
@@ -74,8 +82,8 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
         "rng": checkpoint.rng_state(), "config": config.to_dict(job.cfg), "model_name": job.cfg.model.name,
         "num_classes": p.data.num_classes, "best": {"top1": st.best_top1, "epoch": st.best_epoch},
         "train_time_s": st.elapsed(), "bad_files": sorted(skipped), "world_size": p.info.size,
-        "global_batch": p.global_batch,
-    }, keep=job.cfg.train.keep_checkpoints)
+        "global_batch": p.global_batch, "compressor_q": comp["q"] if comp is not None else None,
+    }, keep=keep)
 
 
 def validate(job: Job, st: FitState, rep: Reporter, wd: Watchdog, epoch: int, n_epochs: int) -> None:

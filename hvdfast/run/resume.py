@@ -63,13 +63,33 @@ def start_step(job: Job, path: Path, state: dict, log) -> int:
     return step
 
 
-def restore(job: Job, state: dict) -> None:
-    """Weights, optimizer and loss-scaler state (every rank holds the same checkpoint)."""
+def restore(job: Job, path: Path, state: dict) -> None:
+    """Weights, optimizer, loss-scaler and gradient-compressor state (every rank holds the same checkpoint)."""
     job.model.load_state_dict(state["model"])
     # After wrapping: Horovod's DistributedOptimizer is a new instance with empty state.
     job.opt.load_state_dict(state["optimizer"])
     if job.prec.scaler is not None and state.get("scaler"):
         job.prec.scaler.load_state_dict(state["scaler"])
+    if hasattr(job.opt, "load_compressor_state"):
+        restore_compressor(job, path, state)
+
+
+def restore_compressor(job: Job, path: Path, state: dict) -> None:
+    """PowerSGD: Q from the checkpoint, and each rank's error from its own file beside it, when the run has the same
+    workers and buckets; what cannot be restored starts fresh (a seeded Q, a zero error), and rank 0 says so."""
+    info = job.plan.info
+    mine = checkpoint.load_rank_state(path, info.rank) if state.get("world_size") == info.size else None
+    done = job.opt.load_compressor_state(state.get("compressor_q"), mine and mine.get("error"))
+    if job.opt.compressor_state() is None:
+        return
+    restored = dist.allreduce_sum(["q" in done, "error" in done], name="resume.compressor") if info.size > 1 \
+        else [float("q" in done), float("error" in done)]
+    q_ok, errors = int(restored[0]), int(restored[1])
+    if q_ok < info.size or errors < info.size:
+        job.notes.append(f"gradient compression state: Q {'restored' if q_ok == info.size else 'restarted'}, "
+                         f"error feedback restored on {errors} of {info.size} rank(s) (the others start it at "
+                         f"zero: a different worker count or bucket layout, or no file from this rank beside "
+                         f"{path.name})")
 
 
 def resume(job: Job, broadcast: bool = True) -> tuple[FitState, Optional[Path]]:
@@ -80,5 +100,5 @@ def resume(job: Job, broadcast: bool = True) -> tuple[FitState, Optional[Path]]:
         return FitState(), None
     check(job, path, state)
     st = FitState.from_checkpoint(state, start_step(job, path, state, job.notes.append))
-    restore(job, state)
+    restore(job, path, state)
     return st, path
