@@ -47,6 +47,22 @@ def test_grid_overrides_order_and_refusals(tmp_path):
         grid.load(p)
 
 
+def test_a_cell_is_done_only_with_a_summary_under_the_current_overrides(tmp_path):
+    from hvdfast.study import _done
+    p = tmp_path / "s.yaml"
+    p.write_text("recipe: launch/configs/digits-cpu.yaml\nepochs: 3\n")
+    spec = grid.load(p)
+    cell = grid.cells(spec)[0]
+    run = tmp_path / "cells" / cell.id
+    run.mkdir(parents=True)
+    (run / "cell.json").write_text(json.dumps({"overrides": grid.overrides(spec, cell, run)}))
+    assert not _done(spec, cell, run)                                   # no summary yet
+    (run / "metrics.jsonl").write_text('{"kind": "summary", "step": 3}\n')
+    assert _done(spec, cell, run)
+    p.write_text("recipe: launch/configs/digits-cpu.yaml\nepochs: 4\n")  # the spec changed: train it again
+    assert not _done(grid.load(p), cell, run)
+
+
 def test_mnist_data_set(tmp_path):
     from PIL import Image
 

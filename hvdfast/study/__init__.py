@@ -5,11 +5,13 @@ and the wall time to the target beside each cell.
 
 Cells run one after another through `hvdfast launch TARGET` (local: horovodrun on this host; mpirun, hosts, slurm
 or pbs on a cluster, with --launch passing that target's options). A cell is done when its run directory holds a
-summary, so rerunning the same command skips finished cells and trains the rest: a half-finished grid resumes.
+summary and was trained with the overrides the spec gives it now, so rerunning the same command skips finished cells
+and trains the rest (a half-finished grid resumes; a cell whose settings changed is trained again).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import subprocess
@@ -50,6 +52,16 @@ def _ensure_data(spec: grid.Spec) -> None:
               f"{counts['val']} val images)", flush=True)
 
 
+def _done(spec: grid.Spec, cell: grid.Cell, run_dir: Path) -> bool:
+    """A cell is done when its run finished (a summary) with the overrides the spec gives it now: after an edit of
+    the spec, a cell of the same name trained under other settings is trained again."""
+    try:
+        recorded = json.loads((run_dir / "cell.json").read_text())["overrides"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return recorded == grid.overrides(spec, cell, run_dir) and report.summary(run_dir) is not None
+
+
 def _last_error(log: Path) -> str:
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
     for ln in reversed(lines):
@@ -77,7 +89,7 @@ def main(argv=None) -> int:
     out = Path(args.out or Path("runs/study") / Path(args.spec).stem)
     extra = shlex.split(args.launch)
     failed: dict[str, str] = {}
-    todo = [c for c in cells if args.only in c.id and report.summary(out / "cells" / c.id) is None]
+    todo = [c for c in cells if args.only in c.id and not _done(spec, c, out / "cells" / c.id)]
     if not args.report:
         if todo and not args.dry_run:
             _ensure_data(spec)
@@ -92,6 +104,8 @@ def main(argv=None) -> int:
             if run_dir.exists():  # an interrupted cell restarts: its times must come from one uninterrupted run
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
+            (run_dir / "cell.json").write_text(json.dumps({"cell": cell.id, "axis": cell.axis,
+                                                           "overrides": grid.overrides(spec, cell, run_dir)}))
             t0 = time.time()
             with (run_dir / "launch.log").open("w") as log:
                 log.write(shlex.join(cmd) + "\n")
@@ -113,7 +127,12 @@ def main(argv=None) -> int:
         run_dir = out / "cells" / c.id
         status = f"failed: {failed[c.id]}" if c.id in failed else ("not run" if not run_dir.exists() else
                                                                   "incomplete")
-        rows.append(report.row(c, run_dir, status))
+        r = report.row(c, run_dir, status)
+        if r["status"] == "done" and not _done(spec, c, run_dir):
+            r = {k: v for k, v in r.items() if k in ("cell", "axis", "optimizer", "variant", "global_batch",
+                                                     "per_worker", "accum", "precision", "workers")}
+            r["status"] = "stale (the spec changed)"
+        rows.append(r)
     paths = report.write(out, rows, spec.target_top1, f"hvdfast study {Path(args.spec).name}: "
                          f"{spec.epochs:g} epochs per cell, {spec.recipe}")
     print(paths["md"].read_text(), end="")

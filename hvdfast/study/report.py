@@ -69,47 +69,59 @@ def plot(rows: list[dict], target: float, out: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r["status"] == "done"]
+    base = next((r for r in done if r["axis"] == "base"), done[0] if done else None)
     panels = []
-    if any(r["axis"] in ("batch", "base") for r in done):
-        panels += ["top1_vs_batch", "time_vs_batch"]
+    if any(r["axis"] == "batch" for r in done):
+        panels += ["top1_vs_batch", "time_vs_batch", "speed_vs_batch"]
     if len({r["precision"] for r in done if r["axis"] in ("precision", "base")}) > 1:
         panels.append("precision")
     if len({r["workers"] for r in done if r["axis"] in ("workers", "base")}) > 1:
         panels.append("workers")
     if any(r["axis"] == "variant" for r in done):
         panels.append("variants")
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 4.2), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        if panel in ("top1_vs_batch", "time_vs_batch"):
-            key = "final_top1" if panel == "top1_vs_batch" else "time_to_target_s"
-            for opt in dict.fromkeys(r["optimizer"] for r in done):
-                pts = sorted((r["global_batch"], r[key]) for r in done if r["optimizer"] == opt
-                             and r["axis"] in ("batch", "base") and not r["variant"] and r[key] is not None
-                             and r["precision"] == done[0]["precision"] and r["workers"] == done[0]["workers"])
-                if pts:
-                    ax.plot(*zip(*pts), "o-", label=opt)
+    cols = min(3, max(1, len(panels)))
+    rows_n = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 4.2 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    on_batch_axis = [r for r in done if r["axis"] in ("batch", "base") and not r["variant"]
+                     and r["precision"] == base["precision"] and r["workers"] == base["workers"]] if base else []
+    for ax, panel in zip(axes.flat, panels):
+        if panel.endswith("_vs_batch"):
+            keys = {"top1_vs_batch": ("final_top1", "best_top1"), "time_vs_batch": ("time_to_target_s",),
+                    "speed_vs_batch": ("img_s",)}[panel]
+            for i, opt in enumerate(dict.fromkeys(r["optimizer"] for r in on_batch_axis)):
+                for key, style in zip(keys, ("o-", "x--")):
+                    pts = sorted((r["global_batch"], r[key]) for r in on_batch_axis
+                                 if r["optimizer"] == opt and r[key] is not None)
+                    if pts:
+                        ax.plot(*zip(*pts), style, color=f"C{i}", label=opt + (" (best)" if key == "best_top1"
+                                                                                  else ""))
             ax.set_xscale("log", base=2)
-            ax.set(xlabel="global batch", title="final top-1 (%)" if key == "final_top1"
-                   else f"wall s to {target:g}% (missing: not reached)")
-            ax.legend()
+            ax.set(xlabel="global batch", title={"top1_vs_batch": "top-1 %: final (o-), best (x--)",
+                                                 "time_vs_batch": f"wall s to {target:g}% (absent: not reached)",
+                                                 "speed_vs_batch": "images/s, all workers"}[panel])
+            ax.legend(fontsize=8)
+            continue
+        if panel == "precision":
+            pick = [r for r in done if r["axis"] in ("precision", "base") and not r["variant"]
+                    and r["workers"] == base["workers"]]
+            labels = [r["precision"] for r in pick]
+        elif panel == "workers":
+            pick = sorted((r for r in done if r["axis"] in ("workers", "base") and not r["variant"]
+                           and r["precision"] == base["precision"]), key=lambda r: r["workers"])
+            labels = [f"{r['workers']} worker(s)" for r in pick]
         else:
-            sel = {"precision": lambda r: r["axis"] in ("precision", "base") and not r["variant"],
-                   "workers": lambda r: r["axis"] in ("workers", "base") and not r["variant"],
-                   "variants": lambda r: r["axis"] in ("variant", "base")}[panel]
-            pick = [r for r in done if sel(r)]
-            if panel == "precision":
-                pick = [r for r in pick if r["workers"] == done[0]["workers"] and r["global_batch"] == pick[0]["global_batch"]]
-            if panel == "workers":
-                pick = [r for r in pick if r["precision"] == done[0]["precision"]]
-            labels = [r["variant"] or ("base" if panel == "variants" else str(r[{"precision": "precision",
-                      "workers": "workers", "variants": "cell"}[panel]])) for r in pick]
-            ax.bar(labels, [r["img_s"] for r in pick], color="tab:blue")
-            ax.set(title=f"{panel}: img/s (bars); final top-1, s to target", ylabel="img/s")
-            for i, r in enumerate(pick):
-                t = r["time_to_target_s"]
-                ax.annotate(f"{r['final_top1']}%\n{'-' if t is None else t} s", (i, r["img_s"]), ha="center",
-                            va="bottom", fontsize=8)
-            ax.tick_params(axis="x", labelrotation=30)
+            pick = [r for r in done if r["axis"] in ("variant", "base")]
+            labels = [r["variant"] or "recipe" for r in pick]
+        ax.bar(labels, [r["img_s"] for r in pick], color="tab:blue")
+        ax.set(title=f"{panel}: images/s; final top-1, s to {target:g}%", ylabel="img/s",
+               ylim=(0, 1.25 * max(r["img_s"] for r in pick)))
+        for i, r in enumerate(pick):
+            t = r["time_to_target_s"]
+            ax.annotate(f"{r['final_top1']}%\n{'not reached' if t is None else f'{t} s'}", (i, r["img_s"]),
+                        ha="center", va="bottom", fontsize=8)
+        ax.tick_params(axis="x", labelrotation=20)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
