@@ -66,3 +66,26 @@ def test_bench_train_runs_hvdfast_beside_torchrun_ddp(tmp_path):
     assert rows["ddp"]["compression"] == "hook none" and rows["ddp"]["precision"] == "bf16"
     assert all(r["workers"] == 2 and r["img_s_total"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
     assert any(line.startswith("hvdfast / ddp at 2 worker(s): ") for line in result["ratios"])
+
+
+def test_cluster_model_recovers_what_made_the_points():
+    """Points made by the model itself (known T_cpu per wire format, eta per family) must be fitted back exactly,
+    every prediction then equal to its point; and the roles say which points fit what."""
+    from hvdfast.bench import model_cluster as mc
+    truth_cpu = {("hvdfast", "none"): 0.09, ("hvdfast", "powersgd"): 0.07, ("ddp", "bf16"): 0.11}
+    truth_eta = {"hvdfast": 0.55, "ddp": 0.96}
+    mb = {"none": 102.5, "powersgd": 1.55, "bf16": 51.3}
+    pts = []
+    for (family, fmt), cpu in truth_cpu.items():
+        for link in ("unlimited", "10gbit", "1gbit", "100mbit"):
+            p = mc.Point("synthetic", link, family, fmt, 0.0, mb[fmt], 0.654)
+            pts.append(mc.Point(p.source, link, family, fmt, mc.step_time(p, cpu, truth_eta[family]), p.wire_mb,
+                                p.compute_s))
+    cpu, eta = mc.fit(pts)
+    assert cpu == pytest.approx(truth_cpu) and eta == pytest.approx(truth_eta)
+    rows = mc.check(pts, cpu, eta)
+    assert max(abs(r["error"]) for r in rows) < 1e-9
+    roles = {(r["link"], r["family"], r["format"]): r["role"] for r in rows}
+    assert roles[("unlimited", "ddp", "bf16")] == "fits T_cpu" and roles[("100mbit", "ddp", "bf16")] == "fits eta"
+    assert roles[("100mbit", "hvdfast", "powersgd")] == "predicted"  # 1.55 MB: too little traffic to fit eta on
+    assert roles[("1gbit", "hvdfast", "none")] == "predicted"

@@ -119,7 +119,13 @@ def main(argv=None) -> int:
     p.add_argument("--intra-gbs", type=float, default=LINKS["nvlink"][0])
     p.add_argument("--eta", type=float, default=None, help="achieved fraction of line rate (default: calibrated)")
     p.add_argument("--calibrate", action="store_true", help="only show the calibration against published runs")
+    p.add_argument("--cluster", nargs="+", metavar="JSON",
+                   help="instead: fit the model to `hvdfast bench cluster` reports (runs/bench/cluster-*.json) and "
+                        "compare every measured point with it (hvdfast/bench/model_cluster.py)")
     args = p.parse_args(argv)
+    if args.cluster:
+        from . import model_cluster
+        return model_cluster.main(args.cluster)
     cal = calibrate()
     print("Calibration (eta fitted to the first row, then used for the second):")
     print(markdown_table(cal, [("reference", "published run"), ("published", "published efficiency"),
