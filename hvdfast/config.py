@@ -141,8 +141,8 @@ CHOICES = {
     "train.progress": ("auto", "bar", "lines"),
 }
 POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.backward_passes_per_step",
-            "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "optim.lr_batch", "train.epochs",
-            "horovod.cycle_time_ms", "horovod.gradient_predivide_factor", "horovod.powersgd_rank"}
+            "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "optim.lr_batch",
+            "train.epochs", "horovod.cycle_time_ms", "horovod.gradient_predivide_factor", "horovod.powersgd_rank"}
 NON_NEGATIVE = {"horovod.fusion_threshold_mb", "horovod.bucket_mb", "optim.weight_decay", "optim.momentum",
                 "optim.warmup_epochs", "optim.warmup_from", "optim.end_lr",
                 "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",

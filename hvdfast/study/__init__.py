@@ -110,7 +110,13 @@ def main(argv=None) -> int:
             with (run_dir / "launch.log").open("w") as log:
                 log.write(shlex.join(cmd) + "\n")
                 log.flush()
-                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+                except KeyboardInterrupt:  # Ctrl-C reaches the launcher too (same process group)
+                    print(f"hvdfast study: interrupted in cell {cell.id}; the same command trains it again and "
+                          f"then the rest ({len(cells) - len(todo) + i - 1} of {len(cells)} cells are done)",
+                          file=sys.stderr, flush=True)
+                    return 130
             r = report.row(cell, run_dir, "done" if rc == 0 else f"failed (exit {rc})")
             if rc != 0 or r["status"] != "done":
                 failed[cell.id] = _last_error(run_dir / "launch.log")
