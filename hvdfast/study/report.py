@@ -40,7 +40,6 @@ def row(cell: Cell, run_dir: Path, status: str) -> dict:
     if (run_dir / "config.yaml").is_file():
         cfg = config.load(run_dir / "config.yaml")
         r["peak_lr"] = float(f"{schedule.peak_lr(cfg.optim, cell.batch):.4g}")
-        r["precision"] = cfg.train.precision if cell.precision == "auto" else cell.precision
     return r
 
 
