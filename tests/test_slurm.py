@@ -190,8 +190,6 @@ def test_a_study_trains_its_cells_as_slurm_jobs(slurm, uninterrupted, digits_dir
     cell = tmp_path / "out/cells/recipe-b32-auto-w2"
     assert "COMPLETED: SUMMARY best top-1" in (cell / "launch.log").read_text()
     assert "srun --mpi=pmix" in (cell / "slurm.sh").read_text()
-
-    def summary(run):
-        return [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if '"summary"' in r][-1]
+    from hvdfast.study.report import summary
     assert summary(cell)["params_sha256"] == summary(uninterrupted[2])["params_sha256"]
     assert "| recipe-b32-auto-w2 | base | 32 | 16 x 1 | auto | 2 | 90 |" in (tmp_path / "out/study.md").read_text()

@@ -3,7 +3,6 @@
 import csv
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -77,11 +76,6 @@ def test_mnist_data_set(tmp_path):
     assert not train & {f.name for f in (tmp_path / "val").rglob("*.jpg")}
 
 
-def _summary(run_dir: Path) -> dict:
-    return [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if '"kind": "summary"' in r][-1]
-
-
 def test_a_study_trains_resumes_and_reports(digits_dir, tmp_path):
     """Two cells (SGD and LARS at global batch 64 = 2 workers x 16 x 2 accumulated passes), 1 epoch of ResNet-18
     each. The first call trains only SGD (--only) and says the grid is unfinished; LARS's cell is then left
@@ -108,7 +102,7 @@ def test_a_study_trains_resumes_and_reports(digits_dir, tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert "2 cells in" in second.stdout and "1 done, 1 to train" in second.stdout
     assert (sgd / "metrics.jsonl").read_bytes() == sgd_metrics           # the finished cell was not retrained
-    s_sgd, s_lars = _summary(sgd), _summary(lars)
+    s_sgd, s_lars = report.summary(sgd), report.summary(lars)
     assert s_lars["ranks_agree"] and s_lars["workers"] == 2 and s_lars["global_batch"] == 64
     cfg = config.load(lars / "config.yaml")
     assert (cfg.optim.name, cfg.data.batch_size, cfg.horovod.backward_passes_per_step) == ("lars", 16, 2)

@@ -198,10 +198,15 @@ class BucketedOptimizer:
         return self.optimizer.state_dict()
 
     # -- the compressor's own state (PowerSGD: Q, shared by the ranks, and each rank's error feedback)
+    @property
+    def keeps_compressor_state(self) -> bool:
+        """Whether the wire format carries state from step to step (PowerSGD)."""
+        return any(isinstance(b.reducer, powersgd.PowerSGDBucket) for b in self.buckets)
+
     def compressor_state(self) -> dict | None:
-        """{"q": [tensor per bucket], "error": [tensor or None per bucket]}, or None when the wire format keeps no
-        state between steps."""
-        if not any(isinstance(b.reducer, powersgd.PowerSGDBucket) for b in self.buckets):
+        """{"q": [tensor per bucket], "error": [tensor or None per bucket]} (the live buffers), or None when the wire
+        format keeps no state between steps."""
+        if not self.keeps_compressor_state:
             return None
         states = [b.reducer.state() for b in self.buckets]
         return {"q": [s["q"] for s in states], "error": [s["error"] for s in states]}

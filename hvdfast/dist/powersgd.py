@@ -93,8 +93,8 @@ class PowerSGDBucket:
 
     def state(self) -> dict:
         """What a resumed run needs to continue exactly: Q (the warm start, identical on every rank once averaged)
-        and this rank's error."""
-        return {"q": self.q_wire.clone(), "error": None if self.error is None else self.error.clone()}
+        and this rank's error. The live buffers, not copies: save them before the next step changes them."""
+        return {"q": self.q_wire, "error": self.error}
 
     def load_state(self, q: torch.Tensor | None, error: torch.Tensor | None) -> None:
         """Restore what state() returned (None: keep the fresh value, a seeded Q or a zero error)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 
-SCALINGS = ("linear", "sqrt", "none")
+from ..config import CHOICES
 
 
 def scaled_lr(lr: float, global_batch: int, *, lr_batch: int = 256, scaling: str = "linear") -> float:
@@ -24,7 +24,7 @@ def scaled_lr(lr: float, global_batch: int, *, lr_batch: int = 256, scaling: str
         return lr * math.sqrt(ratio)
     if scaling == "none":
         return lr
-    raise ValueError(f"unknown lr scaling '{scaling}' (one of {', '.join(SCALINGS)})")
+    raise ValueError(f"unknown lr scaling '{scaling}' (one of {', '.join(CHOICES['optim.lr_scaling'])})")
 
 
 def peak_lr(ocfg, global_batch: int) -> float:

@@ -66,7 +66,7 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
     st.saved_step = st.step
     # PowerSGD's state: Q is the same on every rank (rank 0's checkpoint holds it); each rank's error feedback is
     # its own, so each rank writes it beside the checkpoint (one model's worth per rank: no gather to rank 0)
-    comp = job.opt.compressor_state() if hasattr(job.opt, "compressor_state") else None
+    comp = job.opt.compressor_state() if getattr(job.opt, "keeps_compressor_state", False) else None
     keep = job.cfg.train.keep_checkpoints
     if comp is not None and any(e is not None for e in comp["error"]):
         wd.beat("checkpoint write")

@@ -70,7 +70,7 @@ def restore(job: Job, path: Path, state: dict) -> None:
     job.opt.load_state_dict(state["optimizer"])
     if job.prec.scaler is not None and state.get("scaler"):
         job.prec.scaler.load_state_dict(state["scaler"])
-    if hasattr(job.opt, "load_compressor_state"):
+    if getattr(job.opt, "keeps_compressor_state", False):
         restore_compressor(job, path, state)
 
 
@@ -80,8 +80,6 @@ def restore_compressor(job: Job, path: Path, state: dict) -> None:
     info = job.plan.info
     mine = checkpoint.load_rank_state(path, info.rank) if state.get("world_size") == info.size else None
     done = job.opt.load_compressor_state(state.get("compressor_q"), mine and mine.get("error"))
-    if job.opt.compressor_state() is None:
-        return
     restored = dist.allreduce_sum(["q" in done, "error" in done], name="resume.compressor") if info.size > 1 \
         else [float("q" in done), float("error" in done)]
     q_ok, errors = int(restored[0]), int(restored[1])
