@@ -15,6 +15,12 @@
 #   HVDFAST_NO_APT=1         never call apt-get (use the MPI on PATH or build Horovod with Gloo only)
 #   HVDFAST_NCCL=auto|1|0    build Horovod's NCCL operations: auto = when nvidia-smi sees a GPU; 1 = always (image
 #                            builds, where no GPU is visible); 0 = never
+#   HVDFAST_TORCH=pypi|keep  pypi (default): install the torch/torchvision pinned below; keep: use the torch already
+#                            in HVDFAST_VENV, e.g. a vendor image's (NGC containers, a GPU node's module): point
+#                            HVDFAST_VENV at that environment's prefix (python -c 'import sys; print(sys.prefix)')
+#   HVDFAST_EXTRAS=test      hvdfast's pip extras (default test; empty for what training alone needs)
+# Offline (air-gapped clusters): PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR, with DIR holding Horovod's sdist and any wheel
+# the environment lacks; pip reads both variables, and every download below goes through pip.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,7 +60,10 @@ fi
 need_apt=()
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v cmake >/dev/null || need_apt+=(cmake)
-command -v make >/dev/null || need_apt+=(make)
+if ! command -v make >/dev/null; then
+  # CMake reads CMAKE_GENERATOR: images with pip's cmake and ninja but no make (the lent GPU machines) build with it.
+  if command -v ninja >/dev/null; then export CMAKE_GENERATOR=${CMAKE_GENERATOR:-Ninja}; else need_apt+=(make); fi
+fi
 MPI=none
 if command -v mpicc >/dev/null; then
   MPI=existing
@@ -88,9 +97,15 @@ fi
 VPY=$VENV/bin/python
 pip_install() { "$VPY" -m pip install -q --disable-pip-version-check "$@"; }
 
-log "torch / torchvision"
-# shellcheck disable=SC2086
-pip_install $TORCH_SPEC
+if [ "${HVDFAST_TORCH:-pypi}" = keep ]; then
+  "$VPY" -c "import torch, torchvision" 2>/dev/null \
+    || die "HVDFAST_TORCH=keep but $VPY has no torch/torchvision (point HVDFAST_VENV at the environment that has them)"
+  log "torch / torchvision: keeping $("$VPY" -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)")"
+else
+  log "torch / torchvision"
+  # shellcheck disable=SC2086
+  pip_install $TORCH_SPEC
+fi
 # Horovod's build and runtime needs (we build with --no-build-isolation so it sees the installed torch).
 pip_install setuptools wheel cloudpickle psutil pyyaml packaging cffi
 
@@ -101,15 +116,15 @@ DALI=${HVDFAST_DALI:-}
 if [ -z "$DALI" ]; then
   case $TORCH_CUDA in 12.*) DALI=cuda120 ;; *) DALI=cuda130 ;; esac
 fi
-extras=test
+extras=${HVDFAST_EXTRAS-test}
 if [ "$DALI" != none ]; then pip_install "nvidia-dali-$DALI==$DALI_VERSION"; fi
 if [ $MPI = existing ]; then
   # Built from source against the MPI that mpirun will use (a binary wheel may carry a different ABI).
   log "mpi4py (built against $(command -v mpicc))"
   pip_install --no-binary mpi4py mpi4py
 fi
-log "hvdfast (editable, with test extras)"
-pip_install -e "$ROOT[$extras]"
+log "hvdfast (editable${extras:+, with extras: $extras})"
+pip_install -e "$ROOT${extras:+[$extras]}"
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3. Horovod from source, patched at build time, cached as a wheel.

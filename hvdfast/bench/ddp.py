@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     step = statistics.median(times[args.warmup:])
     mine = {"rank": rank, "threads": torch.get_num_threads(), "step_s": step, "img_s": args.batch / step,
             "wire_mb_per_step": (net_bytes_sent() - sent0) / args.steps / 1e6, "peak_rss_mb": peak_rss_mb(),
-            "precision": prec.name, "hook": args.hook, "params_sha256": param_digest(model)}
+            "precision": prec.name, "hook": args.hook, "params_sha256": param_digest(model), "device": str(device)}
     ranks: list = [None] * size
     tdist.all_gather_object(ranks, mine)
     if rank == 0:

@@ -174,7 +174,9 @@ def _launch_ddp(args, np_: int, out: Path) -> list[dict]:
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
     ranks = read_result("ddp", np_, proc, out)
     for r in ranks:  # DDP waits for its allreduces inside backward: the step is not split further
-        r.update(controller="gloo (torch)", channels_last=True, compression=f"hook {r['hook']}", compute_s=None,
+        gpu = r.get("device", "cpu").startswith("cuda")
+        r.update(controller="nccl (torch)" if gpu else "gloo (torch)", channels_last=True,
+                 compression=f"hook {r['hook']}", compute_s=None,
                  comm_wait_s=None, optimizer_s=None)
     return ranks
 
