@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The GPU measurements behind the README's GPU table, on one GPU node with the stack installed
-# (launch/install.sh, or an image from docker/Dockerfile.gpu):
-#   1. hvdfast doctor and the GPU tests (DALI mixed decode, AMP fp16 step)
+# The GPU measurements behind the README's GPU tables, on one GPU node (or a lent GPU machine):
+#   0. install (PARTS=install, not in the default): launch/install.sh into the Python that already has a CUDA torch
+#      (HVDFAST_TORCH=keep: Horovod built there with NCCL against that torch; offline with PIP_NO_INDEX=1
+#      PIP_FIND_LINKS=DIR holding Horovod's sdist and the wheels the image lacks)
+#   1. hvdfast doctor, the GPU tests (DALI mixed decode, AMP fp16 step), one NCCL allreduce under horovodrun
 #   2. ResNet-50 AMP synthetic training throughput under horovodrun (NCCL): eager, beside plain Horovod's
-#      synthetic-benchmark setup, and torch.compile; a Horovod timeline shows the collectives that ran
+#      synthetic-benchmark setup; beside torchrun + DDP (fp16, channels_last); torch.compile; bf16 autocast.
+#      A Horovod timeline shows the collectives that ran
 #   3. DALI GPU decode rate from JPEG (and torchvision's, same cores) with `hvdfast bench data`
 #   4. ResNet-50 trained from those JPEGs through DALI (`hvdfast train`), the DALI-fed rate
 # Usage: bash launch/gpu-bench.sh [OUT_DIR] [IMAGES]     (defaults: runs/gpu-bench, 8192 JPEGs)
-#   PARTS="doctor tests eager compile data fit" selects sections (default: all);
-#   FIT_COMPILE=true trains the "fit" part with model.compile=true. Measured output: README, "On one H100".
+#   PARTS="install doctor tests nccl eager ddp compile bf16 data fit" selects sections (default: all but install);
+#   BATCH (256), STEPS (40), WARMUP (15) size the synthetic runs; FIT_COMPILE=true trains the "fit" part with
+#   model.compile=true; data and fit are skipped with a message where DALI is not installed.
+# Measured output: README, "On one H100 / H200".
 set -euo pipefail
 OUT=${1:-runs/gpu-bench}
 IMAGES=${2:-8192}
@@ -17,31 +22,71 @@ CONTROLLER=${HVDFAST_CONTROLLER:-gloo}   # one node: Gloo needs no MPI; NCCL mov
 CFG=launch/configs/imagenet-rn50-sgd.yaml
 mkdir -p "$OUT"
 nvidia-smi -L || { echo "gpu-bench: no GPU (nvidia-smi -L failed)" >&2; exit 2; }
-PARTS=" ${PARTS:-doctor tests eager compile data fit} "
-step() { printf '\n===== %s =====\n' "$*"; }
+PARTS=" ${PARTS:-doctor tests nccl eager ddp compile bf16 data fit} "
+BATCH=${BATCH:-256} STEPS=${STEPS:-40} WARMUP=${WARMUP:-15}
+t0=$(date +%s)
+step() { printf '\n===== [%s s] %s =====\n' "$(( $(date +%s) - t0 ))" "$*"; }
 want() { [[ "$PARTS" == *" $1 "* ]]; }
+PY=${PYTHON:-python3}
+
+if want install; then
+  step "install: launch/install.sh into $("$PY" -c 'import sys; print(sys.prefix)') (keeping its torch)"
+  "$PY" -c "import sys, torch, torchvision; print(sys.version.split()[0], 'torch', torch.__version__, \
+'torchvision', torchvision.__version__, torch.cuda.get_device_name(0))"
+  export HVDFAST_VENV=${HVDFAST_VENV:-$("$PY" -c 'import sys; print(sys.prefix)')}
+  export HVDFAST_TORCH=keep HVDFAST_EXTRAS=${HVDFAST_EXTRAS-} HVDFAST_NO_APT=${HVDFAST_NO_APT:-1}
+  # Horovod's CUDA kernels for this GPU only (its default is every architecture nvcc knows, twice)
+  export HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-$("$PY" -c \
+    "import torch; print('%d%d' % torch.cuda.get_device_capability(0))")}
+  bash launch/install.sh
+  export PATH=$HVDFAST_VENV/bin:$PATH
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
+HAVE_DALI=1; "$PY" -c "import nvidia.dali" 2>/dev/null || HAVE_DALI=0
 
 if want doctor; then
   step "doctor"
-  $HVD doctor | tee "$OUT/doctor.txt"
+  $HVD doctor | tee "$OUT/doctor.txt" || echo "(doctor reported the problems above; going on)"
 fi
 if want tests; then
   step "GPU tests"
-  python -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.txt"
+  sel=(); [ $HAVE_DALI = 1 ] || { echo "(DALI not installed: its test deselected)"; sel=(-k "not dali"); }
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py "${sel[@]}" 2>&1 | tee "$OUT/test_gpu.txt"
+fi
+if want nccl; then
+  step "one NCCL allreduce under horovodrun"
+  horovodrun -np 1 "--$CONTROLLER" "$PY" -c "
+import torch, horovod.torch as hvd
+hvd.init(); torch.cuda.set_device(hvd.local_rank())
+t = hvd.allreduce(torch.arange(4., device='cuda'), op=hvd.Sum)
+print('nccl_built', hvd.nccl_built(), 'allreduce on', t.device, t.tolist())"
 fi
 
+bench() { $HVD bench train --config $CFG --controller "$CONTROLLER" --np 1 --batch "$BATCH" --warmup "$WARMUP" \
+            --steps "$STEPS" --out-dir "$OUT" "$@"; }
 for compile in false true; do
   if [ $compile = false ]; then want eager || continue; else want compile || continue; fi
-  step "bench train: ResNet-50 synthetic, batch 256, compile=$compile"
+  step "bench train: ResNet-50 synthetic, batch $BATCH, compile=$compile"
   baseline=; [ $compile = false ] && baseline=--baseline   # plain Horovod's synthetic benchmark beside it
-  HOROVOD_TIMELINE=$OUT/timeline-$compile.json $HVD bench train --config $CFG --controller "$CONTROLLER" \
-      --np 1 --batch 256 $baseline --warmup 15 --steps 40 --out-dir "$OUT" model.compile=$compile \
+  HOROVOD_TIMELINE=$OUT/timeline-$compile.json bench $baseline model.compile=$compile \
       | tee "$OUT/bench-train-compile-$compile.txt"
   echo "collective operations in the Horovod timeline (one worker: broadcasts only, Horovod skips the allreduce):"
   grep -o '"name": *"[A-Z]*_\(ALLREDUCE\|BCAST\|ALLGATHER\)"' "$OUT/timeline-$compile.json" | sort | uniq -c || true
   gzip -f "$OUT/timeline-$compile.json"
 done
+if want ddp; then
+  step "bench train: hvdfast beside torchrun + DDP (fp16 autocast, channels_last), batch $BATCH"
+  bench --baseline ddp | tee "$OUT/bench-train-ddp.txt"
+fi
+if want bf16; then
+  step "bench train: hvdfast with bf16 autocast, batch $BATCH"
+  bench train.precision=bf16 | tee "$OUT/bench-train-bf16.txt"
+fi
 
+if [ $HAVE_DALI = 0 ] && { want data || want fit; }; then
+  step "data, fit: skipped (DALI is not installed: pip package nvidia-dali-cuda130, or launch/install.sh)"
+  PARTS=${PARTS// data / }; PARTS=${PARTS// fit / }
+fi
 if want data || want fit; then
   step "JPEGs: $IMAGES photo-like images"
   [ -d "$OUT/photos/train" ] || $HVD data photos "$OUT/photos" --images "$IMAGES"
