@@ -69,23 +69,34 @@ def test_bench_train_runs_hvdfast_beside_torchrun_ddp(tmp_path):
 
 
 def test_cluster_model_recovers_what_made_the_points():
-    """Points made by the model itself (known T_cpu per wire format, eta per family) must be fitted back exactly,
-    every prediction then equal to its point; and the roles say which points fit what."""
+    """Points made by the model itself (known CPU share per wire format, eta per family; 2 hosts on 2 cores and 4
+    hosts sharing them) must be fitted back exactly, every prediction then equal to its point; the roles say which
+    points fit what; and a fit carried to other reports predicts all of their points, at any speed of the machine."""
     from hvdfast.bench import model_cluster as mc
     truth_cpu = {("hvdfast", "none"): 0.09, ("hvdfast", "powersgd"): 0.07, ("ddp", "bf16"): 0.11}
     truth_eta = {"hvdfast": 0.55, "ddp": 0.96}
     mb = {"none": 102.5, "powersgd": 1.55, "bf16": 51.3}
-    pts = []
-    for (family, fmt), cpu in truth_cpu.items():
-        for link in ("unlimited", "10gbit", "1gbit", "100mbit"):
-            p = mc.Point("synthetic", link, family, fmt, 0.0, mb[fmt], 0.654)
-            pts.append(mc.Point(p.source, link, family, fmt, mc.step_time(p, cpu, truth_eta[family]), p.wire_mb,
-                                p.compute_s))
+
+    def made(compute_s: float, share: float, scale_mb: float = 1.0) -> list:
+        pts = []
+        for (family, fmt), cpu in truth_cpu.items():
+            for link in ("unlimited", "10gbit", "1gbit", "100mbit"):
+                p = mc.Point("synthetic", link, family, fmt, 0.0, mb[fmt] * scale_mb, compute_s, share)
+                pts.append(mc.Point(p.source, link, family, fmt, mc.step_time(p, cpu, truth_eta[family]), p.wire_mb,
+                                    p.compute_s, share))
+        return pts
+
+    pts = made(0.654, 1.0)
     cpu, eta = mc.fit(pts)
     assert cpu == pytest.approx(truth_cpu) and eta == pytest.approx(truth_eta)
     rows = mc.check(pts, cpu, eta)
     assert max(abs(r["error"]) for r in rows) < 1e-9
     roles = {(r["link"], r["family"], r["format"]): r["role"] for r in rows}
-    assert roles[("unlimited", "ddp", "bf16")] == "fits T_cpu" and roles[("100mbit", "ddp", "bf16")] == "fits eta"
+    assert roles[("unlimited", "ddp", "bf16")] == "fits c" and roles[("100mbit", "ddp", "bf16")] == "fits eta"
     assert roles[("100mbit", "hvdfast", "powersgd")] == "predicted"  # 1.55 MB: too little traffic to fit eta on
     assert roles[("1gbit", "hvdfast", "none")] == "predicted"
+    # another day 1.6x slower, 4 hosts on the 2 cores (s = 2) sending the ring's 1.5x bytes: all predicted, exactly
+    other = made(0.654 * 1.6, 2.0, 1.5)
+    rows = mc.check(other, cpu, eta, fitted_here=False)
+    assert len(rows) == len(other) and {r["role"] for r in rows} == {"predicted"}
+    assert max(abs(r["error"]) for r in rows) < 1e-9

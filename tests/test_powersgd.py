@@ -20,10 +20,13 @@ def layout(shapes=SHAPES):
 
 
 def run_step(buckets, grads, op="average"):
-    """One PowerSGD step over simulated ranks: each bucket's flat holds that rank's gradient on entry and the
-    reduced gradient on exit. The allreduce is the mean (op=average) or the sum (op=prescaled)."""
+    """One PowerSGD step over simulated ranks: each rank's gradient is accumulated into the bucket's
+    accumulate_into buffer, as backward does under BucketedOptimizer (after zero_grad's zero_accumulator), and the
+    bucket's flat holds the reduced gradient on exit. The allreduce is the mean (op=average) or the sum
+    (op=prescaled)."""
     for b, g in zip(buckets, grads):
-        b.flat.copy_(g)
+        b.zero_accumulator()
+        b.accumulate_into.add_(g)
     wires = [b.begin() for b in buckets]
     while wires[0] is not None:
         reduced = torch.stack(wires).sum(0)

@@ -197,8 +197,8 @@ def run(args) -> int:
     for link, doc in tuned_docs.items():
         text += f"\n\nhvdfast tune on {link}: " + "; ".join(doc["why"])
     print(text)
-    j, md = write(Path(args.out_dir), "cluster", {"hardware": hw, "rows": rows, "alone": alone,
-                                                  "tuned": tuned_docs}, text)
+    j, md = write(Path(args.out_dir), "cluster", {"hardware": hw, "hosts": args.hosts, "threads": bench.threads,
+                                                  "rows": rows, "alone": alone, "tuned": tuned_docs}, text)
     plot(rows, j.with_suffix(".png"))
     print(f"\nwrote {j}, {md} and {j.with_suffix('.png')}")
     return 0

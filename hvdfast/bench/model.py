@@ -122,10 +122,14 @@ def main(argv=None) -> int:
     p.add_argument("--cluster", nargs="+", metavar="JSON",
                    help="instead: fit the model to `hvdfast bench cluster` reports (runs/bench/cluster-*.json) and "
                         "compare every measured point with it (hvdfast/bench/model_cluster.py)")
+    p.add_argument("--fit", nargs="+", metavar="JSON",
+                   help="with --cluster: fit on these reports instead, and predict every point of --cluster's")
     args = p.parse_args(argv)
+    if args.fit and not args.cluster:
+        p.error("--fit needs --cluster (the reports to predict)")
     if args.cluster:
         from . import model_cluster
-        return model_cluster.main(args.cluster)
+        return model_cluster.main(args.cluster, args.fit)
     cal = calibrate()
     print("Calibration (eta fitted to the first row, then used for the second):")
     print(markdown_table(cal, [("reference", "published run"), ("published", "published efficiency"),

@@ -1,21 +1,29 @@
-"""`hvdfast bench model --cluster FILE...`: the scaling model fitted on `hvdfast bench cluster`'s own runs.
+"""`hvdfast bench model --cluster FILE... [--fit FILE...]`: the scaling model fitted on `hvdfast bench cluster`'s
+own runs.
 
-On the emulated cluster (2 hosts, one worker and one core each, a shaped link) the paper model of model.py misses
-what dominates there: the cores that compute also run the TCP stack, the reduction and any compression, so
-communicating costs compute time even when the wire is idle. The step of one wire format over one link is
+On the emulated cluster (hosts that are network namespaces of one machine, one worker each, a shaped link) the
+paper model of model.py misses what dominates there: the cores that compute also run the TCP stack, the reduction
+and any compression, so communicating costs compute time even when the wire is idle. The step of one wire format
+over one link is
 
-    step = T_c + T_cpu(family, format) + max(0, bytes / (eta(family) * rate) - b * T_c)
+    step = s T_c (1 + c(family, format)) + max(0, bytes / (eta(family) * rate) - b s T_c)
 
 measured:  T_c       the same worker alone on one host (the run's compute limit);
-           bytes     what each worker sent per step (counted by the benchmark);
-           T_cpu     what that wire format costs the cores with the link out of the way: step - T_c on the
-                     fastest link it was run on (unlimited, else 10gbit);
+           bytes     what each worker sent per step (counted by the benchmark; the ring's 2 (N-1)/N is in them);
+           c         what that wire format costs the cores with the link out of the way, as a share of the
+                     compute: (step - s T_c) / (s T_c) on the fastest link it was run on (unlimited, else 10gbit);
+                     a share rather than seconds, so that a fit carries over to a day when the machine runs at
+                     another speed (drift here is up to 1.7x between days);
            rate      the link preset x 0.97 (tbf's measured delivery on these veths, README);
+           s         how many workers' threads share each core: hosts x threads / cores, at least 1 (4 emulated
+                     hosts on 2 cores: 2; their compute and their overheads take twice as long);
 assumed:   b = 2/3   the share of T_c (the backward pass) that communication can overlap;
-fitted:    eta       per transport family (hvdfast: Horovod's MPI controller here; plain Horovod: MPI with its
+fitted:    eta       per transport family (hvdfast: Horovod's controller here; plain Horovod: MPI with its
                      per-tensor fusion; DDP: Gloo), the fraction of the line rate it achieves, from the 100mbit
                      points that send more than 10 MB (where the wire dominates).
-Every other point (1gbit, 10gbit, and the slow-link points with little traffic) is a prediction.
+Every other point (1gbit, 10gbit, and the slow-link points with little traffic) is a prediction. With --fit, c
+and eta come from the --fit reports alone and every point of the --cluster reports is a prediction: the check on
+runs the model has not seen (another day, another number of hosts).
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ class Point:
     step_s: float          # measured step time
     wire_mb: float         # MB each worker sent per step
     compute_s: float       # T_c: the same worker alone
+    share: float = 1.0     # s: workers' threads per core (hosts x threads / cores, at least 1)
 
 
 def points(report: dict, source: str) -> list[Point]:
@@ -47,16 +56,18 @@ def points(report: dict, source: str) -> list[Point]:
     candidates `hvdfast tune --hosts` timed on each link."""
     compute = report["alone"]["hvdfast"]["step_s"]
     rows = report["rows"]
+    # reports before the hosts/threads fields were recorded: 2 hosts x 1 thread on this 2-core machine
+    share = max(1.0, report.get("hosts", 2) * report.get("threads", 1) / report["hardware"].get("cores", 2))
     images_per_step = rows[0]["img_s"] * rows[0]["step_s"]  # the same for every variant of a report
     out = []
     for r in rows:
         family = r["variant"] if r["variant"] in ("hvdfast", "horovod") else "ddp"
         fmt = r["settings"] if family != "ddp" else (r["settings"] or "none")
-        out.append(Point(source, r["link"], family, fmt, r["step_s"], r["wire_mb_per_step"], compute))
+        out.append(Point(source, r["link"], family, fmt, r["step_s"], r["wire_mb_per_step"], compute, share))
     for link, tuned in (report.get("tuned") or {}).items():
         for c in tuned.get("candidates", []):
             out.append(Point(f"{source} tune", link, "hvdfast", c["compression"], images_per_step / c["img_s"],
-                             c["wire_mb"], compute))
+                             c["wire_mb"], compute, share))
     return out
 
 
@@ -67,58 +78,71 @@ def load(paths) -> list[Point]:
     return pts
 
 
-def step_time(p: Point, cpu_s: float, eta: float, overlap: float = OVERLAP) -> float:
+def step_time(p: Point, cpu_share: float, eta: float, overlap: float = OVERLAP) -> float:
     rate = LINK_RATE[p.link]
+    busy = p.share * p.compute_s
     wire = 0.0 if rate is None else p.wire_mb * 1e6 / (eta * rate * TBF_DELIVERY)
-    return p.compute_s + cpu_s + max(0.0, wire - overlap * p.compute_s)
+    return busy * (1 + cpu_share) + max(0.0, wire - overlap * busy)
 
 
 def fit(pts: list[Point], overlap: float = OVERLAP) -> tuple[dict, dict]:
-    """(T_cpu per (family, format), eta per family): T_cpu from each format's fastest link, then eta solved on
-    each slow-link, high-traffic point (median per family)."""
+    """(c per (family, format), eta per family): c from each format's fastest link, then eta solved on each
+    slow-link, high-traffic point (median per family)."""
     cpu: dict = {}
     for key in {(p.family, p.wire_format) for p in pts}:
         mine = [p for p in pts if (p.family, p.wire_format) == key]
         fastest = min((SPEED_ORDER.index(p.link) for p in mine))
-        cpu[key] = statistics.mean(p.step_s - p.compute_s for p in mine if SPEED_ORDER.index(p.link) == fastest)
+        cpu[key] = statistics.mean(p.step_s / (p.share * p.compute_s) - 1
+                                   for p in mine if SPEED_ORDER.index(p.link) == fastest)
     eta: dict = {}
     for family in sorted({p.family for p in pts}):
         solved = []
         for p in pts:
             if p.family == family and p.link == FIT_LINK and p.wire_mb > FIT_MIN_MB:
-                exposed = p.step_s - p.compute_s - cpu[(family, p.wire_format)] + overlap * p.compute_s
+                busy = p.share * p.compute_s
+                exposed = p.step_s - busy * (1 + cpu[(family, p.wire_format)]) + overlap * busy
                 if exposed > 0:
                     solved.append(p.wire_mb * 1e6 / (LINK_RATE[FIT_LINK] * TBF_DELIVERY) / exposed)
         eta[family] = statistics.median(solved) if solved else 1.0
     return cpu, eta
 
 
-def check(pts: list[Point], cpu: dict, eta: dict) -> list[dict]:
-    """Measured against modelled, each point marked by what it was used for."""
+def check(pts: list[Point], cpu: dict, eta: dict, fitted_here: bool = True) -> list[dict]:
+    """Measured against modelled, each point marked by what it was used for (fitted_here=False: the fit came from
+    other reports, so every point is a prediction; points whose family or format the fit never saw are left out)."""
     rows = []
-    fastest = {k: min(SPEED_ORDER.index(p.link) for p in pts if (p.family, p.wire_format) == k) for k in cpu}
+    fastest = {k: min(SPEED_ORDER.index(p.link) for p in pts if (p.family, p.wire_format) == k)
+               for k in {(p.family, p.wire_format) for p in pts}}
     for p in pts:
         key = (p.family, p.wire_format)
+        if key not in cpu or p.family not in eta:
+            continue
         pred = step_time(p, cpu[key], eta[p.family])
-        role = ("fits T_cpu" if SPEED_ORDER.index(p.link) == fastest[key] else
+        role = ("predicted" if not fitted_here else
+                "fits c" if SPEED_ORDER.index(p.link) == fastest[key] else
                 "fits eta" if p.link == FIT_LINK and p.wire_mb > FIT_MIN_MB else "predicted")
         rows.append({"source": p.source, "link": p.link, "family": p.family, "format": p.wire_format,
-                     "wire_mb": p.wire_mb, "measured_eff": p.compute_s / p.step_s, "model_eff": p.compute_s / pred,
-                     "error": pred / p.step_s - 1, "role": role})
+                     "wire_mb": p.wire_mb, "measured_eff": p.share * p.compute_s / p.step_s,
+                     "model_eff": p.share * p.compute_s / pred, "error": pred / p.step_s - 1, "role": role})
     return rows
 
 
-def main(paths) -> int:
+def main(paths, fit_paths=None) -> int:
     from .report import markdown_table
     pts = load(paths)
-    cpu, eta = fit(pts)
-    rows = check(pts, cpu, eta)
-    print("Fitted: eta (fraction of the shaped line rate reached) " +
-          ", ".join(f"{f} {e:.2f}" for f, e in sorted(eta.items())) + "; T_cpu (s per step) " +
+    cpu, eta = fit(load(fit_paths) if fit_paths else pts)
+    rows = check(pts, cpu, eta, fitted_here=not fit_paths)
+    print(("Fitted on " + ", ".join(Path(f).stem for f in fit_paths) + ": " if fit_paths else "Fitted: ") +
+          "eta (fraction of the shaped line rate reached) " +
+          ", ".join(f"{f} {e:.2f}" for f, e in sorted(eta.items())) + "; c (CPU cost per step, share of T_c) " +
           ", ".join(f"{f}/{w} {t:.3f}" for (f, w), t in sorted(cpu.items())))
+    print("efficiency here: the worker's compute (T_c x s, s = threads per core) over the step")
     print(markdown_table(rows, [("source", "report"), ("link", "link"), ("family", "family"), ("format", "format"),
                                 ("wire_mb", "MB/step"), ("measured_eff", "measured eff"),
                                 ("model_eff", "model eff"), ("error", "step error"), ("role", "point")]))
+    unseen = sorted({f"{p.family}/{p.wire_format}" for p in pts if (p.family, p.wire_format) not in cpu})
+    if unseen:
+        print(f"\nnot predicted (no such points in the fit): {', '.join(unseen)}")
     predicted = [r for r in rows if r["role"] == "predicted"]
     within = sum(abs(r["error"]) <= 0.10 for r in predicted)
     print(f"\n{within} of {len(predicted)} predicted points within 10% of the measured step time "

@@ -78,6 +78,7 @@ class _Bucket:
             self.views.append(_view(self.flat, offset, p))
             self.layout.append((offset, p.numel(), tuple(p.shape)))
             offset += p.numel()
+        self.grads = self.views  # what the parameters' .grad are while backward runs (see BucketedOptimizer)
         self.ready = 0
         self.handle = None   # the allreduce in flight, if any
         self.round = 0       # allreduces done this step (PowerSGD needs two)
@@ -111,9 +112,14 @@ class BucketedOptimizer:
                                                     local_scale=1.0 / workers if op == "prescaled" else 1.0)
             else:
                 b.reducer = _OneRound(b.flat, compression.get(compression_name))
+            acc = getattr(b.reducer, "accumulate_into", b.flat)
+            if acc is not b.flat:
+                # PowerSGD with error feedback: backward accumulates into its error buffer (M = error + gradient
+                # for free); synchronize points the .grad at flat, where the averaged gradient lands
+                b.grads = [_view(acc, offset, p) for p, (offset, _, _) in zip(b.params, b.layout)]
         self._where = {}
         for b in self.buckets:
-            for p, v in zip(b.params, b.views):
+            for p, v in zip(b.params, b.grads):
                 p.grad = v  # backward accumulates into the view in place (the grad exists, so no new tensor)
                 self._where[p] = (b, v)
                 p.register_post_accumulate_grad_hook(self._on_grad)
@@ -166,6 +172,9 @@ class BucketedOptimizer:
             self._progress(oldest, block=True)
         for bucket in self.buckets:
             bucket.ready = bucket.round = 0
+            if bucket.grads is not bucket.views:
+                for p, v in zip(bucket.params, bucket.views):
+                    p.grad = v  # the averaged gradient, for clipping and the update
         self._synchronized = True
 
     @contextlib.contextmanager
@@ -183,8 +192,13 @@ class BucketedOptimizer:
         return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        for bucket in self.buckets:
-            bucket.flat.zero_()  # the views stay the gradients (set_to_none is ignored on purpose)
+        for bucket in self.buckets:  # the views stay the gradients (set_to_none is ignored on purpose)
+            if bucket.grads is bucket.views:
+                bucket.flat.zero_()
+            else:  # PowerSGD: backward accumulates onto the error again (its uncompressed part from zero)
+                bucket.reducer.zero_accumulator()
+                for p, v in zip(bucket.params, bucket.grads):
+                    p.grad = v
 
     @property
     def param_groups(self):
