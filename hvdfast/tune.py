@@ -66,10 +66,13 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
 # Across hosts: the gradient's wire format decides more than any Horovod knob. Each candidate is (compression,
 # bucket MiB, Horovod cycle time in ms or None for the recipe's). PowerSGD with 2, 6, 8 and 25 MiB buckets measured
 # within noise of each other at 100 Mbit/s and 1 Gbit/s (ResNet-50, 2 emulated hosts), 25 MiB at the top or tied:
-# fewer, larger buckets cost fewer calls. PowerSGD takes two allreduces per bucket, each waiting for a cycle of
-# Horovod's background thread: at 5 ms instead of the CPU recipe's 20 the wait after backward fell from 0.035-0.047
-# to 0.015-0.026 s per step and the step was 1.6% faster (1 Gbit/s, 12 pairs of runs, 2026-11-26).
-HOST_CANDIDATES = (("none", 25.0, None), ("fp16", 25.0, None), ("powersgd", 25.0, 5.0))
+# fewer, larger buckets cost fewer calls. Every bucket's allreduce waits for a cycle of Horovod's background thread
+# (PowerSGD's two rounds wait twice): across hosts a 5 ms cycle beat the CPU recipe's 20 ms, which was chosen on one
+# host where the thread competes with compute. PowerSGD at 1 Gbit/s: the wait after backward fell from 0.035-0.047
+# to 0.015-0.026 s per step, 1.6% faster over 12 pairs of runs; uncompressed at 10 Gbit/s: 0.019-0.027 to
+# 0.009-0.013 s, 2.3% faster over 2 pairs (2026-11-26, 2 emulated hosts).
+HOST_CYCLE_MS = 5.0
+HOST_CANDIDATES = (("none", 25.0, HOST_CYCLE_MS), ("fp16", 25.0, HOST_CYCLE_MS), ("powersgd", 25.0, HOST_CYCLE_MS))
 # PowerSGD sends an approximation of each weight's gradient (error feedback carries the rest into later steps);
 # it must be this much faster than the best format that sends the whole gradient (none, or fp16-rounded) to win.
 APPROX_MARGIN = 1.05

@@ -120,6 +120,7 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, host
             "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
             "ranks_agree": all(len({r["params_sha256"] for r in run}) == 1 for run in repeats),
             "settings": ranks[0].get("compression", ranks[0].get("hook", "")), "alone_img_s": alone["img_s"],
+            "controller": ranks[0].get("controller", "gloo (torch)"),
             "runs": len(repeats)}
 
 

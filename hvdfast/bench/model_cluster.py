@@ -18,8 +18,9 @@ measured:  T_c       the same worker alone on one host (the run's compute limit)
            s         how many workers' threads share each core: hosts x threads / cores, at least 1 (4 emulated
                      hosts on 2 cores: 2; their compute and their overheads take twice as long);
 assumed:   b = 2/3   the share of T_c (the backward pass) that communication can overlap;
-fitted:    eta       per transport family (hvdfast: Horovod's controller here; plain Horovod: MPI with its
-                     per-tensor fusion; DDP: Gloo), the fraction of the line rate it achieves, from the 100mbit
+fitted:    eta       per transport family (hvdfast over Horovod's MPI controller, hvdfast-gloo over its Gloo one;
+                     plain Horovod: MPI with its per-tensor fusion; DDP: Gloo), the fraction of the line rate it
+                     achieves, from the 100mbit
                      points that send more than 10 MB (where the wire dominates).
 Every other point (1gbit, 10gbit, and the slow-link points with little traffic) is a prediction. With --fit, c
 and eta come from the --fit reports alone and every point of the --cluster reports is a prediction: the check on
@@ -43,7 +44,7 @@ SPEED_ORDER = ("unlimited", "10gbit", "1gbit", "100mbit")
 class Point:
     source: str            # which report (and "tune" for hvdfast tune's candidates on that link)
     link: str
-    family: str            # hvdfast | horovod | ddp
+    family: str            # hvdfast (Horovod's MPI controller) | hvdfast-gloo | horovod | ddp
     wire_format: str       # none | fp16 | bf16 | powersgd (hvdfast, horovod) or the DDP hook
     step_s: float          # measured step time
     wire_mb: float         # MB each worker sent per step
@@ -59,14 +60,23 @@ def points(report: dict, source: str) -> list[Point]:
     # reports before the hosts/threads fields were recorded: 2 hosts x 1 thread on this 2-core machine
     share = max(1.0, report.get("hosts", 2) * report.get("threads", 1) / report["hardware"].get("cores", 2))
     images_per_step = rows[0]["img_s"] * rows[0]["step_s"]  # the same for every variant of a report
+    tuned = report.get("tuned") or {}
+
+    def hvdfast_family(controller: str | None) -> str:  # hvdfast's transport is its controller's
+        return "hvdfast-gloo" if controller == "gloo" else "hvdfast"
+
     out = []
     for r in rows:
         family = r["variant"] if r["variant"] in ("hvdfast", "horovod") else "ddp"
+        if family == "hvdfast":  # reports before rows recorded it: the controller tune chose on the link, or MPI
+            family = hvdfast_family(r.get("controller") or
+                                    (tuned.get(r["link"]) or {}).get("launcher", {}).get("controller"))
         fmt = r["settings"] if family != "ddp" else (r["settings"] or "none")
         out.append(Point(source, r["link"], family, fmt, r["step_s"], r["wire_mb_per_step"], compute, share))
-    for link, tuned in (report.get("tuned") or {}).items():
-        for c in tuned.get("candidates", []):
-            out.append(Point(f"{source} tune", link, "hvdfast", c["compression"], images_per_step / c["img_s"],
+    for link, doc in tuned.items():
+        for c in doc.get("candidates", []):
+            out.append(Point(f"{source} tune", link, hvdfast_family(c.get("controller")), c["compression"],
+                             images_per_step / c["img_s"],
                              c["wire_mb"], compute, share))
     return out
 
@@ -140,7 +150,8 @@ def main(paths, fit_paths=None) -> int:
     print(markdown_table(rows, [("source", "report"), ("link", "link"), ("family", "family"), ("format", "format"),
                                 ("wire_mb", "MB/step"), ("measured_eff", "measured eff"),
                                 ("model_eff", "model eff"), ("error", "step error"), ("role", "point")]))
-    unseen = sorted({f"{p.family}/{p.wire_format}" for p in pts if (p.family, p.wire_format) not in cpu})
+    unseen = sorted({f"{p.family}/{p.wire_format}" for p in pts
+                     if (p.family, p.wire_format) not in cpu or p.family not in eta})
     if unseen:
         print(f"\nnot predicted (no such points in the fit): {', '.join(unseen)}")
     predicted = [r for r in rows if r["role"] == "predicted"]
