@@ -20,8 +20,7 @@ measured:  T_c       the same worker alone on one host (the run's compute limit)
 assumed:   b = 2/3   the share of T_c (the backward pass) that communication can overlap;
 fitted:    eta       per transport family (hvdfast over Horovod's MPI controller, hvdfast-gloo over its Gloo one;
                      plain Horovod: MPI with its per-tensor fusion; DDP: Gloo), the fraction of the line rate it
-                     achieves, from the 100mbit
-                     points that send more than 10 MB (where the wire dominates).
+                     achieves, from the 100mbit points that send more than 10 MB (where the wire dominates).
 Every other point (1gbit, 10gbit, and the slow-link points with little traffic) is a prediction. With --fit, c
 and eta come from the --fit reports alone and every point of the --cluster reports is a prediction: the check on
 runs the model has not seen (another day, another number of hosts).
