@@ -64,7 +64,7 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
 
 
 # Across hosts: the gradient's wire format decides more than any Horovod knob. Each candidate is (compression,
-# bucket MiB, Horovod cycle time in ms or None for the recipe's). PowerSGD with 2, 6, 8 and 25 MiB buckets measured
+# bucket MiB), all measured and kept with HOST_CYCLE_MS. PowerSGD with 2, 6, 8 and 25 MiB buckets measured
 # within noise of each other at 100 Mbit/s and 1 Gbit/s (ResNet-50, 2 emulated hosts), 25 MiB at the top or tied:
 # fewer, larger buckets cost fewer calls. Every bucket's allreduce waits for a cycle of Horovod's background thread
 # (PowerSGD's two rounds wait twice): across hosts a 5 ms cycle beat the CPU recipe's 20 ms, which was chosen on one
@@ -72,7 +72,7 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
 # to 0.015-0.026 s per step, 1.6% faster over 12 pairs of runs; uncompressed at 10 Gbit/s: 0.019-0.027 to
 # 0.009-0.013 s, 2.3% faster over 2 pairs (2026-11-26, 2 emulated hosts).
 HOST_CYCLE_MS = 5.0
-HOST_CANDIDATES = (("none", 25.0, HOST_CYCLE_MS), ("fp16", 25.0, HOST_CYCLE_MS), ("powersgd", 25.0, HOST_CYCLE_MS))
+HOST_CANDIDATES = (("none", 25.0), ("fp16", 25.0), ("powersgd", 25.0))
 # PowerSGD sends an approximation of each weight's gradient (error feedback carries the rest into later steps);
 # it must be this much faster than the best format that sends the whole gradient (none, or fp16-rounded) to win.
 APPROX_MARGIN = 1.05
@@ -83,12 +83,10 @@ def tune_hosts(measure, steps: int) -> dict:
     only when it beats the whole-gradient formats by APPROX_MARGIN). measure(overrides, steps) runs `hvdfast bench
     train`'s worker across the hosts and returns its per-rank results."""
     rows = []
-    for comp, mb, cycle in HOST_CANDIDATES:
-        knobs = [f"horovod.compression={comp}", f"horovod.bucket_mb={mb:g}", "horovod.op=prescaled"]
-        knobs += [f"horovod.cycle_time_ms={cycle:g}"] if cycle else []
-        ranks = measure(knobs + ["horovod.tuned=never"], steps)
-        rows.append({"compression": comp, "bucket_mb": mb, "cycle_time_ms": cycle,
-                     "img_s": sum(r["img_s"] for r in ranks),
+    for comp, mb in HOST_CANDIDATES:
+        ranks = measure([f"horovod.compression={comp}", f"horovod.bucket_mb={mb:g}", "horovod.op=prescaled",
+                         f"horovod.cycle_time_ms={HOST_CYCLE_MS:g}", "horovod.tuned=never"], steps)
+        rows.append({"compression": comp, "bucket_mb": mb, "img_s": sum(r["img_s"] for r in ranks),
                      "wire_mb": max(r["wire_mb_per_step"] for r in ranks), "controller": ranks[0]["controller"]})
     whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["img_s"])
     fastest = max(rows, key=lambda r: r["img_s"])
@@ -97,10 +95,8 @@ def tune_hosts(measure, steps: int) -> dict:
            f"{best['img_s']:.2f} img/s ({best['wire_mb']:.1f} MB sent per step per worker)"]
     why += [f"{r['compression']}: {r['img_s']:.2f} img/s ({best['img_s'] / r['img_s']:.2f}x slower, "
             f"{r['wire_mb']:.1f} MB/step)" for r in rows if r is not best]
-    chosen = {"compression": best["compression"], "bucket_mb": best["bucket_mb"], "op": "prescaled"}
-    if best["cycle_time_ms"]:
-        chosen["cycle_time_ms"] = best["cycle_time_ms"]
-    return {"horovod": chosen,
+    return {"horovod": {"compression": best["compression"], "bucket_mb": best["bucket_mb"], "op": "prescaled",
+                        "cycle_time_ms": HOST_CYCLE_MS},
             "launcher": {"controller": best["controller"], "env": {}}, "why": why, "candidates": rows}
 
 

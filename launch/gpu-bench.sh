@@ -30,10 +30,10 @@ want() { [[ "$PARTS" == *" $1 "* ]]; }
 PY=${PYTHON:-python3}
 
 if want install; then
-  step "install: launch/install.sh into $("$PY" -c 'import sys; print(sys.prefix)') (keeping its torch)"
+  export HVDFAST_VENV=${HVDFAST_VENV:-$("$PY" -c 'import sys; print(sys.prefix)')}
+  step "install: launch/install.sh into $HVDFAST_VENV (keeping its torch)"
   "$PY" -c "import sys, torch, torchvision; print(sys.version.split()[0], 'torch', torch.__version__, \
 'torchvision', torchvision.__version__, torch.cuda.get_device_name(0))"
-  export HVDFAST_VENV=${HVDFAST_VENV:-$("$PY" -c 'import sys; print(sys.prefix)')}
   export HVDFAST_TORCH=keep HVDFAST_EXTRAS=${HVDFAST_EXTRAS-} HVDFAST_NO_APT=${HVDFAST_NO_APT:-1}
   # Horovod's CUDA kernels for this GPU only (its default is every architecture nvcc knows, twice)
   export HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-$("$PY" -c \
