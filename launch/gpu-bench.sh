@@ -8,10 +8,12 @@
 #      synthetic-benchmark setup; beside torchrun + DDP (fp16, channels_last); torch.compile; bf16 autocast.
 #      A Horovod timeline shows the collectives that ran
 #   3. DALI GPU decode rate from JPEG (and torchvision's, same cores) with `hvdfast bench data`
-#   4. ResNet-50 trained from those JPEGs through DALI (`hvdfast train`), the DALI-fed rate
+#   4. ResNet-50 trained by `hvdfast train` on synthetic data, then on those JPEGs through DALI: the DALI-fed rate
+#      as a share of the synthetic one (FIT_EPOCHS, default 3;
+#      FIT_ARGS: more config overrides for both runs)
 # Usage: bash launch/gpu-bench.sh [OUT_DIR] [IMAGES]     (defaults: runs/gpu-bench, 8192 JPEGs)
 #   PARTS="install doctor tests nccl eager ddp compile bf16 data fit" selects sections (default: all but install);
-#   BATCH (256), STEPS (40), WARMUP (15) size the synthetic runs; FIT_COMPILE=true trains the "fit" part with
+#   BATCH (256), STEPS (40), WARMUP (15) size the synthetic runs; FIT_COMPILE=true trains the "fit" runs with
 #   model.compile=true; data and fit are skipped with a message where DALI is not installed.
 # Measured output: README, "On one H100 / H200".
 set -euo pipefail
@@ -99,10 +101,25 @@ if want data; then
 fi
 
 if want fit; then
-  step "train: ResNet-50 from the JPEGs through DALI (model.compile=${FIT_COMPILE:-false})"
-  run="$OUT/train-compile-${FIT_COMPILE:-false}"
-  rm -rf "$run"
-  horovodrun -np 1 -H localhost:1 "--$CONTROLLER" $HVD train --config $CFG data.dir="$OUT/photos" \
-      train.epochs=4 optim.warmup_epochs=1 train.log_every=8 train.run_dir="$run" train.resume=never \
-      train.checkpoint_every=0 model.compile="${FIT_COMPILE:-false}" | tee "$OUT/train.txt"
+  # The same trainer, config and batch twice; only the data differs: synthetic tensors already on the GPU, then
+  # the JPEGs decoded by DALI (nvJPEG, device="mixed"). DALI-fed / synthetic is what the input pipeline costs.
+  fc=${FIT_COMPILE:-false}
+  for backend in synthetic dali; do
+    step "train: $backend data, batch $BATCH, model.compile=$fc"
+    run="$OUT/train-$backend-compile-$fc"
+    rm -rf "$run"
+    horovodrun -np 1 -H localhost:1 "--$CONTROLLER" $HVD train --config $CFG data.backend=$backend \
+        data.dir="$OUT/photos" data.synthetic_images="$IMAGES" data.synthetic_classes=2 data.batch_size="$BATCH" \
+        train.epochs="${FIT_EPOCHS:-3}" optim.warmup_epochs=1 train.log_every=8 train.run_dir="$run" \
+        train.resume=never train.checkpoint_every=0 model.compile="$fc" ${FIT_ARGS:-} | tee "$OUT/train-$backend.txt"
+  done
+  "$PY" - "$OUT/train-synthetic-compile-$fc" "$OUT/train-dali-compile-$fc" <<'PYEOF'
+import json, sys
+rate = []
+for run in sys.argv[1:]:
+    s = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"kind": "summary"' in l][-1]
+    rate.append(s["mean_img_s"])
+print(f"DALI-fed {rate[1]:.1f} img/s / synthetic {rate[0]:.1f} img/s = {rate[1] / rate[0]:.3f} "
+      f"(the same trainer; mean of the log windows after the first)")
+PYEOF
 fi
