@@ -1,7 +1,8 @@
 """`hvdfast bench cluster` end to end on 2 emulated hosts with a 1 Gbit/s link: the hvdfast variant (tuned on the
 link, through horovodrun over ssh) and torchrun + DDP, a few steps of a small model each. Timing is the
 benchmark's business; this checks that every variant ran across the hosts, that each one's ranks agree, that the
-report has every column, and that the bytes each worker sent match its wire format."""
+report has every column, that the bytes each worker sent match its wire format, and that each host ran on cores
+of its own."""
 import json
 import os
 import subprocess
@@ -38,5 +39,13 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     assert rows["hvdfast"]["settings"] == chosen
     share = {"none": (0.95, 1.5), "fp16": (0.45, 0.75), "powersgd": (0.0, 0.1)}[chosen]
     assert share[0] * grad_mb < rows["hvdfast"]["wire_mb_per_step"] < share[1] * grad_mb
+    # each host on cores of its own (rank i on host i), and the compute limit measured on the first host's cores
+    k = (os.cpu_count() or 1) // 2
+    if k >= 1:
+        want = [str(i) if k == 1 else f"{i * k}-{i * k + k - 1}" for i in range(2)]
+        assert list(report["host_cpus"].values()) == want
+        for r in rows.values():
+            assert r["cpus"] == want, (r["variant"], r["cpus"])
+        assert {a["cpus"] for a in report["alone"]["hvdfast"]["runs"]} == {want[0]}
     assert list(tmp_path.glob("cluster-*.png")) and list(tmp_path.glob("cluster-*.md"))
     assert not [line for line in os.popen("ip netns list").read().splitlines() if "hvdfast" in line]

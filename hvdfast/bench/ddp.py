@@ -45,7 +45,7 @@ def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter
 def main(argv=None) -> int:
     from .. import engine, models
     from ..train import param_digest
-    from .train import net_bytes_sent, peak_rss_mb, synthetic_batch
+    from .train import cpus, net_bytes_sent, peak_rss_mb, synthetic_batch
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
@@ -92,8 +92,9 @@ def main(argv=None) -> int:
         sync()
         times.append(time.perf_counter() - t0)
     step = statistics.median(times[args.warmup:])
-    mine = {"rank": rank, "threads": torch.get_num_threads(), "step_s": step, "img_s": args.batch / step,
-            "wire_mb_per_step": (net_bytes_sent() - sent0) / args.steps / 1e6, "peak_rss_mb": peak_rss_mb(),
+    mine = {"rank": rank, "threads": torch.get_num_threads(), "cpus": cpus(), "step_s": step,
+            "img_s": args.batch / step, "wire_mb_per_step": (net_bytes_sent() - sent0) / args.steps / 1e6,
+            "peak_rss_mb": peak_rss_mb(),
             "precision": prec.name, "hook": args.hook, "params_sha256": param_digest(model), "device": str(device)}
     ranks: list = [None] * size
     tdist.all_gather_object(ranks, mine)

@@ -10,6 +10,8 @@ receives at most `rate` (e.g. "1gbit"; measured 0.97 Gbit/s at 1gbit here).
 
 Hosts are declared as (name, hostname, extra sshd_config lines): a host may report another host's hostname (a
 cloned node) or carry environment through sshd's SetEnv (version skew), and `down` names get an address but no sshd.
+`cpus` gives a host cores of its own (taskset on its sshd, so everything started there through ssh inherits them),
+as a real host has: without it the hosts share every core of this machine.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def unavailable() -> str | None:
         return "needs root to create network namespaces and run sshd"
     if not Path(SSHD).is_file():
         return f"{SSHD} is missing (apt-get install openssh-server; launch/test.sh installs it when root)"
-    for tool in ("ip", "tc", "unshare", "ssh-keygen", "ssh"):
+    for tool in ("ip", "tc", "unshare", "taskset", "ssh-keygen", "ssh"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (iproute2, util-linux, openssh-client)"
     return None
@@ -44,8 +46,10 @@ def _sh(*cmd: str) -> None:
 
 
 class Cluster:
-    def __init__(self, workdir: Path, hosts: list[tuple[str, str, list[str]]], down: list[str] = ()):
+    def __init__(self, workdir: Path, hosts: list[tuple[str, str, list[str]]], down: list[str] = (),
+                 cpus: dict[str, str] | None = None):
         self.dir = workdir
+        self.cpus = dict(cpus or {})  # host name -> CPU list in taskset's syntax ("0", "2-3")
         self.tag = f"{os.getpid() % 100000}"
         self.net = f"10.77.{os.getpid() % 250}"
         self.hosts = hosts
@@ -94,6 +98,8 @@ class Cluster:
                 "UsePAM no", "StrictModes no", "PidFile none", *extra]) + "\n")
             inner = (f"hostname {shlex.quote(hostname)} && mount --bind {d / 'hosts'} /etc/hosts && "
                      f"exec {SSHD} -D -e -f {cfg}")
+            if name in self.cpus:
+                inner = inner.replace(f"exec {SSHD}", f"exec taskset -c {self.cpus[name]} {SSHD}")
             log = open(d / f"sshd_{name}.log", "w")
             self.procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", ns, "unshare", "--uts", "--mount", "--fork", "sh", "-c", inner],

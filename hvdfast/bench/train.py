@@ -52,6 +52,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpus() -> str:
+    """The cores this process may run on (its affinity), as taskset writes them: "0", "0-3", "0,2"."""
+    ids = sorted(os.sched_getaffinity(0))
+    runs, start = [], ids[0]
+    for prev, cur in zip(ids, ids[1:] + [None]):
+        if cur != prev + 1:
+            runs.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(runs)
+
+
 def _worker(args) -> None:
     from .. import config, dist, engine, models, tuned
     from ..run.summary import param_digest
@@ -93,7 +104,7 @@ def _worker(args) -> None:
                        loss_divisor=divisor, log_every=total, on_step=on_step, step_times=step_times)
     times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in step_times[args.warmup:]]
     wire = (net_bytes_sent() - sent[0]) / args.steps
-    per_rank = {"rank": info.rank, "threads": torch.get_num_threads(), "controller": info.controller,
+    per_rank = {"rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(), "controller": info.controller,
                 "wire_mb_per_step": wire / 1e6, "peak_rss_mb": peak_rss_mb(), "params_sha256": param_digest(model),
                 "compute_s": statistics.median(t[0] for t in times),
                 "comm_wait_s": statistics.median(t[1] for t in times),
