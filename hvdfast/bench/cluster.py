@@ -20,9 +20,9 @@ Each worker host gets cores / hosts cores of its own (taskset on its sshd; the l
 shares them all) and a worker of that many threads, as hosts of a real cluster do not share cores; the one-host
 runs of the compute limit run on the first worker host, so on the same cores. Without that (`--shared-cores`, or
 more hosts than cores) every worker's threads, Horovod's background thread and the kernel's TCP work compete for
-all of the machine's cores, and a worker alone borrows the idle host's core for its helpers: its limit is then that
-of a bigger host than the ones the cluster runs on (2026-11-26, ResNet-50 at 1 Gbit/s: the same cluster throughput,
-its limit 5% higher).
+all of the machine's cores, and a worker alone may borrow the idle host's core for its helpers. What the hosts
+still share is the memory system: two workers that never communicate, each on its own core, reach 0.95-0.97 of
+the compute limit here (2026-11-26), so no wire format can do better on this machine.
 """
 from __future__ import annotations
 
