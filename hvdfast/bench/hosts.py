@@ -96,10 +96,9 @@ class Cluster:
                 "Port 22", f"HostKey {d / 'hostkey'}", f"AuthorizedKeysFile {d / 'id.pub'}",
                 "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
                 "UsePAM no", "StrictModes no", "PidFile none", *extra]) + "\n")
+            pin = f"taskset -c {self.cpus[name]} " if name in self.cpus else ""
             inner = (f"hostname {shlex.quote(hostname)} && mount --bind {d / 'hosts'} /etc/hosts && "
-                     f"exec {SSHD} -D -e -f {cfg}")
-            if name in self.cpus:
-                inner = inner.replace(f"exec {SSHD}", f"exec taskset -c {self.cpus[name]} {SSHD}")
+                     f"exec {pin}{SSHD} -D -e -f {cfg}")
             log = open(d / f"sshd_{name}.log", "w")
             self.procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", ns, "unshare", "--uts", "--mount", "--fork", "sh", "-c", inner],

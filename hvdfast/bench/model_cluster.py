@@ -75,8 +75,7 @@ def points(report: dict, source: str) -> list[Point]:
     for link, doc in tuned.items():
         for c in doc.get("candidates", []):
             out.append(Point(f"{source} tune", link, hvdfast_family(c.get("controller")), c["compression"],
-                             images_per_step / c["img_s"],
-                             c["wire_mb"], compute, share))
+                             images_per_step / c["img_s"], c["wire_mb"], compute, share))
     return out
 
 
