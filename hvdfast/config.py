@@ -240,6 +240,9 @@ def validate(cfg: Config) -> None:
     if len(cfg.data.crop_scale) != 2 or not (0 < lo <= hi <= 1):
         raise ConfigError(f"config key 'data.crop_scale' must be [min, max] with 0 < min <= max <= 1, "
                           f"got {list(cfg.data.crop_scale)}.")
+    if cfg.horovod.compression == "powersgd" and cfg.horovod.op == "adasum":
+        raise ConfigError("horovod.compression=powersgd averages low-rank factors of the gradients; op=adasum does "
+                          "not average (set horovod.op=average or prescaled, or another horovod.compression).")
     if cfg.horovod.bucket_mb > 0 and cfg.horovod.op == "adasum":
         raise ConfigError("horovod.bucket_mb averages gradients in buckets; it does not apply to op=adasum "
                           "(set horovod.bucket_mb=0).")
