@@ -113,6 +113,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0   # also checkpoint every N optimizer steps (mid-epoch); 0 = off
     keep_checkpoints: int = 2         # newest checkpoints kept
     progress: str = "auto"            # auto (bar on a TTY, lines otherwise) | bar | lines
+    gc_every: int = 50                # optimizer steps between Python garbage collections, at the same step on
+                                      # every rank (automatic collection is off while training); 0 = Python's own
     threads: int = 0                  # torch threads per worker; 0 = the cores it owns (affinity / local ranks)
     elastic: bool = False             # Horovod elastic training (horovodrun --min-np/--max-np/--host-discovery-script)
     hang_timeout_s: float = 600.0     # seconds without progress before every rank dumps its stack and rank 0
@@ -146,7 +148,7 @@ POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.ba
 NON_NEGATIVE = {"horovod.fusion_threshold_mb", "horovod.bucket_mb", "optim.weight_decay", "optim.momentum",
                 "optim.warmup_epochs", "optim.warmup_from", "optim.end_lr",
                 "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",
-                "train.hang_timeout_s", "train.threads",
+                "train.hang_timeout_s", "train.threads", "train.gc_every",
                 "horovod.stall_check_warning_s",
                 "horovod.stall_check_shutdown_s"}
 

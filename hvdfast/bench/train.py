@@ -94,14 +94,17 @@ def _worker(args) -> None:
     def on_step(step: int) -> None:
         if step == args.warmup:
             sent[0] = net_bytes_sent()
+        collect(step)
 
     # The training engine's own step (what `hvdfast train` runs), timed per phase: forward+backward, the wait
     # for the allreduces backward did not hide, and the update.
     step_times: list = []
     total = args.warmup + args.steps
-    engine.train_epoch(forward, opt, itertools.repeat(batch, total), steps=total, first_step=0,
-                       lr_fn=lambda step: 0.01, criterion=torch.nn.CrossEntropyLoss(), prec=prec,
-                       loss_divisor=divisor, log_every=total, on_step=on_step, step_times=step_times)
+    # the baseline: Python's collector as Horovod's example leaves it; hvdfast: as `hvdfast train` schedules it
+    with engine.scheduled_gc(0 if baseline else cfg.train.gc_every) as collect:
+        engine.train_epoch(forward, opt, itertools.repeat(batch, total), steps=total, first_step=0,
+                           lr_fn=lambda step: 0.01, criterion=torch.nn.CrossEntropyLoss(), prec=prec,
+                           loss_divisor=divisor, log_every=total, on_step=on_step, step_times=step_times)
     times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in step_times[args.warmup:]]
     wire = (net_bytes_sent() - sent[0]) / args.steps
     per_rank = {"rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(), "controller": info.controller,

@@ -161,6 +161,7 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
         if every_steps and at_step % every_steps == 0 and at_step % p.steps_per_epoch and at_step < p.total_steps:
             save_checkpoint(job, st, wd, buffers_averaged=False)
         after_step(at_step)
+        collect(at_step)  # the same step on every rank
         if vote is not None and at_step < p.total_steps:
             st.stop_reason = vote.vote(at_step)  # the same answer on every rank at this step
             return st.stop_reason is not None
@@ -168,36 +169,38 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
 
     if vote is not None:
         vote.phase = "training"
-    while st.step < p.total_steps:
-        epoch, skip = divmod(st.step, p.steps_per_epoch)
-        steps_now = min(p.steps_per_epoch - skip, p.total_steps - st.step)
-        before = st.step
-        st.step = engine.train_epoch(
-            job.forward, job.opt, wd.watch(p.data.train.epoch(epoch, skip=skip * p.accum)), steps=steps_now,
-            first_step=st.step, lr_fn=p.lr_fn, criterion=job.criterion, prec=job.prec, accumulation=p.accum,
-            loss_divisor=dist.loss_divisor(cfg.horovod),  # the current world size after an elastic reset
-            clip_grad_norm=cfg.optim.clip_grad_norm, log_every=cfg.train.log_every, on_log=on_log,
-            on_step=on_step)
-        if st.step == before:
-            raise TrainingError(f"epoch {epoch}'s training data ended before its first step; every rank must yield "
-                                f"{p.steps_per_epoch * p.accum} batches per epoch (a data backend bug: please "
-                                f"report it).")
-        last = st.step >= p.total_steps
-        epoch_end = st.step % p.steps_per_epoch == 0 or last
-        if epoch_end:
-            t0 = time.perf_counter()
-            if p.info.size > 1:
-                dist.average_buffers(job.model)  # one model everywhere for validation and the checkpoint
-            if (epoch + 1) % cfg.train.eval_every == 0 or last:
-                validate(job, st, rep, wd, epoch, n_epochs)
-            every = cfg.train.checkpoint_every
-            if last or (every > 0 and (epoch + 1) % every == 0):
-                save_checkpoint(job, st, wd, buffers_averaged=True)
-            if vote is not None:
-                vote.epoch_end_took(time.perf_counter() - t0)
-        if st.stop_reason and not last:
-            stop_early(job, st, rep, wd, buffers_averaged=epoch_end)
-        # not at an epoch end: an elastic reset or a short epoch; go on where it stopped
+    # Python's garbage collector on the step schedule, not at a moment of its own choosing on each rank
+    with engine.scheduled_gc(cfg.train.gc_every) as collect:
+        while st.step < p.total_steps:
+            epoch, skip = divmod(st.step, p.steps_per_epoch)
+            steps_now = min(p.steps_per_epoch - skip, p.total_steps - st.step)
+            before = st.step
+            st.step = engine.train_epoch(
+                job.forward, job.opt, wd.watch(p.data.train.epoch(epoch, skip=skip * p.accum)), steps=steps_now,
+                first_step=st.step, lr_fn=p.lr_fn, criterion=job.criterion, prec=job.prec, accumulation=p.accum,
+                loss_divisor=dist.loss_divisor(cfg.horovod),  # the current world size after an elastic reset
+                clip_grad_norm=cfg.optim.clip_grad_norm, log_every=cfg.train.log_every, on_log=on_log,
+                on_step=on_step)
+            if st.step == before:
+                raise TrainingError(f"epoch {epoch}'s training data ended before its first step; every rank must yield "
+                                    f"{p.steps_per_epoch * p.accum} batches per epoch (a data backend bug: please "
+                                    f"report it).")
+            last = st.step >= p.total_steps
+            epoch_end = st.step % p.steps_per_epoch == 0 or last
+            if epoch_end:
+                t0 = time.perf_counter()
+                if p.info.size > 1:
+                    dist.average_buffers(job.model)  # one model everywhere for validation and the checkpoint
+                if (epoch + 1) % cfg.train.eval_every == 0 or last:
+                    validate(job, st, rep, wd, epoch, n_epochs)
+                every = cfg.train.checkpoint_every
+                if last or (every > 0 and (epoch + 1) % every == 0):
+                    save_checkpoint(job, st, wd, buffers_averaged=True)
+                if vote is not None:
+                    vote.epoch_end_took(time.perf_counter() - t0)
+            if st.stop_reason and not last:
+                stop_early(job, st, rep, wd, buffers_averaged=epoch_end)
+            # not at an epoch end: an elastic reset or a short epoch; go on where it stopped
     if vote is not None:
         vote.drain()
         vote.phase = "done"
