@@ -248,15 +248,13 @@ def validate(cfg: Config) -> None:
     if cfg.horovod.bucket_mb > 0 and cfg.horovod.op == "adasum":
         raise ConfigError("horovod.bucket_mb averages gradients in buckets; it does not apply to op=adasum "
                           "(set horovod.bucket_mb=0).")
-    if cfg.horovod.compression == "powersgd" and (cfg.horovod.bucket_mb <= 0 or cfg.train.elastic):
-        raise ConfigError("horovod.compression=powersgd compresses gradient buckets: set horovod.bucket_mb (e.g. 25)"
-                          + (" and train.elastic=false (elastic runs use Horovod's own optimizer)."
-                             if cfg.train.elastic else "."))
-    if cfg.horovod.bucket_mb > 0 and cfg.train.elastic:
-        # measured: with BucketedOptimizer, Horovod 0.28.1's first elastic state sync left the ranks in different
-        # collectives (one in the optimizer-state broadcast, one in the counters' broadcast) and the job hung
-        raise ConfigError("horovod.bucket_mb does not apply to train.elastic=true (elastic runs use Horovod's own "
-                          "DistributedOptimizer, whose state its elastic sync knows); set horovod.bucket_mb=0.")
+    if cfg.horovod.compression == "powersgd" and cfg.train.elastic:
+        raise ConfigError("horovod.compression=powersgd keeps a shared Q and each rank's error between steps, which "
+                          "Horovod's elastic state does not carry yet: set train.elastic=false or another "
+                          "horovod.compression.")
+    if cfg.horovod.compression == "powersgd" and cfg.horovod.bucket_mb <= 0:
+        raise ConfigError("horovod.compression=powersgd compresses gradient buckets: set horovod.bucket_mb (e.g. "
+                          "25).")
     if cfg.horovod.op == "adasum" and cfg.train.elastic:
         raise ConfigError("horovod.op=adasum needs Horovod's MPI controller, and elastic training runs on Gloo; "
                           "set train.elastic=false or another horovod.op.")

@@ -41,6 +41,7 @@ class ElasticRun:
     def on_reset(self) -> None:
         """After workers came or went: rebuild what the world size decides, and the rank-0 outputs."""
         cfg, old = self.job.cfg, self.job.plan
+        dist.forget_step(self.job.opt)  # a worker may have died mid-step: its allreduces and partial grads go
         for loader in (old.data.train, old.data.val):
             getattr(loader, "close", lambda: None)()
         self.job.plan = plan(cfg, dist.current(), collectives=False)  # a joining worker is not in this callback

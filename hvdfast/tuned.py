@@ -3,7 +3,7 @@
 Precedence: recipe < tuned file < command-line overrides, applied here and nowhere else (`load_config`). A tuned
 value is a measured way to go faster, never a change of what is trained, so it is left out (with a note saying
 why) where it would replace a setting the user made on the command line, change the reduction the recipe chose
-(op=adasum), or make the config invalid (e.g. buckets with op=adasum or elastic, prescaled with
+(op=adasum), or make the config invalid (e.g. buckets with op=adasum, PowerSGD with elastic, prescaled with
 gradient_predivide_factor).
 """
 from __future__ import annotations

@@ -98,10 +98,9 @@ def test_a_tuned_setting_never_invalidates_what_the_user_chose(tmp_path, monkeyp
     cfg, notes = tuned.load_config(None, ["horovod.gradient_predivide_factor=2"])
     assert (cfg.horovod.op, cfg.horovod.bucket_mb, cfg.horovod.compression) == ("average", 25.0, "powersgd")
     assert [n.split(":")[0] for n in notes] == ["tuned horovod.op=prescaled not applied"]
-    cfg, notes = tuned.load_config(None, ["train.elastic=true"])
-    assert (cfg.horovod.op, cfg.horovod.bucket_mb, cfg.horovod.compression) == ("prescaled", 0.0, "none")
-    assert [n.split(":")[0] for n in notes] == ["tuned horovod.bucket_mb=25.0 not applied",
-                                                "tuned horovod.compression=powersgd not applied"]
+    cfg, notes = tuned.load_config(None, ["train.elastic=true"])  # buckets work there, PowerSGD does not
+    assert (cfg.horovod.op, cfg.horovod.bucket_mb, cfg.horovod.compression) == ("prescaled", 25.0, "none")
+    assert [n.split(":")[0] for n in notes] == ["tuned horovod.compression=powersgd not applied"]
 
 
 def test_launch_takes_the_controller_from_the_tuned_file_the_config_uses(tmp_path, monkeypatch):

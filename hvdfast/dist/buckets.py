@@ -177,6 +177,15 @@ class BucketedOptimizer:
                     p.grad = v  # the averaged gradient, for clipping and the update
         self._synchronized = True
 
+    def forget_step(self) -> None:
+        """Drop the step in progress: after an elastic reset its allreduces belong to a Horovod that is gone, and
+        its gradients are partial (Horovod's own optimizer does the same in load_state_dict)."""
+        for bucket in self.buckets:
+            bucket.handle = None
+            bucket.ready = bucket.round = 0
+        self._synchronized = self._skip = False
+        self.zero_grad()
+
     @contextlib.contextmanager
     def skip_synchronize(self):
         self._skip = True

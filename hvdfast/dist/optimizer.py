@@ -76,4 +76,18 @@ def elastic_state(model: torch.nn.Module, optimizer, **counters):
     """Horovod elastic state: model + optimizer + counters, committed in host memory, synced on resets."""
     # Horovod: TorchState broadcasts from rank 0 on every reset, so new workers join with current weights.
     init_optimizer_state(optimizer)
-    return _h().elastic.TorchState(model=model, optimizer=optimizer, **counters)
+    # TorchState keeps what is a torch.optim.Optimizer as optimizer state and pickles anything else whole with
+    # broadcast_object: handed the gradient buckets, it pickled their flat buffers and the model's parameters on
+    # every sync (measured: the first sync never finished). Their plain optimizer holds the whole state.
+    plain = optimizer.optimizer if isinstance(optimizer, BucketedOptimizer) else optimizer
+    return _h().elastic.TorchState(model=model, optimizer=plain, **counters)
+
+
+def forget_step(optimizer) -> None:
+    """After an elastic reset: no allreduce in flight, no partial gradient (a worker may have died mid-step)."""
+    if isinstance(optimizer, BucketedOptimizer):
+        optimizer.forget_step()
+    else:
+        # Horovod's DistributedOptimizer cleared its handles in load_state_dict when the state was restored; a
+        # reset for added hosts happens at a commit, between steps, with none in flight
+        optimizer.zero_grad()
