@@ -248,10 +248,6 @@ def validate(cfg: Config) -> None:
     if cfg.horovod.bucket_mb > 0 and cfg.horovod.op == "adasum":
         raise ConfigError("horovod.bucket_mb averages gradients in buckets; it does not apply to op=adasum "
                           "(set horovod.bucket_mb=0).")
-    if cfg.horovod.compression == "powersgd" and cfg.train.elastic:
-        raise ConfigError("horovod.compression=powersgd keeps a shared Q and each rank's error between steps, which "
-                          "Horovod's elastic state does not carry yet: set train.elastic=false or another "
-                          "horovod.compression.")
     if cfg.horovod.compression == "powersgd" and cfg.horovod.bucket_mb <= 0:
         raise ConfigError("horovod.compression=powersgd compresses gradient buckets: set horovod.bucket_mb (e.g. "
                           "25).")

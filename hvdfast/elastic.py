@@ -68,6 +68,7 @@ class ElasticRun:
     def train(self, state) -> None:
         # Horovod: after a reset `state` holds the last commit; the run goes on from the images it had seen.
         self.st.step = state.images // self.job.plan.global_batch
+        dist.rejoin(self.job.opt, self.job.plan.info.size)  # every rank of the new world, joiners included
         fit(self.job, self.st, self.rep, self.wd, self.after_step, self.vote)
         state.commit()
 

@@ -75,11 +75,11 @@ def test_dump_round_trips(tmp_path):
     assert config.load(p) == cfg
 
 
-def test_powersgd_needs_gradient_buckets_and_no_elastic():
+def test_powersgd_needs_gradient_buckets_and_a_positive_rank():
     with pytest.raises(ConfigError, match=r"powersgd compresses gradient buckets: set horovod.bucket_mb"):
         config.load(None, ["horovod.compression=powersgd"])
-    with pytest.raises(ConfigError, match=r"elastic state does not carry yet"):
-        config.load(None, ["horovod.compression=powersgd", "horovod.bucket_mb=2", "train.elastic=true"])
+    with pytest.raises(ConfigError, match=r"op=adasum does not average"):
+        config.load(None, ["horovod.compression=powersgd", "horovod.op=adasum"])
     with pytest.raises(ConfigError, match=r"'horovod.powersgd_rank' must be > 0"):
         config.load(None, ["horovod.compression=powersgd", "horovod.bucket_mb=2", "horovod.powersgd_rank=0"])
     cfg = config.load(None, ["horovod.compression=powersgd", "horovod.bucket_mb=2", "horovod.powersgd_rank=2"])

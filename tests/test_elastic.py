@@ -15,7 +15,8 @@ from conftest import ROOT, launcher_env, worker_pid
 from hvdfast.launch import commands
 
 
-def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], bucket_mb: int = 0) -> tuple[str, int, dict]:
+def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tuple = ("horovod.bucket_mb=0",)
+                ) -> tuple[str, int, dict]:
     """(output, exit code, rank 0's summary record) of a 2-worker elastic run whose 127.0.0.1 worker is killed
     at step 20."""
     discover = tmp_path / "discover.sh"
@@ -24,7 +25,7 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], bucket_mb: 
     run = tmp_path / "run"
     cmd = commands.horovodrun(2, [
            sys.executable, "-m", "hvdfast.cli", "train", "--config",
-           str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", f"horovod.bucket_mb={bucket_mb}",
+           str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", *horovod,
            f"data.dir={digits_dir}",
            "data.backend=torchvision", "data.workers=0", "model.name=resnet18", "data.image_size=32",
            "data.val_resize=32", "data.batch_size=16", f"train.epochs={epochs}", "train.threads=1",
@@ -61,14 +62,17 @@ def test_elastic_run_survives_a_dead_worker(digits_dir, tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "versions.json").is_file()
 
 
-@pytest.mark.parametrize("bucket_mb", [0, 25], ids=["horovod-optimizer", "buckets"])
-def test_elastic_run_takes_the_worker_back(digits_dir, tmp_path, bucket_mb):
+@pytest.mark.parametrize("horovod", [("horovod.bucket_mb=0",), ("horovod.bucket_mb=25",),
+                                     ("horovod.bucket_mb=25", "horovod.compression=powersgd")],
+                         ids=["horovod-optimizer", "buckets", "powersgd"])
+def test_elastic_run_takes_the_worker_back(digits_dir, tmp_path, horovod):
     """Scale-up: after the cooldown the host returns, a new worker joins with the survivor's weights (Horovod's
     response cache off and the optimizer state created before the sync; either trap alone broke this). With
     gradient buckets too (the recipe's 25 MiB): their plain optimizer is the elastic state, and a reset drops the
-    step in flight."""
+    step in flight; and with PowerSGD on them: every world starts from rank 0's Q with its errors at zero, so the
+    ranks still end bit-identical."""
     out, rc, summary = elastic_run(digits_dir, tmp_path, epochs=3, extra=["--blacklist-cooldown-range", "2", "4"],
-                                   bucket_mb=bucket_mb)
+                                   horovod=horovod)
     assert rc == 0, out[-4000:]
     assert "elastic: 1 worker(s), global batch 16" in out
     assert out.count("elastic: 2 worker(s), global batch 32") >= 2, out[-4000:]    # at the start and on return

@@ -52,7 +52,6 @@ REJECTED = {
     (("horovod.bucket_mb", 0), ("horovod.compression", "powersgd")): "powersgd compresses gradient buckets: set "
                                                                      "horovod.bucket_mb",
     (("horovod.op", "adasum"), ("horovod.compression", "powersgd")): "op=adasum does not average",
-    (("horovod.compression", "powersgd"), ("train.elastic", True)): "elastic state does not carry yet",
 }
 COMMON = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
           "train.epochs=0.1", "optim.warmup_epochs=0", "optim.schedule=constant", "train.threads=1",
@@ -95,7 +94,7 @@ def covering_set(seed: int = 0) -> list[dict]:
     return cells
 
 
-CELLS = covering_set()
+CELLS = covering_set(seed=4)  # the seed whose greedy cover came out smallest (14 cells) when PowerSGD joined
 
 
 def overrides(cell: dict) -> list[str]:

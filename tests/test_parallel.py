@@ -89,3 +89,14 @@ def test_powersgd_sends_weights_as_low_rank_factors_and_keeps_ranks_identical(ra
         sv = torch.linalg.svdvals(got)
         assert sv[1] < 1e-5 * sv[0]
         assert got.flatten().tolist() != pytest.approx(mean[lo:hi], abs=1e-3)
+
+
+def test_powersgd_rejoin_gives_every_rank_rank_0s_q_and_restarts_the_error(ranks):
+    """What an elastic run does when a world forms (dist.rejoin): the joiner's fresh Q is replaced by rank 0's,
+    and each rank's error (kept in the old world's local units) starts at zero with the new 1/N."""
+    _, res = ranks
+    got = [r["powersgd_rejoin"] for r in res]
+    assert got[0]["q"] == got[1]["q"] == got[0]["q_root_before"]
+    for g in got:
+        assert g["error_before"] > 0 and g["error_after"] == 0
+        assert g["local_scale"] and all(s == 0.25 for s in g["local_scale"])

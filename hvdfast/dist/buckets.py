@@ -94,6 +94,7 @@ class BucketedOptimizer:
         if op not in ("average", "prescaled"):
             raise ValueError(f"gradient buckets average gradients; op={op} needs Horovod's own optimizer")
         self.optimizer = optimizer
+        self.prescaled = op == "prescaled"
         self.wire_op = "sum" if op == "prescaled" else "average"  # prescaled: the loss already carries the 1/N
         self.passes = backward_passes_per_step
         params = [p for p in model.parameters() if p.requires_grad]
@@ -185,6 +186,15 @@ class BucketedOptimizer:
             bucket.ready = bucket.round = 0
         self._synchronized = self._skip = False
         self.zero_grad()
+
+    def rejoin(self, workers: int) -> None:
+        """At the start of training in a new world (every rank, the joiners included): PowerSGD's Q from rank 0 and
+        its error restarted in the new local units."""
+        for b in self.buckets:
+            if isinstance(b.reducer, powersgd.PowerSGDBucket):
+                # Horovod: every rank continues from rank 0's warm start
+                dist.broadcast_(b.reducer.q_wire, name=f"hvdfast.bucket.{b.index}.q")
+                b.reducer.rejoin(1.0 / workers if self.prescaled else 1.0)
 
     @contextlib.contextmanager
     def skip_synchronize(self):

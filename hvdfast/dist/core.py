@@ -155,6 +155,11 @@ def broadcast_model(model: torch.nn.Module, root: int = 0) -> None:
     hvd.broadcast_parameters(model.state_dict(), root_rank=root)
 
 
+def broadcast_(tensor: torch.Tensor, name: str, root: int = 0) -> None:
+    """Overwrite `tensor` with root's, in place (contiguous tensors only)."""
+    _h().broadcast_(tensor, root_rank=root, name=name)
+
+
 def allreduce_sum(values: Iterable[float] | torch.Tensor, name: str) -> torch.Tensor:
     """Sum a small float64 vector over all ranks (metrics; called at log intervals, not every step)."""
     hvd = _h()

@@ -83,6 +83,13 @@ def elastic_state(model: torch.nn.Module, optimizer, **counters):
     return _h().elastic.TorchState(model=model, optimizer=plain, **counters)
 
 
+def rejoin(optimizer, workers: int) -> None:
+    """Collective, on every rank of a new elastic world before it trains: state the wire format keeps across steps
+    (PowerSGD's Q and error) made consistent for the new workers."""
+    if isinstance(optimizer, BucketedOptimizer):
+        optimizer.rejoin(workers)
+
+
 def forget_step(optimizer) -> None:
     """After an elastic reset: no allreduce in flight, no partial gradient (a worker may have died mid-step)."""
     if isinstance(optimizer, BucketedOptimizer):

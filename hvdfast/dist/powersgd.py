@@ -127,6 +127,15 @@ class PowerSGDBucket:
         if error is not None and self.error is not None:
             self.error.copy_(error)
 
+    def rejoin(self, local_scale: float) -> None:
+        """An elastic reset changed the workers: the error starts over (the model may have rolled back to the last
+        commit, whose later steps the error would otherwise count twice, and it was kept in the old local units);
+        the caller gives every rank rank 0's Q."""
+        self.local_scale = local_scale
+        self._round = 0
+        if self.error is not None:
+            self.error.zero_()
+
     def reset_q(self) -> None:
         """Q from a normal draw that every rank makes alike (same seed), as at the first step."""
         g = torch.Generator().manual_seed(self._seed)

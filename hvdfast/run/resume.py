@@ -63,15 +63,20 @@ def start_step(job: Job, path: Path, state: dict, log) -> int:
     return step
 
 
-def restore(job: Job, path: Path, state: dict) -> None:
-    """Weights, optimizer, loss-scaler and gradient-compressor state (every rank holds the same checkpoint)."""
+def restore(job: Job, path: Path, state: dict, collective: bool = True) -> None:
+    """Weights, optimizer, loss-scaler and gradient-compressor state (every rank holds the same checkpoint).
+    collective=False (elastic, before Horovod's state sync): no collective; PowerSGD takes Q only (each rank's
+    error restarts when the elastic world forms: dist.rejoin)."""
     job.model.load_state_dict(state["model"])
     # After wrapping: Horovod's DistributedOptimizer is a new instance with empty state.
     job.opt.load_state_dict(state["optimizer"])
     if job.prec.scaler is not None and state.get("scaler"):
         job.prec.scaler.load_state_dict(state["scaler"])
     if getattr(job.opt, "keeps_compressor_state", False):
-        restore_compressor(job, path, state)
+        if collective:
+            restore_compressor(job, path, state)
+        else:
+            job.opt.load_compressor_state(state.get("compressor_q"), None)
 
 
 def restore_compressor(job: Job, path: Path, state: dict) -> None:
@@ -98,5 +103,5 @@ def resume(job: Job, broadcast: bool = True) -> tuple[FitState, Optional[Path]]:
         return FitState(), None
     check(job, path, state)
     st = FitState.from_checkpoint(state, start_step(job, path, state, job.notes.append))
-    restore(job, path, state)
+    restore(job, path, state, collective=broadcast)
     return st, path

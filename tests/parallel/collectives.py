@@ -48,6 +48,27 @@ def grads_after_step(compression: str, rank: int, op: str = "average", bucket_mb
             "channels_last_kept": channels_last_kept}
 
 
+def powersgd_rejoin(rank: int) -> dict:
+    """PowerSGD after a step, its Q then made different on every rank (as a joiner's fresh one is), and
+    dist.rejoin for a world of 4 workers."""
+    cfg = HorovodConfig(compression="powersgd", op="prescaled", bucket_mb=1 / 1024, powersgd_rank=1)
+    model = tiny_model(seed=7)
+    opt = dist.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, cfg)
+    torch.manual_seed(2000 + rank)
+    loss = model(torch.randn(4, 3, 8, 8)).square().mean() / dist.loss_divisor(cfg)
+    loss.backward()
+    opt.step()
+    reducers = [b.reducer for b in opt.buckets if b.reducer.matrices]
+    error_before = max(float(r.error.abs().max()) for r in reducers)
+    for r in reducers:
+        r.q_wire.add_(float(rank))
+    q_root = [r.q_wire.tolist() for r in reducers] if rank == 0 else None
+    dist.rejoin(opt, 4)
+    return {"q": [r.q_wire.tolist() for r in reducers], "q_root_before": q_root, "error_before": error_before,
+            "error_after": max(float(r.error.abs().max()) for r in reducers),
+            "local_scale": [r.local_scale for r in reducers]}
+
+
 def main(out: Path) -> None:
     info = dist.init(HorovodConfig())
     r = info.rank
@@ -65,6 +86,7 @@ def main(out: Path) -> None:
     # PowerSGD at rank 1: the conv and linear weights travel as rank-1 factors, the vectors whole
     res["powersgd"] = {op: grads_after_step("powersgd", r, op, bucket_mb=1 / 1024, powersgd_rank=1)
                        for op in ("average", "prescaled")}
+    res["powersgd_rejoin"] = powersgd_rejoin(r)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{r}.json").write_text(json.dumps(res))
     dist.shutdown()
