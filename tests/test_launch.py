@@ -112,3 +112,24 @@ def test_preflight_reads_hosts_and_hostfiles(tmp_path):
     p = subprocess.run(hvdfast_cmd("doctor", "--hostfile", str(tmp_path / "missing")), capture_output=True,
                        text=True, timeout=120, cwd=ROOT, env=launcher_env())
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "hostfile" in p.stderr
+
+
+def test_relay_condenses_horovodruns_report_of_a_worker_exit_and_keeps_other_tracebacks():
+    import io
+    from hvdfast.launch import relay_stderr
+    report = ["[0]<stderr>:hvdfast: error: data.dir 'x' does not exist\n", "Process 0 exit with status code 2.\n",
+              "Traceback (most recent call last):\n", '  File "/venv/bin/horovodrun", line 8, in <module>\n',
+              "[1]<stderr>:a worker's line still passes\n",
+              "RuntimeError: Horovod detected that one or more processes exited with non-zero status, thus causing "
+              "the job to be terminated. The first process to do so was:\n", "Process name: 0\n", "Exit code: 2\n",
+              "\n"]
+    out = io.StringIO()
+    relay_stderr(iter(report), out)
+    assert out.getvalue().splitlines() == [
+        "[0]<stderr>:hvdfast: error: data.dir 'x' does not exist", "Process 0 exit with status code 2.",
+        "[1]<stderr>:a worker's line still passes",
+        "hvdfast launch: worker 0 exited with code 2; horovodrun ended the job (the workers' own messages are above)"]
+    crash = ["Traceback (most recent call last):\n", '  File "x.py", line 1, in <module>\n', "ValueError: boom\n"]
+    out = io.StringIO()
+    relay_stderr(iter(crash), out)
+    assert out.getvalue() == "".join(crash)

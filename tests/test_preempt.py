@@ -87,7 +87,25 @@ def test_signal_to_the_launcher_has_the_same_effect(digits_dir, tmp_path, refere
     signal_midway(job, run, lambda: job.send_signal(sig))
     out, _ = job.communicate(timeout=300)
     assert f"hvdfast launch: {sig.name}: asking the workers to checkpoint and stop" in out
+    assert "Traceback" not in out  # horovodrun's own report of the workers' exit 75 is condensed to one line
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGUSR1")
+
+
+def test_ctrl_c_in_a_terminal_checkpoints_and_stops(digits_dir, tmp_path, reference):
+    """Ctrl-C reaches the terminal's whole foreground process group (hvdfast launch, horovodrun and, here, the
+    workers' launcher shells): horovodrun turns it into SIGTERM for the ranks, which checkpoint at an agreed step;
+    the user sees the stop line and one line for horovodrun's report, no traceback, exit 75, and the same command
+    resumes bit-identical."""
+    run = tmp_path / "run"
+    cmd = hvdfast_cmd("launch", "local", "--np", "2", "--controller", "gloo",
+                      *TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}")
+    job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
+    signal_midway(job, run, lambda: os.killpg(job.pid, signal.SIGINT))
+    out, _ = job.communicate(timeout=300)
+    assert "Traceback" not in out, out[-4000:]
+    assert "hvdfast launch: worker" in out and f"exited with code {EXIT_STOPPED}" in out
+    check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGTERM")
 
 
 def test_max_time_stops_before_the_budget_with_a_checkpoint(digits_dir, tmp_path):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -267,6 +269,34 @@ def local_workers(pid: int) -> list:
     return out
 
 
+# horovodrun's own report of a worker that exited non-zero: a Python traceback of horovodrun's internals ending in
+# this RuntimeError. The worker's message (rank 0's one line) is already above it.
+_WORKER_EXIT = re.compile(r"RuntimeError: Horovod detected that one or more processes exited with non-zero status"
+                          r".*?Process name: (?P<name>\S+)\s+Exit code: (?P<code>-?\d+)", re.S)
+_PREFIXED = re.compile(r"^\[\d+(,\d+)?\]<std(out|err)>:")  # a worker's line, as horovodrun relays it
+
+
+def relay_stderr(src, dst) -> None:
+    """Copy the launcher's stderr line by line, holding back a traceback of the launcher's own (unprefixed lines
+    from "Traceback" on; workers' lines still pass): at the end, horovodrun's "one or more processes exited with
+    non-zero status" becomes one line; any other traceback is shown as it was."""
+    held = []
+    for line in src:
+        if (held or line.startswith("Traceback (most recent call last):")) and not _PREFIXED.match(line):
+            held.append(line)
+            continue
+        dst.write(line)
+        dst.flush()
+    text = "".join(held)
+    m = _WORKER_EXIT.search(text)
+    if m:
+        dst.write(f"hvdfast launch: worker {m['name']} exited with code {m['code']}; horovodrun ended the job "
+                  f"(the workers' own messages are above)\n")
+    else:
+        dst.write(text)
+    dst.flush()
+
+
 def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
     """Run the launcher; a scheduler's warning (SIGUSR1, SIGTERM) reaching this process becomes a stop request to
     the workers, which agree on a step, checkpoint there and exit with stop.EXIT_STOPPED, as this process then does.
@@ -277,7 +307,9 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
     does horovodrun get SIGTERM."""
     from ..run import stop
     t0 = time.time()
-    child = subprocess.Popen(cmd, env=commands.process_env())
+    child = subprocess.Popen(cmd, env=commands.process_env(), stderr=subprocess.PIPE, text=True, errors="replace")
+    relay = threading.Thread(target=relay_stderr, args=(child.stderr, sys.stderr), daemon=True)
+    relay.start()
 
     def forward(signum, frame):
         name = signal.Signals(signum).name
@@ -304,6 +336,7 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    relay.join(timeout=10)
     record = stop.read(run_dir, since=t0)
     if rc != 0 and record is not None:
         # horovodrun reports every worker failure as 1: the run's own record says it stopped on purpose
