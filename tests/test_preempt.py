@@ -154,17 +154,20 @@ def test_max_time_parses_scheduler_forms():
         parse_duration("tomorrow")
 
 
-def test_elastic_run_stops_at_one_step_and_resumes(digits_dir, tmp_path):
+@pytest.mark.parametrize("horovod", [("horovod.bucket_mb=0",),
+                                     ("horovod.bucket_mb=25", "horovod.compression=powersgd")],
+                         ids=["horovod-optimizer", "powersgd"])
+def test_elastic_run_stops_at_one_step_and_resumes(digits_dir, tmp_path, horovod):
     """Horovod elastic (two host names of this machine, as in test_elastic): a warning to one worker stops both
     at one step with a checkpoint, each exiting 75 (Horovod's elastic driver ends the job when every worker has
-    failed, and does not restart them); the same command then resumes and finishes."""
+    failed, and does not restart them); the same command then resumes and finishes. With PowerSGD the resume takes
+    Q from the checkpoint without a collective (a joiner may start alone) and the ranks still end identical."""
     from hvdfast.launch import commands
     discover = tmp_path / "discover.sh"
     discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
     discover.chmod(0o755)
     run = tmp_path / "run"
-    cmd = commands.horovodrun(2, train_args(digits_dir, run, "train.elastic=true", "horovod.bucket_mb=0",
-                                            "train.threads=1"),
+    cmd = commands.horovodrun(2, train_args(digits_dir, run, "train.elastic=true", *horovod, "train.threads=1"),
                               controller="gloo", elastic=(1, 2, str(discover)))
     job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
@@ -178,6 +181,8 @@ def test_elastic_run_stops_at_one_step_and_resumes(digits_dir, tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resuming from {record['checkpoint']}" in again.stdout
     assert "SUMMARY best top-1" in again.stdout and "over 2 worker(s)" in again.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rows if r["kind"] == "summary"][-1]["ranks_agree"]
 
 
 def test_dali_run_stops_with_its_build_ahead_thread_joined(digits_dir, tmp_path):
