@@ -60,9 +60,7 @@ def main() -> int:
         raise SystemExit("profile-cluster: perf is not installed (apt-get install linux-perf)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    args = argparse.Namespace(config="launch/configs/digits-cpu.yaml", overrides=[], hosts=2, controller="mpi",
-                              model="resnet50", batch=8, image_size=224, steps=a.steps, warmup=2, timeout=900,
-                              powersgd_rank=4, ddp_bucket_mb=25.0, shared_cores=False)
+    args = cluster.parser().parse_args(["--steps", str(a.steps)])  # bench cluster's worker, hosts and recipe
     common = ["horovod.tuned=never", "horovod.op=prescaled", "horovod.bucket_mb=25", "horovod.cycle_time_ms=5"]
     runs = [("alone", 1, [])] + [(f, 2, [f"horovod.compression={f}"]) for f in a.formats.split(",")]
     rows = {}

@@ -241,7 +241,8 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """`hvdfast bench cluster`'s options (also the defaults launch/profile-cluster.py runs its workers with)."""
     p = argparse.ArgumentParser(prog="hvdfast bench cluster", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="launch/configs/digits-cpu.yaml",
@@ -267,7 +268,11 @@ def main(argv=None) -> int:
     p.add_argument("--ddp-bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
     p.add_argument("--timeout", type=int, default=900, help="seconds per run")
     p.add_argument("--out-dir", default="runs/bench")
-    return run(p.parse_args(argv))
+    return p
+
+
+def main(argv=None) -> int:
+    return run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":
