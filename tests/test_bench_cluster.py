@@ -1,8 +1,8 @@
 """`hvdfast bench cluster` end to end on 2 emulated hosts with a 1 Gbit/s link: the hvdfast variant (tuned on the
 link, through horovodrun over ssh) and torchrun + DDP, a few steps of a small model each. Timing is the
 benchmark's business; this checks that every variant ran across the hosts, that each one's ranks agree, that the
-report has every column, that the bytes each worker sent match its wire format, and that each host ran on cores
-of its own."""
+report has every column, that the bytes each worker sent match its wire format, that the tuning measured every
+format under both controllers, and that each host ran on cores of its own."""
 import json
 import os
 import subprocess
@@ -35,7 +35,13 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     # ResNet-18's gradient is 46.8 MB in fp32; in a 2-worker ring each worker sends about that much per step
     grad_mb = 11_689_512 * 4 / 1e6
     assert rows["ddp"]["wire_mb_per_step"] > 0.95 * grad_mb
-    chosen = report["tuned"]["1gbit"]["horovod"]["compression"]
+    # tuned on the link: every wire format under each controller (the workers say which ran them), and the
+    # hvdfast variant ran with the controller and format chosen
+    tuned = report["tuned"]["1gbit"]
+    assert [(c["controller"], c["compression"]) for c in tuned["candidates"]] == [
+        (ctl, comp) for ctl in ("mpi", "gloo") for comp in ("none", "fp16", "powersgd")]
+    assert rows["hvdfast"]["controller"] == tuned["launcher"]["controller"]
+    chosen = tuned["horovod"]["compression"]
     assert rows["hvdfast"]["settings"] == chosen
     share = {"none": (0.95, 1.5), "fp16": (0.45, 0.75), "powersgd": (0.0, 0.1)}[chosen]
     assert share[0] * grad_mb < rows["hvdfast"]["wire_mb_per_step"] < share[1] * grad_mb

@@ -129,7 +129,7 @@ def test_digits_across_two_hosts(hosts, digits_dir, tmp_path, target):
 def test_tune_across_hosts_writes_the_wire_format_that_launch_applies(hosts, tmp_path):
     # hvdfast tune --hosts: a few training steps on hosta and hostb per wire format, from the login host
     out = tmp_path / "tuned.yaml"
-    p = on_login(hosts, f"hvdfast tune --hosts hosta:1,hostb:1 --nic hvd0 --controller gloo --model resnet18 "
+    p = on_login(hosts, f"hvdfast tune --hosts hosta:1,hostb:1 --nic hvd0 --controllers gloo --model resnet18 "
                         f"--image-size 32 --steps 1 --out {out}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     doc = yaml.safe_load(out.read_text())

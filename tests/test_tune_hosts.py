@@ -1,14 +1,18 @@
 """`hvdfast tune --hosts`' choice among wire formats, from measured throughputs (the measuring itself runs in
 test_bench_cluster through the emulated hosts)."""
+import pytest
+
 from hvdfast import tune
 
 
-def pick(img_s: dict) -> dict:
-    def measure(overrides, steps):
+def pick(img_s: dict, controllers=("mpi",)) -> dict:
+    """img_s: by compression, or by (controller, compression) where several controllers are measured."""
+    def measure(overrides, steps, controller):
         comp = overrides[0].split("=")[1]
         assert "horovod.cycle_time_ms=5" in overrides  # every candidate measured with the cycle it would keep
-        return [{"img_s": img_s[comp] / 2, "wire_mb_per_step": 1.0, "controller": "mpi"}] * 2
-    return tune.tune_hosts(measure, steps=2)
+        rate = img_s[(controller, comp)] if len(controllers) > 1 else img_s[comp]
+        return [{"img_s": rate / 2, "wire_mb_per_step": 1.0, "controller": controller}] * 2
+    return tune.tune_hosts(measure, steps=2, controllers=controllers)
 
 
 def test_powersgd_is_chosen_only_when_clearly_faster_than_sending_whole_gradients():
@@ -22,3 +26,26 @@ def test_powersgd_is_chosen_only_when_clearly_faster_than_sending_whole_gradient
     assert doc["launcher"]["controller"] == "mpi"
     # fp16 (rounded, but the whole gradient) needs no margin against none
     assert pick({"none": 10.0, "fp16": 10.2, "powersgd": 10.5})["horovod"]["compression"] == "fp16"
+
+
+def test_the_controller_is_chosen_with_the_wire_format():
+    both = ("mpi", "gloo")
+    # uncompressed over Gloo beats MPI's fp16, and PowerSGD is not 5% ahead of it: Gloo + none
+    doc = pick({("mpi", "none"): 8.0, ("mpi", "fp16"): 14.0, ("mpi", "powersgd"): 14.5,
+                ("gloo", "none"): 14.2, ("gloo", "fp16"): 13.0, ("gloo", "powersgd"): 14.9}, both)
+    assert doc["launcher"]["controller"] == "gloo" and doc["horovod"]["compression"] == "none"
+    assert [(c["controller"], c["compression"]) for c in doc["candidates"]] == [
+        (ctl, comp) for ctl in both for comp in ("none", "fp16", "powersgd")]
+    assert doc["why"][0].startswith("fastest across the hosts: controller gloo, compression none")
+    assert "mpi + powersgd: 14.50 img/s" in doc["why"][3]
+    # PowerSGD's margin is against the best whole-gradient format on either controller
+    doc = pick({("mpi", "none"): 8.0, ("mpi", "fp16"): 14.0, ("mpi", "powersgd"): 15.0,
+                ("gloo", "none"): 10.0, ("gloo", "fp16"): 9.0, ("gloo", "powersgd"): 21.0}, both)
+    assert (doc["launcher"]["controller"], doc["horovod"]["compression"]) == ("gloo", "powersgd")
+
+
+def test_controllers_are_checked_before_anything_runs():
+    assert tune.controllers("mpi, gloo") == ("mpi", "gloo")
+    for bad in ("nccl", "", "mpi,ddl"):
+        with pytest.raises(SystemExit, match="--controllers takes mpi and/or gloo"):
+            tune.controllers(bad)

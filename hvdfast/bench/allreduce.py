@@ -191,7 +191,8 @@ def grid(args) -> tuple[list[dict], list[dict]]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--np", type=int, default=2, help="ranks (default 2)")
     p.add_argument("--model", default="resnet50", help="whose gradient set (count and shapes) to reduce")
-    p.add_argument("--controllers", default="mpi,gloo")
+    p.add_argument("--controllers", default="mpi,gloo",
+                   help="Horovod controllers to measure, comma separated (tune --hosts: every wire format on each)")
     p.add_argument("--fusion-mb", default="0,16,64", help="fusion thresholds in MiB, comma separated")
     p.add_argument("--cycle-ms", default="1,5", help="cycle times in ms, comma separated")
     p.add_argument("--compressions", default=",".join(COMPRESSIONS))
