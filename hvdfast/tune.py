@@ -81,15 +81,6 @@ HOST_CANDIDATES = (("none", 25.0), ("fp16", 25.0), ("powersgd", 25.0))
 APPROX_MARGIN = 1.05
 
 
-def controllers(spec: str) -> tuple[str, ...]:
-    """--controllers' comma-separated list, checked before anything is launched."""
-    names = tuple(c.strip() for c in spec.split(",") if c.strip())
-    bad = [c for c in names if c not in ("mpi", "gloo")]
-    if bad or not names:
-        raise SystemExit(f"hvdfast tune: --controllers takes mpi and/or gloo, comma separated; got {spec!r}")
-    return names
-
-
 def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
     """Train a few synthetic steps across the hosts with each controller and candidate wire format and keep the
     fastest (PowerSGD only when it beats the whole-gradient formats, on any controller, by APPROX_MARGIN).
@@ -131,7 +122,7 @@ def save(doc: dict, path: Path) -> None:
 
 def _main_hosts(args) -> int:
     """`hvdfast tune --hosts ...`: measure across the hosts the job will run on."""
-    from .bench import train
+    from .bench import allreduce, train
     from .bench.report import hardware
     spec = argparse.Namespace(config=args.config, overrides=["data.backend=synthetic"], model=args.model,
                               batch=args.batch, image_size=args.image_size, warmup=1, baseline_threads="1",
@@ -146,7 +137,7 @@ def _main_hosts(args) -> int:
             print(f"  {controller}: {' '.join(overrides[:2])} ...", file=sys.stderr, flush=True)
             return train._launch("hvdfast", run, n, Path(tmp) / "out.json", hosts=args.hosts, nic=args.nic)
 
-    doc = tune_hosts(measure, args.steps, controllers(args.controllers))
+    doc = tune_hosts(measure, args.steps, allreduce.controllers(args.controllers))
     hw = hardware()
     doc["measured_on"] = {"hosts": args.hosts, "nic": args.nic, "from": hw["host"], "model": args.model}
     out = Path(args.out) if args.out else default_path()

@@ -3,6 +3,7 @@ test_bench_cluster through the emulated hosts)."""
 import pytest
 
 from hvdfast import tune
+from hvdfast.bench import allreduce
 
 
 def pick(img_s: dict, controllers=("mpi",)) -> dict:
@@ -45,7 +46,13 @@ def test_the_controller_is_chosen_with_the_wire_format():
 
 
 def test_controllers_are_checked_before_anything_runs():
-    assert tune.controllers("mpi, gloo") == ("mpi", "gloo")
+    both = {"mpi": True, "gloo": True}
+    gloo_only = {"mpi": False, "gloo": True}  # a pip-installed Horovod without MPI
+    assert allreduce.controllers(None, both) == ("mpi", "gloo")
+    assert allreduce.controllers(None, gloo_only) == ("gloo",)
+    assert allreduce.controllers("gloo, mpi", both) == ("gloo", "mpi")
     for bad in ("nccl", "", "mpi,ddl"):
         with pytest.raises(SystemExit, match="--controllers takes mpi and/or gloo"):
-            tune.controllers(bad)
+            allreduce.controllers(bad, both)
+    with pytest.raises(SystemExit, match=r"built without the mpi controller \(it has: gloo\)"):
+        allreduce.controllers("mpi,gloo", gloo_only)

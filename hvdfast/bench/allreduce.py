@@ -170,8 +170,31 @@ def rows_from(cell: dict) -> list[dict]:
     return rows
 
 
+CONTROLLERS = ("mpi", "gloo")
+
+
+def controllers(spec: str | None, built: dict | None = None) -> tuple[str, ...]:
+    """--controllers, checked before anything is launched: the names given (comma separated), each one this
+    Horovod was built with; None: every controller it was built with. built: {"mpi": bool, "gloo": bool} (default:
+    this Horovod's build)."""
+    if built is None:
+        from ..dist import core
+        built = core.build_info()["controllers"]
+    if spec is None:
+        return tuple(c for c in CONTROLLERS if built.get(c))
+    names = tuple(c.strip() for c in spec.split(",") if c.strip())
+    if not names or any(c not in CONTROLLERS for c in names):
+        raise SystemExit(f"hvdfast: --controllers takes mpi and/or gloo, comma separated; got {spec!r}")
+    missing = [c for c in names if not built.get(c)]
+    if missing:
+        have = ",".join(c for c in CONTROLLERS if built.get(c)) or "none"
+        raise SystemExit(f"hvdfast: this Horovod was built without the {' and '.join(missing)} controller "
+                         f"(it has: {have}); leave --controllers out to measure what it has")
+    return names
+
+
 def grid(args) -> tuple[list[dict], list[dict]]:
-    controllers = args.controllers.split(",")
+    controllers_ = controllers(args.controllers)
     fusions = [float(x) for x in args.fusion_mb.split(",")]
     cycles = [float(x) for x in args.cycle_ms.split(",")]
     mallocs = args.malloc.split(",")
@@ -180,7 +203,7 @@ def grid(args) -> tuple[list[dict], list[dict]]:
         raise SystemExit(f"hvdfast bench allreduce: --malloc takes {', '.join(MALLOC)}; got {', '.join(unknown)}")
     cells, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (ctl, mal, fus, cyc) in enumerate(itertools.product(controllers, mallocs, fusions, cycles)):
+        for i, (ctl, mal, fus, cyc) in enumerate(itertools.product(controllers_, mallocs, fusions, cycles)):
             print(f"  {ctl:4s} malloc {mal}, fusion {fus:g} MB, cycle {cyc:g} ms ...", file=sys.stderr, flush=True)
             cell = run_cell(ctl, mal, args.np, fus, cyc, args, Path(tmp) / f"cell{i}.json")
             cells.append(cell)
@@ -191,8 +214,9 @@ def grid(args) -> tuple[list[dict], list[dict]]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--np", type=int, default=2, help="ranks (default 2)")
     p.add_argument("--model", default="resnet50", help="whose gradient set (count and shapes) to reduce")
-    p.add_argument("--controllers", default="mpi,gloo",
-                   help="Horovod controllers to measure, comma separated (tune --hosts: every wire format on each)")
+    p.add_argument("--controllers",
+                   help="Horovod controllers to measure, comma separated: mpi, gloo (default: those this Horovod "
+                        "was built with; tune --hosts: every wire format on each)")
     p.add_argument("--fusion-mb", default="0,16,64", help="fusion thresholds in MiB, comma separated")
     p.add_argument("--cycle-ms", default="1,5", help="cycle times in ms, comma separated")
     p.add_argument("--compressions", default=",".join(COMPRESSIONS))

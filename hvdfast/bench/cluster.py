@@ -145,6 +145,7 @@ def mean_alone(runs: list[dict]) -> dict:
 def run(args) -> int:
     from .report import hardware, header, markdown_table, write
     from .. import tune
+    from . import allreduce
     why = hosts.unavailable()
     if why:
         raise SystemExit(f"hvdfast bench cluster: cannot build the emulated hosts here: {why}.")
@@ -153,7 +154,7 @@ def run(args) -> int:
     for bad in [lk for lk in links if lk not in LINKS] + [v for v in variants if v not in VARIANTS]:
         raise SystemExit(f"hvdfast bench cluster: unknown link or variant {bad!r} (links: {', '.join(LINKS)}; "
                          f"variants: {', '.join(VARIANTS)})")
-    tune_controllers = tune.controllers(args.tune_controllers)
+    tune_controllers = allreduce.controllers(args.tune_controllers)
     hw = hardware()
     rows, tuned_docs = [], {}
     with tempfile.TemporaryDirectory(prefix="hvdfast-cluster-") as tmp:
@@ -266,8 +267,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds over every link and variant (and the one-host limit); figures are means over rounds")
     p.add_argument("--tune-steps", type=int, default=2, help="timed steps per candidate when tuning on a link")
-    p.add_argument("--tune-controllers", default="mpi,gloo",
-                   help="Horovod controllers the tuning on each link measures every wire format with")
+    p.add_argument("--tune-controllers",
+                   help="Horovod controllers the tuning on each link measures every wire format with, comma "
+                        "separated (default: those this Horovod was built with)")
     p.add_argument("--powersgd-rank", type=int, default=4, help="DDP's PowerSGD hook rank (hvdfast: its recipe)")
     p.add_argument("--ddp-bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
     p.add_argument("--timeout", type=int, default=900, help="seconds per run")
