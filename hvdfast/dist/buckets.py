@@ -49,16 +49,30 @@ def _view(flat: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
 
 
 class _OneRound:
-    """A Horovod Compressor (none | fp16 | bf16) as a bucket reducer: one allreduce of the compressed bucket."""
+    """A Horovod Compressor (none | fp16 | bf16) as a bucket reducer: one allreduce of the compressed bucket.
+
+    A compressor with a narrower wire type (fp16) gets a wire buffer of its own, kept from step to step: the cast
+    writes into it and the reduced values are cast straight back into the bucket. The compressor's own path would
+    allocate a fresh half-size tensor and a fresh full-size one every step (each one page-faulted in anew once it
+    is past malloc's mmap threshold) and copy the second into the bucket: an extra pass over the bucket and its
+    page faults, for the same values (the same two roundings, so the same bits)."""
 
     def __init__(self, flat: torch.Tensor, compressor):
         self.flat, self.compressor, self.ctx = flat, compressor, None
+        narrow = getattr(compressor, "wire_dtype", None)
+        self.wire = (torch.empty(flat.shape, dtype=narrow, device=flat.device)
+                     if narrow is not None and flat.is_floating_point() and narrow != flat.dtype else None)
 
     def begin(self) -> torch.Tensor:
+        if self.wire is not None:
+            return self.wire.copy_(self.flat)  # the flat bucket is contiguous: no layout to undo
         wire, self.ctx = self.compressor.compress(self.flat)
         return wire
 
     def advance(self, reduced: torch.Tensor) -> None:
+        if self.wire is not None:
+            self.flat.copy_(reduced)
+            return None
         out = self.compressor.decompress(reduced, self.ctx)
         if out.data_ptr() != self.flat.data_ptr():
             self.flat.copy_(out)
