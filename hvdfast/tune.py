@@ -81,6 +81,12 @@ HOST_CANDIDATES = (("none", 25.0), ("fp16", 25.0), ("powersgd", 25.0))
 APPROX_MARGIN = 1.05
 
 
+def host_overrides(compression: str, bucket_mb: float) -> list[str]:
+    """The settings a wire format is timed with across the hosts (and kept with when chosen)."""
+    return [f"horovod.compression={compression}", f"horovod.bucket_mb={bucket_mb:g}", "horovod.op=prescaled",
+            f"horovod.cycle_time_ms={HOST_CYCLE_MS:g}", "horovod.tuned=never"]
+
+
 def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
     """Train a few synthetic steps across the hosts with each controller and candidate wire format and keep the
     fastest (PowerSGD only when it beats the whole-gradient formats, on any controller, by APPROX_MARGIN).
@@ -93,8 +99,7 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
     rows = []
     for ctl in controllers:
         for comp, mb in HOST_CANDIDATES:
-            ranks = measure([f"horovod.compression={comp}", f"horovod.bucket_mb={mb:g}", "horovod.op=prescaled",
-                             f"horovod.cycle_time_ms={HOST_CYCLE_MS:g}", "horovod.tuned=never"], steps, ctl)
+            ranks = measure(host_overrides(comp, mb), steps, ctl)
             rows.append({"controller": ranks[0]["controller"], "compression": comp, "bucket_mb": mb,
                          "img_s": sum(r["img_s"] for r in ranks),
                          "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})

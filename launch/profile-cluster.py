@@ -6,7 +6,8 @@ each wire format, sampled with `perf record -e cpu-clock -C CORE` while steady s
 Prints, per shared object (oneDNN's JIT kernels, libtorch, the kernel, Python, ...), the milliseconds of that core
 per training step: the worker alone and each format across the hosts, side by side from one run. The cluster,
 worker and recipe are `hvdfast bench cluster`'s (hvdfast's worker, ResNet-50 224 px, batch 8, the digits recipe's
-knobs, 5 ms cycle, prescaled); perf starts 30 s into each run, after start-up and warm-up, and samples 10 s.
+knobs), each format with the settings `hvdfast tune --hosts` times it with (tune.host_overrides); perf starts 30 s
+into each run, after start-up and warm-up, and samples 10 s.
 Measured output: README, "Where a fast link's step goes".
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hvdfast import tune  # noqa: E402
 from hvdfast.bench import cluster  # noqa: E402
 
 GROUPS = (("[JIT]", "oneDNN JIT kernels (convolutions)"), ("libtorch_cpu", "rest of libtorch"),
@@ -61,8 +63,9 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     args = cluster.parser().parse_args(["--steps", str(a.steps)])  # bench cluster's worker, hosts and recipe
-    common = ["horovod.tuned=never", "horovod.op=prescaled", "horovod.bucket_mb=25", "horovod.cycle_time_ms=5"]
-    runs = [("alone", 1, [])] + [(f, 2, [f"horovod.compression={f}"]) for f in a.formats.split(",")]
+    bucket_mb = dict(tune.HOST_CANDIDATES)  # each format as `hvdfast tune --hosts` times it
+    runs = [("alone", 1, tune.host_overrides("none", bucket_mb["none"]))] + [
+        (f, 2, tune.host_overrides(f, bucket_mb.get(f, bucket_mb["none"]))) for f in a.formats.split(",")]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         bench = cluster.Bench(args, Path(tmp))
@@ -74,7 +77,7 @@ def main() -> int:
                 data = out / f"{a.link}-{name}.data"
                 sampler = threading.Thread(target=perf, args=(data, core, 30, 10))
                 sampler.start()
-                ranks = bench.horovod("hvdfast", common + overrides, n=n)
+                ranks = bench.horovod("hvdfast", overrides, n=n)
                 sampler.join()
                 step = statistics.mean(r["step_s"] for r in ranks)
                 rows[name] = (sum(r["img_s"] for r in ranks), step, by_group(data))
