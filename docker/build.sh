@@ -103,6 +103,15 @@ if [ $ENGINE = docker ] && [ ${#mounts[@]} -gt 0 ]; then
   mounts=() pip_args=()
 fi
 log "$ENGINE build -f docker/Dockerfile.$FLAVOR -t $TAG (base: ${base/public/$default_base})"
+# The install step writes ~8 GB (torch's CUDA wheels); podman stages the layer in /var/tmp before storing it. Say so
+# up front where the disk is short, instead of "no space left on device" after the whole install.
+store=$($ENGINE info --format '{{.Store.GraphRoot}}' 2>/dev/null || $ENGINE info --format '{{.DockerRootDir}}' \
+        2>/dev/null || true)
+for dir in $store /var/tmp; do
+  [ -d "$dir" ] || continue
+  free_gb=$(( $(df -Pk "$dir" | awk 'NR == 2 {print $4}') / 1048576 ))
+  [ "$free_gb" -ge 10 ] || log "only $free_gb GB free for $dir: the build needs ~10 GB there and may fail for space"
+done
 t0=$(date +%s)
 previous=$($ENGINE image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 $ENGINE build "${network[@]}" "${mounts[@]}" "${build_args[@]}" "${pip_args[@]}" -f "$dockerfile" -t "$TAG" "$@" \
@@ -113,3 +122,6 @@ now=$($ENGINE image inspect --format '{{.Id}}' "$TAG")
 if [ -n "$previous" ] && [ "$previous" != "$now" ]; then
   $ENGINE rmi "$previous" >/dev/null 2>&1 && log "removed the previous $TAG (${previous:0:12})" || true
 fi
+# Build steps no image uses any more (the previous image's cached steps, a failed build's): they hold the ~8 GB
+# install layer each, so without this every rebuild after a source change keeps one more.
+$ENGINE image prune -f --filter label=org.hvdfast.image=1 >/dev/null 2>&1 || true
