@@ -79,6 +79,12 @@ HOST_CANDIDATES = (("none", 25.0), ("fp16", 25.0), ("powersgd", 25.0))
 # PowerSGD sends an approximation of each weight's gradient (error feedback carries the rest into later steps);
 # it must be this much faster than the best format that sends the whole gradient (none, or fp16-rounded) to win.
 APPROX_MARGIN = 1.05
+# Candidates within RUNOFF of the fastest after the first pass are timed again, in the reverse order (the machine's
+# drift over the pass then hits them alike), and compared by the mean of their timings. On a fast link the formats
+# are within a few percent of each other while one short timing of the same candidate moved by up to 10% between
+# runs (PowerSGD at 1 Gbit/s: 17.97 and 19.84 img/s, 2 emulated hosts, 2026-11-26); on a slow link one format is
+# far ahead and nothing is timed twice.
+RUNOFF = 1.05
 
 
 def host_overrides(compression: str, bucket_mb: float) -> list[str]:
@@ -101,8 +107,15 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
         for comp, mb in HOST_CANDIDATES:
             ranks = measure(host_overrides(comp, mb), steps, ctl)
             rows.append({"controller": ranks[0]["controller"], "compression": comp, "bucket_mb": mb,
-                         "img_s": sum(r["img_s"] for r in ranks),
+                         "img_s": sum(r["img_s"] for r in ranks), "timings": [sum(r["img_s"] for r in ranks)],
                          "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
+    lead = max(r["img_s"] for r in rows)
+    close = [r for r in rows if r["img_s"] * RUNOFF >= lead]
+    if len(close) > 1:
+        for r in reversed(close):
+            ranks = measure(host_overrides(r["compression"], r["bucket_mb"]), steps, r["controller"])
+            r["timings"].append(sum(x["img_s"] for x in ranks))
+            r["img_s"] = sum(r["timings"]) / len(r["timings"])
     whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["img_s"])
     fastest = max(rows, key=lambda r: r["img_s"])
     best = fastest if fastest["img_s"] > APPROX_MARGIN * whole["img_s"] else whole
@@ -115,6 +128,9 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
            f"({best['wire_mb']:.1f} MB sent per step per worker)"]
     why += [f"{name(r)}: {r['img_s']:.2f} img/s ({best['img_s'] / r['img_s']:.2f}x slower, "
             f"{r['wire_mb']:.1f} MB/step)" for r in rows if r is not best]
+    if len(close) > 1:
+        why.append(f"timed twice, being within {RUNOFF - 1:.0%} of the fastest at first (means above): "
+                   + "; ".join(f"{name(r)} " + " then ".join(f"{t:.2f}" for t in r["timings"]) for r in close))
     return {"horovod": {"compression": best["compression"], "bucket_mb": best["bucket_mb"], "op": "prescaled",
                         "cycle_time_ms": HOST_CYCLE_MS},
             "launcher": {"controller": best["controller"], "env": {}}, "why": why, "candidates": rows}
