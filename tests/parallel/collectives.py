@@ -81,7 +81,8 @@ def fp16_values(rank: int) -> torch.Tensor:
 
 def fp16_sum(size: int) -> dict:
     """Horovod's fp16 Sum (the wire type of fp16 compression) against IEEE fp16 addition of the ranks' values
-    in rank order (each partial sum exact in fp32, rounded once per addition, as an fp16 adder does)."""
+    (each partial sum exact in fp32, rounded once per addition, as an fp16 adder does; with the tests' 2 ranks one
+    addition, so the ring's order cannot matter)."""
     import horovod.torch as hvd
     got = hvd.allreduce(fp16_values(hvd.rank()), op=hvd.Sum, name="t.fp16sum")
     want = fp16_values(0)
