@@ -92,7 +92,7 @@ def run(cfg: config.Config, notes, vote: stop.StopVote) -> dict:
     try:
         dist.elastic_run(er.train)(er.state)
     except stop.Stopped:
-        er.rep.close()
+        er.rep.close()  # done at the agreed step (run.fit.stop_early); here for a stop raised anywhere else
         raise
     finally:
         er.wd.stop()

@@ -43,7 +43,7 @@ def run(cfg: config.Config, notes=()) -> dict:
     try:
         fit(job, st, rep, wd, vote=vote)
     except stop.Stopped:
-        rep.close()  # metrics and TensorBoard flushed; the CLI exits with stop.EXIT_STOPPED
+        rep.close()  # done at the agreed step (run.fit.stop_early); here for a stop raised anywhere else
         raise
     finally:
         wd.stop()  # no hang report while the process exits

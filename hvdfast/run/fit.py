@@ -120,8 +120,12 @@ def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_aver
                     checkpoint=str(saved), rank_steps=steps)
         rep.record("stop", st.step, {"epoch": st.step / p.steps_per_epoch, "reason": st.stop_reason,
                                      "checkpoint": str(saved)}, show=msg)
+    # Rank 0's metrics and TensorBoard flushed before the barrier, not after: horovodrun and mpirun end the whole
+    # job at the first non-zero exit, so what is left after it must be the same on every rank (a rank 1 that
+    # exited while rank 0 still closed its writers got rank 0 terminated, exit 143 instead of 75).
+    rep.close()
     if p.info.size > 1:
-        # Nobody exits before rank 0 has written everything: mpirun ends the whole job at the first non-zero exit.
+        # Nobody exits before rank 0 has written everything.
         dist.barrier()
     raise stop.Stopped(msg, shown=p.info.is_main)
 
