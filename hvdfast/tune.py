@@ -106,9 +106,9 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
     for ctl in controllers:
         for comp, mb in HOST_CANDIDATES:
             ranks = measure(host_overrides(comp, mb), steps, ctl)
+            rate = sum(r["img_s"] for r in ranks)
             rows.append({"controller": ranks[0]["controller"], "compression": comp, "bucket_mb": mb,
-                         "img_s": sum(r["img_s"] for r in ranks), "timings": [sum(r["img_s"] for r in ranks)],
-                         "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
+                         "img_s": rate, "timings": [rate], "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
     lead = max(r["img_s"] for r in rows)
     close = [r for r in rows if r["img_s"] * RUNOFF >= lead]
     if len(close) > 1:
