@@ -13,7 +13,7 @@ from conftest import ROOT, hvdfast_cmd, launcher_env
 from hvdfast.bench import hosts
 
 COLUMNS = {"link", "variant", "settings", "img_s", "efficiency", "comm_share", "comm_wait_s", "wire_mb_per_step",
-           "peak_rss_mb", "vs_best_ddp", "vs_ddp_default", "ranks_agree", "alone_img_s"}
+           "peak_rss_mb", "vs_best_ddp", "vs_ddp_default", "ranks_agree", "alone_img_s", "floor_img_s", "vs_floor"}
 
 
 def test_two_hosts_on_a_shaped_link(tmp_path):
@@ -57,5 +57,12 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
         for r in rows.values():
             assert r["cpus"] == want, (r["variant"], r["cpus"])
         assert {a["cpus"] for a in report["alone"]["hvdfast"]["runs"]} == {want[0]}
+        # the limit measured beside the link's runs; the floor: one worker on each host at once, on its cores
+        assert [a["cpus"] for a in report["alone_by_link"]["1gbit"]["hvdfast"]["runs"]] == [want[0]]
+        assert [[f["cpus"] for f in run] for run in report["floor"]["1gbit"]["runs"]] == [want]
+    limit = 2 * report["alone_by_link"]["1gbit"]["hvdfast"]["img_s"]
+    floor = sum(f["img_s"] for f in report["floor"]["1gbit"]["runs"][0])
+    for r in rows.values():
+        assert r["efficiency"] == r["img_s"] / limit and r["vs_floor"] == r["img_s"] / floor
     assert list(tmp_path.glob("cluster-*.png")) and list(tmp_path.glob("cluster-*.md"))
     assert not [line for line in os.popen("ip netns list").read().splitlines() if "hvdfast" in line]

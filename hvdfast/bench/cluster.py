@@ -12,17 +12,20 @@ worker each, ResNet-50 on synthetic images, with their link limited by a token-b
                  gradient_as_bucket_view, and each of DDP's communication hooks
 
 The compute limit is the same worker alone on one host (no network), times the number of hosts: efficiency is
-img/s against it, and the communication share is the part of a step beyond that worker's step alone. Also
-reported: bytes each worker sends per step (the namespace's interface counters), peak memory per worker, and
-whether the ranks' final parameters agree.
+img/s against it, and the communication share is the part of a step beyond that worker's step alone. It is
+measured again just before each link's runs, in every round, and each link's rows are compared with the limit
+measured beside them: this machine's speed drifts by ~10% within an hour, which a limit measured once at the
+start mixes into every efficiency. Beside it, the floor: every worker host's worker alone at the same time, no
+communication between them (what the hosts' shared memory system leaves of the limit; "x floor" compares with
+it). Also reported: bytes each worker sends per step (the namespace's interface counters), peak memory per
+worker, and whether the ranks' final parameters agree.
 
 Each worker host gets cores / hosts cores of its own (taskset on its sshd; the login host, which only launches,
 shares them all) and a worker of that many threads, as hosts of a real cluster do not share cores; the one-host
 runs of the compute limit run on the first worker host, so on the same cores. Without that (`--shared-cores`, or
 more hosts than cores) every worker's threads, Horovod's background thread and the kernel's TCP work compete for
 all of the machine's cores, and a worker alone may borrow the idle host's core for its helpers. What the hosts
-still share is the memory system: two workers that never communicate, each on its own core, reach 0.95-0.97 of
-the compute limit here (2026-11-26), so no wire format can do better on this machine.
+still share is the memory system, which the floor measures: no wire format can do better than it.
 """
 from __future__ import annotations
 
@@ -81,20 +84,44 @@ class Bench:
                                   model=a.model, batch=a.batch, image_size=a.image_size, steps=a.steps,
                                   warmup=a.warmup, baseline_threads=str(self.threads), controller=a.controller)
 
-    def horovod(self, variant: str, overrides: list[str], n: int | None = None, steps: int | None = None,
-                controller: str | None = None) -> list[dict]:
-        """The hvdfast or baseline worker of `hvdfast bench train` under horovodrun, from the login host."""
+    def _horovod_cmd(self, variant: str, overrides: list[str], on: list[str], steps: int | None,
+                     controller: str | None) -> tuple[list[str], Path]:
+        """horovodrun, as the login host starts it, of the hvdfast or baseline worker of `hvdfast bench train`
+        with one worker on each host of `on`; and the file the workers' results go to."""
         from . import train
-        n = n or len(self.workers)
         targs = self._train_args(overrides)
         targs.steps = steps or targs.steps
         targs.controller = controller or targs.controller
         out = self._out(variant)
         program = train.worker_program("hvdfast" if variant == "hvdfast" else "baseline", targs, out, self.threads)
-        cmd = train.launcher_cmd(variant, targs, n, program, hosts=",".join(f"{h}:1" for h in self.workers[:n]),
-                                 nic="hvd0")
+        return train.launcher_cmd(variant, targs, len(on), program, hosts=",".join(f"{h}:1" for h in on),
+                                  nic="hvd0"), out
+
+    def horovod(self, variant: str, overrides: list[str], n: int | None = None, steps: int | None = None,
+                controller: str | None = None) -> list[dict]:
+        """One horovodrun job over the first `n` worker hosts (default: all), from the login host."""
+        from . import train
+        on = self.workers[:n or len(self.workers)]
+        cmd, out = self._horovod_cmd(variant, overrides, on, steps, controller)
         proc = self.cluster.ssh("login", shlex.join(cmd), self.env, ROOT, timeout=self.args.timeout)
-        return train.read_result(variant, n, proc, out)
+        return train.read_result(variant, len(on), proc, out)
+
+    def apart(self, variant: str, overrides: list[str]) -> list[dict]:
+        """A one-worker horovodrun job on every worker host at the same time: the workers compute side by side
+        and never communicate (the floor). One result per host."""
+        jobs = []
+        for h in self.workers:
+            cmd, out = self._horovod_cmd(variant, overrides, [h], None, None)
+            jobs.append((self.cluster.ssh_start("login", shlex.join(cmd), self.env, ROOT, out.with_suffix(".log")),
+                         out))
+        deadline = time.time() + self.args.timeout
+        codes = [p.wait(timeout=max(1, deadline - time.time())) for p, _ in jobs]
+        for (_, out), code in zip(jobs, codes):
+            if code or not out.is_file():
+                log = out.with_suffix(".log").read_text()[-3000:]
+                raise SystemExit(f"hvdfast bench cluster: a {variant} worker alone failed (exit codes {codes}):\n"
+                                 f"{log}")
+        return [r for _, out in jobs for r in json.loads(out.read_text())]
 
     def ddp(self, hook: str) -> list[dict]:
         """torchrun on every host (as a user starts a multi-node DDP job), rendezvous at the first host."""
@@ -120,13 +147,16 @@ class Bench:
         return json.loads(out.read_text())
 
 
-def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, hosts_n: int) -> dict:
-    """One row from a variant's runs on a link (each run: its ranks' results); throughputs are means over runs."""
+def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floor: dict | None,
+              hosts_n: int) -> dict:
+    """One row from a variant's runs on a link (each run: its ranks' results); throughputs are means over runs.
+    `alone` and `floor`: that link's (mean_alone, mean_floor), measured beside its runs."""
     ranks = [r for run in repeats for r in run]
     step = statistics.mean(r["step_s"] for r in ranks)
     img_s = statistics.mean(sum(r["img_s"] for r in run) for run in repeats)
     return {"link": link, "variant": name, "img_s": img_s, "step_s": step,
             "efficiency": img_s / (hosts_n * alone["img_s"]),
+            "floor_img_s": floor["img_s"] if floor else None, "vs_floor": img_s / floor["img_s"] if floor else None,
             "comm_share": max(0.0, 1 - alone["step_s"] / step),
             "comm_wait_s": statistics.mean(r["comm_wait_s"] for r in ranks) if "comm_wait_s" in ranks[0] else None,
             "wire_mb_per_step": statistics.mean(r["wire_mb_per_step"] for r in ranks),
@@ -140,6 +170,11 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, host
 def mean_alone(runs: list[dict]) -> dict:
     step = statistics.mean(r["step_s"] for r in runs)
     return {"step_s": step, "img_s": statistics.mean(r["img_s"] for r in runs), "runs": runs}
+
+
+def mean_floor(rounds: list[list[dict]]) -> dict:
+    """The floor's runs (each: one result per host, computed at the same time): img/s summed over the hosts."""
+    return {"img_s": statistics.mean(sum(r["img_s"] for r in run) for run in rounds), "runs": rounds}
 
 
 def run(args) -> int:
@@ -163,14 +198,21 @@ def run(args) -> int:
             bench.cluster.start()
             say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
             results: dict = {}
-            alone_runs: dict = {"hvdfast": [], "horovod": []}
+            alone_runs = {link: {"hvdfast": [], "horovod": []} for link in links}
+            floor_runs: dict = {link: [] for link in links}
             for rep in range(args.repeat):  # every variant once per round: the machine's drift hits all alike
-                # The compute limit: one worker alone on one host (its threads as in the cluster, no network).
-                say(f"round {rep + 1}/{args.repeat}: the compute limit (one worker alone on one host) ...")
-                alone_runs["hvdfast"] += bench.horovod("hvdfast", ["horovod.tuned=never"], n=1)
-                if "horovod" in variants:
-                    alone_runs["horovod"] += bench.horovod("horovod", [], n=1)
                 for link in links:
+                    # beside each link's runs: the compute limit (one worker alone on one host, its threads as in
+                    # the cluster, no network) and the floor (every host's worker alone at once)
+                    say(f"round {rep + 1}/{args.repeat}, {link}: the compute limit and the floor ...")
+                    alone_runs[link]["hvdfast"] += bench.horovod("hvdfast", ["horovod.tuned=never"], n=1)
+                    if "horovod" in variants:
+                        alone_runs[link]["horovod"] += bench.horovod("horovod", [], n=1)
+                    if not args.no_floor:
+                        floor_runs[link].append(bench.apart("hvdfast", ["horovod.tuned=never"]))
+                    say(f"  limit {len(bench.workers) * alone_runs[link]['hvdfast'][-1]['img_s']:.2f} img/s"
+                        + (f", floor {sum(r['img_s'] for r in floor_runs[link][-1]):.2f}" if floor_runs[link]
+                           else ""))
                     bench.cluster.shape(LINKS[link])
                     for v in variants:
                         say(f"{link}: {v} ...")
@@ -190,8 +232,13 @@ def run(args) -> int:
                         results.setdefault((link, v), []).append(ranks)
                         say(f"  {sum(r['img_s'] for r in ranks):.2f} img/s, "
                             f"{statistics.mean(r['wire_mb_per_step'] for r in ranks):.1f} MB sent per step per worker")
-            alone = {k: mean_alone(v) for k, v in alone_runs.items() if v}
-            rows = [summarise(v, link, runs, alone["horovod" if v == "horovod" else "hvdfast"], len(bench.workers))
+            alone_by_link = {link: {k: mean_alone(v) for k, v in d.items() if v} for link, d in alone_runs.items()}
+            floor = {link: mean_floor(v) for link, v in floor_runs.items() if v}
+            # every run of the limit, all links together (what `bench model` takes as the compute time)
+            alone = {k: mean_alone([r for d in alone_runs.values() for r in d[k]]) for k in ("hvdfast", "horovod")
+                     if alone_runs[links[0]][k]}
+            rows = [summarise(v, link, runs, alone_by_link[link]["horovod" if v == "horovod" else "hvdfast"],
+                              floor.get(link) if v != "horovod" else None, len(bench.workers))
                     for (link, v), runs in results.items()]
         finally:
             bench.cluster.stop()
@@ -204,20 +251,32 @@ def run(args) -> int:
     cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("img_s", "img/s"),
             ("efficiency", "efficiency"), ("comm_share", "comm share of step"), ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
-            ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"), ("ranks_agree", "ranks agree")]
+            ("vs_floor", "x floor"), ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"),
+            ("ranks_agree", "ranks agree")]
     table = markdown_table(rows, cols)
-    limit = alone["hvdfast"]["img_s"] * len(bench.workers)
+    n_hosts = len(bench.workers)
+    limits = [{"link": link, "limit": n_hosts * alone_by_link[link]["hvdfast"]["img_s"],
+               "each": ", ".join(f"{n_hosts * r['img_s']:.2f}" for r in alone_by_link[link]["hvdfast"]["runs"]),
+               "floor": floor[link]["img_s"] if link in floor else None,
+               "floor_share": floor[link]["img_s"] / (n_hosts * alone_by_link[link]["hvdfast"]["img_s"])
+               if link in floor else None} for link in links]
+    table += "\n\n" + markdown_table(limits, [
+        ("link", "measured before"), ("limit", "compute limit img/s (mean)"), ("each", "each round"),
+        ("floor", f"floor img/s ({n_hosts} workers alone at once)"), ("floor_share", "floor / limit")])
+    limit = alone["hvdfast"]["img_s"] * n_hosts
     text = (f"{header(hw)}\n{args.model}, {args.image_size} px, batch {args.batch}/worker, synthetic, "
             f"{args.hosts} hosts x 1 worker x {bench.threads} thread(s), "
             + (f"each host on cores of its own ({', '.join(f'{h}: {c}' for h, c in bench.cpus.items())})"
                if bench.cpus else "the hosts sharing every core") + f", median of {args.steps} steps after "
-            f"{args.warmup}, mean of {args.repeat} round(s); compute limit (one worker alone x {args.hosts}): "
-            f"{limit:.2f} img/s\n\n{table}")
+            f"{args.warmup}, mean of {args.repeat} round(s); compute limit (one worker alone x {args.hosts}), "
+            f"measured before each link in every round: {limit:.2f} img/s over all, each link's efficiency against "
+            f"its own (second table)\n\n{table}")
     for link, doc in tuned_docs.items():
         text += f"\n\nhvdfast tune on {link}: " + "; ".join(doc["why"])
     print(text)
     j, md = write(Path(args.out_dir), "cluster", {"hardware": hw, "hosts": args.hosts, "threads": bench.threads,
                                                   "host_cpus": bench.cpus, "rows": rows, "alone": alone,
+                                                  "alone_by_link": alone_by_link, "floor": floor,
                                                   "tuned": tuned_docs}, text)
     plot(rows, j.with_suffix(".png"))
     print(f"\nwrote {j}, {md} and {j.with_suffix('.png')}")
@@ -237,6 +296,13 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.bar([k + i * width for k in range(len(links))], ys, width, label=v)
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(links))], links)
     ax.axhline(1.0, color="grey", lw=0.8)
+    label = "floor (no communication)"
+    for k, lk in enumerate(links):  # the floor: the hosts' workers alone at once, as a share of that link's limit
+        r = next((r for r in rows if r["link"] == lk and r.get("floor_img_s")), None)
+        if r:
+            ax.hlines(r["floor_img_s"] * r["efficiency"] / r["img_s"], k - width / 2, k + 0.8 - width / 2,
+                      color="black", lw=1.2, linestyles="dashed", label=label)
+            label = None
     ax.set(ylabel="efficiency vs compute limit", title="hvdfast bench cluster: 2 emulated hosts")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
@@ -266,6 +332,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds over every link and variant (and the one-host limit); figures are means over rounds")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the floor (every host's worker alone at the same time) beside each link")
     p.add_argument("--tune-steps", type=int, default=2, help="timed steps per candidate when tuning on a link")
     p.add_argument("--tune-controllers",
                    help="Horovod controllers the tuning on each link measures every wire format with, comma "
