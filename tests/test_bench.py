@@ -100,3 +100,20 @@ def test_cluster_model_recovers_what_made_the_points():
     rows = mc.check(other, cpu, eta, fitted_here=False)
     assert len(rows) == len(other) and {r["role"] for r in rows} == {"predicted"}
     assert max(abs(r["error"]) for r in rows) < 1e-9
+
+
+def test_cluster_points_take_each_links_own_compute_limit():
+    """`bench model` reads T_c per link from a report that measured the limit beside each link (alone_by_link),
+    and the one overall limit from reports before that."""
+    from hvdfast.bench import model_cluster as mc
+    rows = [{"link": lk, "variant": "hvdfast", "settings": "fp16", "controller": "mpi", "step_s": 0.8,
+             "img_s": 20.0, "wire_mb_per_step": 51.3} for lk in ("1gbit", "unlimited")]
+    report = {"hardware": {"cores": 2}, "hosts": 2, "threads": 1, "rows": rows,
+              "alone": {"hvdfast": {"step_s": 0.70}},
+              "alone_by_link": {"1gbit": {"hvdfast": {"step_s": 0.68}}, "unlimited": {"hvdfast": {"step_s": 0.72}}},
+              "tuned": {"1gbit": {"candidates": [{"controller": "gloo", "compression": "none", "img_s": 16.0,
+                                                  "wire_mb": 102.5}]}}}
+    got = {(p.source, p.link): p.compute_s for p in mc.points(report, "r")}
+    assert got == {("r", "1gbit"): 0.68, ("r", "unlimited"): 0.72, ("r tune", "1gbit"): 0.68}
+    del report["alone_by_link"]
+    assert {p.compute_s for p in mc.points(report, "r")} == {0.70}

@@ -54,7 +54,11 @@ class Point:
 def points(report: dict, source: str) -> list[Point]:
     """Every measured (link, variant, wire format) of one `hvdfast bench cluster` JSON report, including the
     candidates `hvdfast tune --hosts` timed on each link."""
-    compute = report["alone"]["hvdfast"]["step_s"]
+    by_link = report.get("alone_by_link") or {}  # reports since the limit is measured beside each link
+
+    def compute(link: str) -> float:  # T_c: the worker alone, measured beside that link's runs where it was
+        return (by_link.get(link) or report["alone"])["hvdfast"]["step_s"]
+
     rows = report["rows"]
     # reports before the hosts/threads fields were recorded: 2 hosts x 1 thread on this 2-core machine
     share = max(1.0, report.get("hosts", 2) * report.get("threads", 1) / report["hardware"].get("cores", 2))
@@ -71,11 +75,12 @@ def points(report: dict, source: str) -> list[Point]:
             family = hvdfast_family(r.get("controller") or
                                     (tuned.get(r["link"]) or {}).get("launcher", {}).get("controller"))
         fmt = r["settings"] if family != "ddp" else (r["settings"] or "none")
-        out.append(Point(source, r["link"], family, fmt, r["step_s"], r["wire_mb_per_step"], compute, share))
+        out.append(Point(source, r["link"], family, fmt, r["step_s"], r["wire_mb_per_step"], compute(r["link"]),
+                         share))
     for link, doc in tuned.items():
         for c in doc.get("candidates", []):
             out.append(Point(f"{source} tune", link, hvdfast_family(c.get("controller")), c["compression"],
-                             images_per_step / c["img_s"], c["wire_mb"], compute, share))
+                             images_per_step / c["img_s"], c["wire_mb"], compute(link), share))
     return out
 
 
