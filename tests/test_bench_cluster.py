@@ -64,5 +64,6 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     floor = sum(f["img_s"] for f in report["floor"]["1gbit"]["runs"][0])
     for r in rows.values():
         assert r["efficiency"] == r["img_s"] / limit and r["vs_floor"] == r["img_s"] / floor
+    assert report["switch_filtering_off"] is True  # the bridge (the switch) runs no iptables on the hosts' cores
     assert list(tmp_path.glob("cluster-*.png")) and list(tmp_path.glob("cluster-*.md"))
     assert not [line for line in os.popen("ip netns list").read().splitlines() if "hvdfast" in line]

@@ -270,13 +270,15 @@ def run(args) -> int:
                if bench.cpus else "the hosts sharing every core") + f", median of {args.steps} steps after "
             f"{args.warmup}, mean of {args.repeat} round(s); compute limit (one worker alone x {args.hosts}), "
             f"measured before each link in every round: {limit:.2f} img/s over all, each link's efficiency against "
-            f"its own (second table)\n\n{table}")
+            f"its own (second table); the bridge between the hosts "
+            f"{'without' if bench.cluster.switch_filtering_off else 'WITH'} the machine's netfilter hooks\n\n{table}")
     for link, doc in tuned_docs.items():
         text += f"\n\nhvdfast tune on {link}: " + "; ".join(doc["why"])
     print(text)
     j, md = write(Path(args.out_dir), "cluster", {"hardware": hw, "hosts": args.hosts, "threads": bench.threads,
                                                   "host_cpus": bench.cpus, "rows": rows, "alone": alone,
                                                   "alone_by_link": alone_by_link, "floor": floor,
+                                                  "switch_filtering_off": bench.cluster.switch_filtering_off,
                                                   "tuned": tuned_docs}, text)
     plot(rows, j.with_suffix(".png"))
     print(f"\nwrote {j}, {md} and {j.with_suffix('.png')}")
