@@ -4,7 +4,8 @@
 Each host has its own network stack (address 10.77.X.n on an interface named hvd0 everywhere, as on a real
 cluster), its own hostname (UTS namespace), an /etc/hosts naming every host (mount namespace), and its own sshd
 bound inside it. Everything else is shared (file system, Python, the venv), as on a cluster with a shared home.
-Traffic stays on the bridge; `stop()` kills the sshds and deletes the namespaces and the bridge. `shape(rate)` puts
+Traffic stays on the bridge (the cluster's switch: it runs none of the machine's iptables hooks, which would do
+a switch's filtering on the sending host's core); `stop()` kills the sshds and deletes the namespaces and the bridge. `shape(rate)` puts
 a token-bucket filter (tc tbf: this kernel has no netem) on both ends of every host's link, so each host sends and
 receives at most `rate` (e.g. "1gbit"; measured 0.97 Gbit/s at 1gbit here).
 
