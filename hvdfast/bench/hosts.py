@@ -5,9 +5,9 @@ Each host has its own network stack (address 10.77.X.n on an interface named hvd
 cluster), its own hostname (UTS namespace), an /etc/hosts naming every host (mount namespace), and its own sshd
 bound inside it. Everything else is shared (file system, Python, the venv), as on a cluster with a shared home.
 Traffic stays on the bridge (the cluster's switch: it runs none of the machine's iptables hooks, which would do
-a switch's filtering on the sending host's core); `stop()` kills the sshds and deletes the namespaces and the bridge. `shape(rate)` puts
-a token-bucket filter (tc tbf: this kernel has no netem) on both ends of every host's link, so each host sends and
-receives at most `rate` (e.g. "1gbit"; measured 0.97 Gbit/s at 1gbit here).
+a switch's filtering on the sending host's core); `stop()` kills the sshds and deletes the namespaces and the
+bridge. `shape(rate)` puts a token-bucket filter (tc tbf: this kernel has no netem) on both ends of every host's
+link, so each host sends and receives at most `rate` (e.g. "1gbit"; measured 0.97 Gbit/s at 1gbit here).
 
 Hosts are declared as (name, hostname, extra sshd_config lines): a host may report another host's hostname (a
 cloned node) or carry environment through sshd's SetEnv (version skew), and `down` names get an address but no sshd.
