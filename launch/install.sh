@@ -52,6 +52,14 @@ PATCH_SED='s/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 20)/'
 #   -mf16c (its ARCH_FLAGS, taken when the building CPU has them), so no CPU requirement is added.
 PATCH_F16_SED='s/return !(\*this == rhs\.x);/return !(*this == rhs);/'
 PATCH_GLOO_SED='s|^    add_subdirectory(third_party/gloo)$|&\n    if(CMAKE_CXX_FLAGS MATCHES "-mavx" AND CMAKE_CXX_FLAGS MATCHES "-mf16c")\n        target_sources(gloo PRIVATE "${PROJECT_SOURCE_DIR}/third_party/gloo/gloo/math.cc")\n        target_compile_definitions(gloo PRIVATE GLOO_USE_AVX=1)\n        add_definitions(-DGLOO_USE_AVX=1)\n    endif()|'
+# And Horovod's parameter manager, whose state outlives hvd.shutdown() (an elastic reset shuts down and initialises
+# again in the same process): every init first sets the fusion threshold and the cycle time to Horovod's defaults as
+# tunable values, then fixes those the environment sets. The tunable setter writes into a vector that holds only
+# the variables not fixed yet, at an index it looks up with operator[] (0 for a fixed variable); on the second init
+# of a process with both HOROVOD_FUSION_THRESHOLD and HOROVOD_CYCLE_TIME set that vector is empty and the write is
+# out of bounds (exit 139 in hvd.init(): 3 init/allreduce/shutdown rounds under `horovodrun --gloo -np 1`; with
+# only one set, the write lands in the other variable's slot). The patch leaves a variable that is already fixed alone.
+PATCH_PM_SED='/^void ParameterManager::BayesianParameter::SetValue/,/^}/ s/^  } else {$/  } else if (fixed_values_.find(variable) == fixed_values_.end()) {/'
 # Newer toolchains than Horovod 0.28.1 knew (both met on Ubuntu 24.04, the GPU image's base; no source change):
 # - GCC >= 13 no longer pulls <string>/<cstdint> in transitively (horovod/common/group_table.h uses std::string);
 # - CMake >= 4 refuses the cmake_minimum_required(VERSION 2.8) of Horovod's bundled Gloo and flatbuffers unless
@@ -178,8 +186,8 @@ fi
 
 MPI_ID=none
 [ $MPI = existing ] && MPI_ID=$( (mpirun --version 2>/dev/null | head -n1; mpicc -show 2>/dev/null) | sha256sum | cut -c1-8)
-PATCH_ID=$(printf '%s|%s|%s|%s|%s' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" "$BUILD_CXXFLAGS" \
-           | sha256sum | cut -c1-8)
+PATCH_ID=$(printf '%s|%s|%s|%s|%s|%s' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" "$PATCH_PM_SED" \
+           "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
 KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VER-py$PY_VER-mpi$MPI_ID-gloo-$CUDA_OPT-patch$PATCH_ID"
 WHEEL_DIR=$CACHE/wheels/$KEY
 installed_key=$(cat "$VENV/.hvdfast-horovod-key" 2>/dev/null || true)
@@ -205,6 +213,10 @@ else
     grep -q 'return !(\*this == rhs\.x);' "$tree/third_party/gloo/gloo/types.h" \
       || die "Horovod patch (Gloo's float16 comparison) no longer applies to third_party/gloo/gloo/types.h"
     sed -i "$PATCH_F16_SED" "$tree/third_party/gloo/gloo/types.h"
+    pm=$tree/horovod/common/parameter_manager.cc
+    [ "$(awk '/^void ParameterManager::BayesianParameter::SetValue/,/^}/' "$pm" | grep -c '^  } else {$')" = 1 ] \
+      || die "Horovod patch (parameter manager) no longer applies to horovod/common/parameter_manager.cc"
+    sed -i "$PATCH_PM_SED" "$pm"
     mkdir -p "$WHEEL_DIR.tmp"
     export CXXFLAGS="${CXXFLAGS:-} $BUILD_CXXFLAGS"
     cmake_major=$(cmake --version | sed -n 's/^cmake version \([0-9]*\).*/\1/p')

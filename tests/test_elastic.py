@@ -80,3 +80,18 @@ def test_elastic_run_takes_the_worker_back(digits_dir, tmp_path, horovod):
     assert summary["workers"] == 2, out[-3000:]
     assert summary["ranks_agree"], summary["ranks"]
     assert summary["final_top1"] > 30                              # not reset to a fresh model (chance: 10%)
+
+
+def test_horovod_initialises_again_with_the_recipes_knobs(tmp_path):
+    """An elastic reset shuts Horovod down and initialises it again in the same process. With both
+    HOROVOD_FUSION_THRESHOLD and HOROVOD_CYCLE_TIME set, Horovod 0.28.1's parameter manager wrote out of bounds
+    in the second hvd.init() (exit 139); launch/install.sh's patch fixes it, so elastic runs keep the recipe's
+    fusion threshold. Three init/allreduce/shutdown rounds under the real horovodrun --gloo, 2 ranks."""
+    from conftest import run_launcher
+    proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/reinit.py"), str(tmp_path)],
+                        timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for r in range(2):
+        got = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert {"HOROVOD_FUSION_THRESHOLD", "HOROVOD_CYCLE_TIME"} <= set(got["env"])
+        assert got["sums"] == [[float(0 + 1 + 2 * k)] * 4 for k in range(3)]

@@ -96,10 +96,9 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
     if cfg is not None:
         env = horovod_env(cfg)
         if elastic:
-            # Horovod 0.28.1 elastic: with HOROVOD_FUSION_THRESHOLD set, a survivor segfaulted in hvd.init()
-            # during the reset after a worker died (reproduced without hvdfast); keep Horovod's default there.
-            env.pop("HOROVOD_FUSION_THRESHOLD")
-            # ... and its response cache (names -> cached responses) is warm on survivors and cold on a worker
+            # (Horovod 0.28.1 segfaulted in the reset's hvd.init() with both HOROVOD_FUSION_THRESHOLD and
+            # HOROVOD_CYCLE_TIME set: fixed by the build patch, launch/install.sh, "parameter manager".)
+            # Horovod's response cache (names -> cached responses) is warm on survivors and cold on a worker
             # that joins: their first collectives after the reset disagreed and a survivor aborted in Gloo
             # ("op.preamble.length <= op.nbytes"). Without the cache a scale-up goes through.
             env["HOROVOD_CACHE_CAPACITY"] = "0"
