@@ -109,19 +109,22 @@ class Bench:
     def apart(self, variant: str, overrides: list[str]) -> list[dict]:
         """A one-worker horovodrun job on every worker host at the same time: the workers compute side by side
         and never communicate (the floor). One result per host."""
-        jobs = []
+        procs, outs = [], []
         for h in self.workers:
             cmd, out = self._horovod_cmd(variant, overrides, [h], None, None)
-            jobs.append((self.cluster.ssh_start("login", shlex.join(cmd), self.env, ROOT, out.with_suffix(".log")),
-                         out))
+            procs.append(self.cluster.ssh_start("login", shlex.join(cmd), self.env, ROOT, out.with_suffix(".log")))
+            outs.append(out)
+        self._wait(procs, outs, [o.with_suffix(".log") for o in outs], f"a {variant} worker alone")
+        return [r for out in outs for r in json.loads(out.read_text())]
+
+    def _wait(self, procs: list, outs: list[Path], logs: list[Path], what: str) -> None:
+        """Wait for processes started together (one deadline for all); if any exited non-zero or a result file
+        is missing, one message with the log of the first that failed (else the first log)."""
         deadline = time.time() + self.args.timeout
-        codes = [p.wait(timeout=max(1, deadline - time.time())) for p, _ in jobs]
-        for (_, out), code in zip(jobs, codes):
-            if code or not out.is_file():
-                log = out.with_suffix(".log").read_text()[-3000:]
-                raise SystemExit(f"hvdfast bench cluster: a {variant} worker alone failed (exit codes {codes}):\n"
-                                 f"{log}")
-        return [r for _, out in jobs for r in json.loads(out.read_text())]
+        codes = [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
+        if any(codes) or not all(o.is_file() for o in outs):
+            log = logs[next((i for i, c in enumerate(codes) if c), 0)].read_text()[-3000:]
+            raise SystemExit(f"hvdfast bench cluster: {what} failed (exit codes {codes}):\n{log}")
 
     def ddp(self, hook: str) -> list[dict]:
         """torchrun on every host (as a user starts a multi-node DDP job), rendezvous at the first host."""
@@ -139,11 +142,7 @@ class Bench:
                    "--warmup", str(self.args.warmup), "--threads", str(self.threads), "--out", str(out)]
             env = dict(self.env, GLOO_SOCKET_IFNAME="hvd0", OMP_NUM_THREADS=str(self.threads))
             procs.append(self.cluster.ssh_start(host, shlex.join(cmd), env, ROOT, out.with_suffix(f".{rank}.log")))
-        deadline = time.time() + self.args.timeout
-        codes = [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
-        if any(codes) or not out.is_file():
-            log = out.with_suffix(".0.log").read_text()[-3000:]
-            raise SystemExit(f"hvdfast bench cluster: DDP ({hook}) failed (exit codes {codes}):\n{log}")
+        self._wait(procs, [out], [out.with_suffix(f".{rank}.log") for rank in range(n)], f"DDP ({hook})")
         return json.loads(out.read_text())
 
 

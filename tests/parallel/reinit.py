@@ -11,7 +11,7 @@ from hvdfast import config
 from hvdfast.dist import core
 
 out = Path(sys.argv[1])
-env = core.horovod_env(config.load("launch/configs/digits-cpu.yaml").horovod)
+env = core.horovod_env(config.load(Path(__file__).parents[2] / "launch/configs/digits-cpu.yaml").horovod)
 os.environ.update(env)
 import horovod.torch as hvd  # noqa: E402
 
