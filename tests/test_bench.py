@@ -117,3 +117,10 @@ def test_cluster_points_take_each_links_own_compute_limit():
     assert got == {("r", "1gbit"): 0.68, ("r", "unlimited"): 0.72, ("r tune", "1gbit"): 0.68}
     del report["alone_by_link"]
     assert {p.compute_s for p in mc.points(report, "r")} == {0.70}
+
+
+def test_cluster_rounds_alternate_the_variants_order():
+    from hvdfast.bench.cluster import round_order
+    v = ["hvdfast", "ddp-bf16", "ddp-powersgd"]
+    assert [round_order(v, rep) for rep in range(3)] == [v, v[::-1], v]
+    assert v == ["hvdfast", "ddp-bf16", "ddp-powersgd"]  # the caller's list is left as it was

@@ -131,3 +131,12 @@ def test_an_overflowed_gradient_passes_through_but_leaves_no_trace_in_the_state(
     for b in buckets:
         assert b.error.abs().max() == 0
         assert torch.equal(b.q_wire, fresh[0].q_wire)  # Q is back to the first step's draw
+
+
+def test_the_low_rank_product_is_the_matrix_product_at_every_rank():
+    gen = torch.Generator().manual_seed(17)
+    for r in (1, 2, 3, 4, 8):  # rank-one updates up to 4, torch.mm above
+        p, qt = torch.randn(64, r, generator=gen), torch.randn(r, 576, generator=gen)
+        out = torch.full((64, 576), float("nan"))
+        assert powersgd.low_rank_product(p, qt, out) is out
+        assert torch.allclose(out, p @ qt, rtol=1e-5, atol=1e-5)

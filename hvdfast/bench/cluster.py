@@ -146,6 +146,12 @@ class Bench:
         return json.loads(out.read_text())
 
 
+def round_order(variants: list[str], rep: int) -> list[str]:
+    """The variants in round `rep`'s order: as given, then reversed, alternately (A B, B A, ...), so that a drift of
+    the machine's speed over the rounds (up to 13% within a run here) favours no variant by its place in the list."""
+    return list(variants) if rep % 2 == 0 else list(reversed(variants))
+
+
 def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floor: dict | None,
               hosts_n: int) -> dict:
     """One row from a variant's runs on a link (each run: its ranks' results); throughputs are means over runs.
@@ -213,7 +219,7 @@ def run(args) -> int:
                         + (f", floor {sum(r['img_s'] for r in floor_runs[link][-1]):.2f}" if floor_runs[link]
                            else ""))
                     bench.cluster.shape(LINKS[link])
-                    for v in variants:
+                    for v in round_order(variants, rep):
                         say(f"{link}: {v} ...")
                         if v == "hvdfast":
                             if link not in tuned_docs:  # hvdfast tune --hosts on this link, once
@@ -332,7 +338,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=1,
-                   help="rounds over every link and variant (and the one-host limit); figures are means over rounds")
+                   help="rounds over every link and variant (and the one-host limit), the variants in alternating order "
+                        "(A B, B A, ...); figures are means over rounds")
     p.add_argument("--no-floor", action="store_true",
                    help="skip the floor (every host's worker alone at the same time) beside each link")
     p.add_argument("--tune-steps", type=int, default=2, help="timed steps per candidate when tuning on a link")
