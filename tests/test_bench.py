@@ -93,6 +93,7 @@ def test_cluster_model_recovers_what_made_the_points():
     assert max(abs(r["error"]) for r in rows) < 1e-9
     roles = {(r["link"], r["family"], r["format"]): r["role"] for r in rows}
     assert roles[("unlimited", "ddp", "bf16")] == "fits c" and roles[("100mbit", "ddp", "bf16")] == "fits eta"
+    assert roles[("10gbit", "ddp", "bf16")] == "fits c"  # both fast links' points (median)
     assert roles[("100mbit", "hvdfast", "powersgd")] == "predicted"  # 1.55 MB: too little traffic to fit eta on
     assert roles[("1gbit", "hvdfast", "none")] == "predicted"
     # another day 1.6x slower, 4 hosts on the 2 cores (s = 2) sending the ring's 1.5x bytes: all predicted, exactly
@@ -100,6 +101,18 @@ def test_cluster_model_recovers_what_made_the_points():
     rows = mc.check(other, cpu, eta, fitted_here=False)
     assert len(rows) == len(other) and {r["role"] for r in rows} == {"predicted"}
     assert max(abs(r["error"]) for r in rows) < 1e-9
+
+
+def test_cluster_model_reads_c_as_the_median_of_the_fast_links_points():
+    from hvdfast.bench import model_cluster as mc
+    pts = [mc.Point("r", link, "hvdfast", "fp16", step, 51.3, 0.7)
+           for link, step in (("unlimited", 0.77), ("unlimited", 0.84), ("10gbit", 0.80), ("1gbit", 2.0))]
+    cpu, _ = mc.fit(pts)
+    assert cpu[("hvdfast", "fp16")] == pytest.approx(0.80 / 0.7 - 1)  # the median of the three, not the 1gbit one
+    # without fast-link points: the fastest link it ran on
+    cpu, _ = mc.fit([mc.Point("r", "1gbit", "ddp", "bf16", 0.9, 51.3, 0.7),
+                     mc.Point("r", "100mbit", "ddp", "bf16", 5.0, 51.3, 0.7)])
+    assert cpu[("ddp", "bf16")] == pytest.approx(0.9 / 0.7 - 1)
 
 
 def test_cluster_points_take_each_links_own_compute_limit():
