@@ -338,8 +338,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=1,
-                   help="rounds over every link and variant (and the one-host limit), the variants in alternating order "
-                        "(A B, B A, ...); figures are means over rounds")
+                   help="rounds over every link and variant (and the one-host limit), the variants in "
+                        "alternating order (A B, B A, ...); figures are means over rounds")
     p.add_argument("--no-floor", action="store_true",
                    help="skip the floor (every host's worker alone at the same time) beside each link")
     p.add_argument("--tune-steps", type=int, default=2, help="timed steps per candidate when tuning on a link")
