@@ -49,12 +49,13 @@ def worth_compressing(shape: tuple[int, ...], rank: int) -> bool:
 
 
 def low_rank_product(p: torch.Tensor, qt: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = p @ qt (n x r times r x m), for the small r PowerSGD uses: as r rank-one updates where r <= 4.
-    BLAS is slow at an inner dimension this small: for ResNet-50's 54 matrices on one thread (2026-11-26), torch.mm
-    took 15.5 / 14.7 ms at r = 2 / 4, the rank-one updates 5.8 / 10.3 ms (each matrix stays in cache across its
-    passes); at r = 8 torch.mm was ahead (13.9 against 14.9). Same results to the last bit there."""
+    """out = p @ qt (n x r times r x m), for the small r PowerSGD uses: on a CPU as r rank-one updates where r <= 4.
+    The CPU's BLAS is slow at an inner dimension this small: for ResNet-50's 54 matrices on one thread (2026-11-26),
+    torch.mm took 15.5 / 14.7 ms at r = 2 / 4, the rank-one updates 5.8 / 10.3 ms (each matrix stays in cache across
+    its passes), with bit-identical results; at r = 8 torch.mm was ahead (13.9 against 14.9). A GPU's GEMM streams
+    the output once where the updates would stream it r times: torch.mm there."""
     r = p.shape[1]
-    if r > 4:
+    if r > 4 or out.device.type != "cpu":
         return torch.mm(p, qt, out=out)
     torch.mul(p[:, :1], qt[:1], out=out)
     for k in range(1, r):
