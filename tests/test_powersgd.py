@@ -133,10 +133,40 @@ def test_an_overflowed_gradient_passes_through_but_leaves_no_trace_in_the_state(
         assert torch.equal(b.q_wire, fresh[0].q_wire)  # Q is back to the first step's draw
 
 
-def test_the_low_rank_product_is_the_matrix_product_at_every_rank():
+def test_the_three_products_are_the_matrix_products_at_every_rank():
+    """project / project_back / finish against float64 matrix products: float32 through the numba loops, float64
+    through torch (the path GPUs and other dtypes take)."""
     gen = torch.Generator().manual_seed(17)
-    for r in (1, 2, 3, 4, 8):  # rank-one updates up to 4, torch.mm above
-        p, qt = torch.randn(64, r, generator=gen), torch.randn(r, 576, generator=gen)
-        out = torch.full((64, 576), float("nan"))
-        assert powersgd.low_rank_product(p, qt, out) is out
-        assert torch.allclose(out, p @ qt, rtol=1e-5, atol=1e-5)
+    nan = float("nan")
+    for r in (1, 2, 3, 4, 8):
+        mat = torch.randn(64, 576, generator=gen, dtype=torch.float64)
+        p, qt = torch.randn(64, r, generator=gen, dtype=torch.float64), torch.randn(r, 576, generator=gen,
+                                                                                        dtype=torch.float64)
+        for dtype in (torch.float32, torch.float64):
+            m_, p_, qt_ = mat.to(dtype), p.to(dtype), qt.to(dtype)
+            assert powersgd._cpu_loops(m_, p_, qt_) == (dtype == torch.float32)
+            tol = dict(rtol=1e-5, atol=1e-4)
+            out = torch.full((64, r), nan, dtype=dtype)
+            powersgd.project(m_, qt_, out)
+            assert torch.allclose(out.double(), mat @ qt.t(), **tol)
+            out = torch.full((r, 576), nan, dtype=dtype)
+            powersgd.project_back(p_, m_, out)
+            assert torch.allclose(out.double(), p.t() @ mat, **tol)
+            out = torch.full((64, 576), nan, dtype=dtype)
+            powersgd.finish(p_, qt_, out, None, 0.5)
+            assert torch.allclose(out.double(), p @ qt, **tol)
+            err = m_.clone()
+            out = torch.full((64, 576), nan, dtype=dtype)
+            powersgd.finish(p_, qt_, out, err, 0.5)
+            assert torch.allclose(out.double(), p @ qt, **tol)
+            assert torch.allclose(err.double(), mat - 0.5 * (p @ qt), **tol)
+
+
+def test_an_inf_goes_through_the_compiled_products():
+    """The loops may reassociate sums but assume nothing about finiteness: an fp16 overflow must reach the
+    isfinite check in advance() (see test_an_overflowed_gradient_...)."""
+    mat = torch.ones(4, 8)
+    mat[2, 3] = float("inf")
+    p = torch.zeros(4, 2)
+    powersgd.project(mat, torch.ones(2, 8), p)
+    assert torch.isinf(p[2]).all() and torch.isfinite(p[[0, 1, 3]]).all()

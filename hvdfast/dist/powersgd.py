@@ -24,8 +24,9 @@ M = error + gradient when the bucket is ready; the averaged approximation goes t
 the parameters' .grad view for the optimizer, and the error is what stays: M - approx, in place. Per step that is
 six passes over the gradient's bytes instead of ten (no zeroing of the bucket, no error + gradient): ResNet-50's
 compression 42 -> 40 ms on one thread, most of the rest being the three skinny matrix products, plus the zeroing
-of 102 MB that zero_grad no longer does. The widest of the three, P Q^T, as rank-one updates (`low_rank_product`):
-40 -> 34-37 ms per step (2026-11-26).
+of 102 MB that zero_grad no longer does. On a CPU the three products are loops that read the gradient once each
+(lowrank.py; P Q^T and the error's update in one pass): a step's compression of ResNet-50 on one thread 34 -> 25 ms
+(2026-11-26; it was 40 with torch.mm, 34 with P Q^T as rank-one updates).
 
 No Horovod import: `buckets.BucketedOptimizer` runs the rounds and does the allreduces through `dist`.
 """
@@ -48,19 +49,40 @@ def worth_compressing(shape: tuple[int, ...], rank: int) -> bool:
     return (n + m) * r * MIN_COMPRESSION_RATE < n * m
 
 
-def low_rank_product(p: torch.Tensor, qt: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = p @ qt (n x r times r x m), for the small r PowerSGD uses: on a CPU as r rank-one updates where r <= 4.
-    The CPU's BLAS is slow at an inner dimension this small: for ResNet-50's 54 matrices on one thread (2026-11-26),
-    torch.mm took 15.5 / 14.7 ms at r = 2 / 4, the rank-one updates 5.8 / 10.3 ms (each matrix stays in cache across
-    its passes), with bit-identical results; at r = 8 torch.mm was ahead (13.9 against 14.9). A GPU's GEMM streams
-    the output once where the updates would stream it r times: torch.mm there."""
-    r = p.shape[1]
-    if r > 4 or out.device.type != "cpu":
-        return torch.mm(p, qt, out=out)
-    torch.mul(p[:, :1], qt[:1], out=out)
-    for k in range(1, r):
-        out.addcmul_(p[:, k:k + 1], qt[k:k + 1])
-    return out
+def _cpu_loops(*tensors: torch.Tensor) -> bool:
+    """Whether the numba loops (lowrank.py) do these products: float32 on a CPU, rows contiguous."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+
+def project(mat: torch.Tensor, qt: torch.Tensor, p: torch.Tensor) -> None:
+    """p = M Q (n x m times m x r; Q given as its r x m transpose)."""
+    if _cpu_loops(mat, qt, p):
+        from . import lowrank
+        lowrank.project(mat.numpy(), qt.numpy(), p.numpy())
+    else:
+        torch.matmul(mat, qt.t(), out=p)
+
+
+def project_back(p: torch.Tensor, mat: torch.Tensor, qt: torch.Tensor) -> None:
+    """Q^T = P^T M (r x m)."""
+    if _cpu_loops(p, mat, qt):
+        from . import lowrank
+        lowrank.project_back(p.numpy(), mat.numpy(), qt.numpy())
+    else:
+        torch.matmul(p.t(), mat, out=qt)
+
+
+def finish(p: torch.Tensor, qt: torch.Tensor, out: torch.Tensor, error: torch.Tensor | None,
+           scale: float) -> None:
+    """out = P Q^T, and where `error` is given, error -= scale * out (one pass over both on a CPU)."""
+    if _cpu_loops(p, qt, out) and (error is None or _cpu_loops(error)):
+        from . import lowrank
+        err = out if error is None else error
+        lowrank.finish(p.numpy(), qt.numpy(), out.numpy(), err.numpy(), float(scale), error is not None)
+        return
+    torch.mm(p, qt, out=out)
+    if error is not None:
+        error.sub_(out, alpha=scale)
 
 
 def orthonormalize(p: torch.Tensor) -> torch.Tensor:
@@ -182,7 +204,7 @@ class PowerSGDBucket:
             mat = self._m(offset, n, m)  # M = error + gradient: backward accumulated into the error buffer
             # warm start: last step's (averaged) Q, re-orthonormalised as the reference implementation does
             qt.copy_(orthonormalize(qt.t()).t())
-            torch.matmul(mat, qt.t(), out=p)
+            project(mat, qt, p)
         return self.p_wire
 
     def advance(self, reduced: torch.Tensor) -> torch.Tensor | None:
@@ -198,7 +220,7 @@ class PowerSGDBucket:
                 return None
             for (offset, n, m, _), p, qt in zip(self.matrices, self._p, self._qt):
                 p.copy_(orthonormalize(p))
-                torch.matmul(p.t(), self._m(offset, n, m), out=qt)  # Q^T = P^T M
+                project_back(p, self._m(offset, n, m), qt)  # Q^T = P^T M
             return self.q_wire
         self._round = 0
         if not bool(torch.isfinite(self.q_wire).all()):
@@ -214,9 +236,7 @@ class PowerSGDBucket:
 
     def _write_approx(self, store_error: bool) -> None:
         for (offset, n, m, _), p, qt in zip(self.matrices, self._p, self._qt):
-            grad = self._grad(offset, n, m)
-            low_rank_product(p, qt, grad)  # P Q^T: the average over ranks of each rank's M projected on P
-            if store_error:
-                # error = M (the local compensated gradient, held in the error buffer) - what the average carried
-                # of it, in local units
-                self._m(offset, n, m).sub_(grad, alpha=self.local_scale)
+            # the gradient: P Q^T, the average over ranks of each rank's M projected on P; the error: M (the local
+            # compensated gradient, held in the error buffer) - what the average carried of it, in local units
+            finish(p, qt, self._grad(offset, n, m), self._m(offset, n, m) if store_error else None,
+                   self.local_scale)
