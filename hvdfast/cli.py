@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     from .config import ConfigError
     from .data.folder import DataError
     from .dist import DeviceError
-    from .run.stop import EXIT_STOPPED, Stopped
+    from .run.stop import EXIT_STOPPED, Stopped, exit_together
     user_errors = (ConfigError, DataError, CheckpointError, DeviceError)
     try:
         from .train import TrainingError
@@ -209,6 +209,8 @@ def main(argv=None) -> int:
         # a preemption warning or train.max_time: checkpointed (or nothing to save yet); rerun to continue
         if env_rank() == 0 and not exc.shown:
             print(f"hvdfast: {exc}", file=sys.stderr, flush=True)
+        if exc.agreed:
+            exit_together()  # every rank at once: a launcher ends the job at the first exit
         return EXIT_STOPPED
     except KeyboardInterrupt:
         return 130

@@ -180,6 +180,8 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
             raise bad
         return float(value)
     if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # YAML read a number: train.max_time=3600 (YAML 1.1 reads 1:00:00 as 3600 too)
         if not isinstance(value, str):
             raise bad
         return value

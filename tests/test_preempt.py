@@ -152,6 +152,10 @@ def test_max_time_parses_scheduler_forms():
                                         "10:30", "")] == [85800, 5400, 129600, 3600, 86400, 93600, 600, 630, 0]
     with pytest.raises(ConfigError, match="train.max_time"):
         parse_duration("tomorrow")
+    from hvdfast import config
+    # an override YAML reads as a number (seconds, or sexagesimal H:MM:SS in YAML 1.1) is the same duration
+    assert [parse_duration(config.load(None, [f"train.max_time={t}"]).train.max_time)
+            for t in ("3600", "1:00:00", "10:30", "90.5", "00:10:00")] == [3600, 3600, 630, 90.5, 600]
 
 
 @pytest.mark.parametrize("horovod", [("horovod.bucket_mb=0",),

@@ -127,7 +127,7 @@ def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_aver
     if p.info.size > 1:
         # Nobody exits before rank 0 has written everything.
         dist.barrier()
-    raise stop.Stopped(msg, shown=p.info.is_main)
+    raise stop.Stopped(msg, shown=p.info.is_main, agreed=True)
 
 
 def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,

@@ -14,10 +14,12 @@ process exits with EXIT_STOPPED. Running the same command again resumes from tha
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import torch
 
@@ -30,12 +32,29 @@ _REASONS = ("SIGUSR1", "SIGTERM", "train.max_time")
 
 
 class Stopped(Exception):
-    """Raised on every rank once the agreed stop step's checkpoint is written (or by a signal before training
-    began: nothing new to save); the CLI exits EXIT_STOPPED, printing the message unless rank 0 already did."""
+    """Raised on every rank once the agreed stop step's checkpoint is written (`agreed`: every rank raised it at
+    the same step) or by a signal before training began (nothing new to save); the CLI exits EXIT_STOPPED,
+    printing the message unless rank 0 already did."""
 
-    def __init__(self, message: str, shown: bool = False):
+    def __init__(self, message: str, shown: bool = False, agreed: bool = False):
         super().__init__(message)
         self.shown = shown
+        self.agreed = agreed
+
+
+def exit_together() -> NoReturn:
+    """End an agreed stop's process now, with EXIT_STOPPED, as every other rank does, without Python's teardown.
+
+    horovodrun and mpirun end the job at the first non-zero exit, terminating the ranks still running. All is saved
+    by now (checkpoint, stopped.json, metrics), yet a normal exit then tears down torch, DALI's pipelines and their
+    native threads, which takes a different time on each rank, and its last part runs after Python has restored
+    SIGTERM's default action: a rank still in it when another had exited was terminated (exit 143, not 75; seen in
+    CI with DALI). So: Horovod's shutdown, which ends every rank's background loop together (and finalizes MPI under
+    mpirun), then flush and leave. Until then this rank's StopVote still holds SIGTERM (a repeat changes nothing)."""
+    dist.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STOPPED)
 
 
 class StopVote:
