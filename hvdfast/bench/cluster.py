@@ -269,7 +269,7 @@ def run(args) -> int:
         ("link", "measured before"), ("limit", "compute limit img/s (mean)"), ("each", "each round"),
         ("floor", f"floor img/s ({n_hosts} workers alone at once)"), ("floor_share", "floor / limit")])
     limit = alone["hvdfast"]["img_s"] * n_hosts
-    text = (f"{header(hw)}\n{args.model}, {args.image_size} px, batch {args.batch}/worker, synthetic, "
+    text = (f"{args.model}, {args.image_size} px, batch {args.batch}/worker, synthetic, "
             f"{args.hosts} hosts x 1 worker x {bench.threads} thread(s), "
             + (f"each host on cores of its own ({', '.join(f'{h}: {c}' for h, c in bench.cpus.items())})"
                if bench.cpus else "the hosts sharing every core") + f", median of {args.steps} steps after "
@@ -279,7 +279,7 @@ def run(args) -> int:
             f"{'without' if bench.cluster.switch_filtering_off else 'WITH'} the machine's netfilter hooks\n\n{table}")
     for link, doc in tuned_docs.items():
         text += f"\n\nhvdfast tune on {link}: " + "; ".join(doc["why"])
-    print(text)
+    print(f"{header(hw)}\n{text}")  # the report file has the header already (report.write)
     j, md = write(Path(args.out_dir), "cluster", {"hardware": hw, "hosts": args.hosts, "threads": bench.threads,
                                                   "host_cpus": bench.cpus, "rows": rows, "alone": alone,
                                                   "alone_by_link": alone_by_link, "floor": floor,
