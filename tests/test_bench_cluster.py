@@ -13,7 +13,8 @@ from conftest import ROOT, hvdfast_cmd, launcher_env
 from hvdfast.bench import hosts
 
 COLUMNS = {"link", "variant", "settings", "img_s", "efficiency", "comm_share", "comm_wait_s", "wire_mb_per_step",
-           "peak_rss_mb", "vs_best_ddp", "vs_ddp_default", "ranks_agree", "alone_img_s", "floor_img_s", "vs_floor"}
+           "peak_rss_mb", "vs_best_ddp", "vs_ddp_default", "ranks_agree", "alone_img_s", "floor_img_s", "vs_floor",
+           "efficiency_rounds"}
 
 
 def test_two_hosts_on_a_shaped_link(tmp_path):
@@ -64,6 +65,7 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     floor = sum(f["img_s"] for f in report["floor"]["1gbit"]["runs"][0])
     for r in rows.values():
         assert r["efficiency"] == r["img_s"] / limit and r["vs_floor"] == r["img_s"] / floor
+        assert r["efficiency_rounds"] == [r["efficiency"]]  # one round: its run against its own limit
     assert report["switch_filtering_off"] is True  # the bridge (the switch) runs no iptables on the hosts' cores
     assert list(tmp_path.glob("cluster-*.png")) and list(tmp_path.glob("cluster-*.md"))
     assert not [line for line in os.popen("ip netns list").read().splitlines() if "hvdfast" in line]

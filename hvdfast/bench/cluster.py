@@ -159,8 +159,12 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floo
     ranks = [r for run in repeats for r in run]
     step = statistics.mean(r["step_s"] for r in ranks)
     img_s = statistics.mean(sum(r["img_s"] for r in run) for run in repeats)
+    # round i's run against round i's limit, measured minutes before it: the spread says how far the machine
+    # moved between rounds (a partial round, where a run failed, gets none)
+    each = ([sum(r["img_s"] for r in run) / (hosts_n * a["img_s"]) for run, a in zip(repeats, alone["runs"])]
+            if len(alone["runs"]) == len(repeats) else [])
     return {"link": link, "variant": name, "img_s": img_s, "step_s": step,
-            "efficiency": img_s / (hosts_n * alone["img_s"]),
+            "efficiency": img_s / (hosts_n * alone["img_s"]), "efficiency_rounds": each,
             "floor_img_s": floor["img_s"] if floor else None, "vs_floor": img_s / floor["img_s"] if floor else None,
             "comm_share": max(0.0, 1 - alone["step_s"] / step),
             "comm_wait_s": statistics.mean(r["comm_wait_s"] for r in ranks) if "comm_wait_s" in ranks[0] else None,
@@ -253,8 +257,10 @@ def run(args) -> int:
         for r in sel:
             r["vs_best_ddp"] = r["img_s"] / max(d["img_s"] for d in ddps) if ddps else None
             r["vs_ddp_default"] = next((r["img_s"] / d["img_s"] for d in ddps if d["variant"] == "ddp"), None)
+    for r in rows:
+        r["efficiency_each"] = ", ".join(f"{e:.3f}" for e in r["efficiency_rounds"])
     cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("img_s", "img/s"),
-            ("efficiency", "efficiency"), ("comm_share", "comm share of step"), ("comm_wait_s", "comm wait s"),
+            ("efficiency", "efficiency"), ("efficiency_each", "each round"), ("comm_share", "comm share of step"), ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
             ("vs_floor", "x floor"), ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"),
             ("ranks_agree", "ranks agree")]
