@@ -260,7 +260,8 @@ def run(args) -> int:
     for r in rows:
         r["efficiency_each"] = ", ".join(f"{e:.3f}" for e in r["efficiency_rounds"])
     cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("img_s", "img/s"),
-            ("efficiency", "efficiency"), ("efficiency_each", "each round"), ("comm_share", "comm share of step"), ("comm_wait_s", "comm wait s"),
+            ("efficiency", "efficiency"), ("efficiency_each", "each round"), ("comm_share", "comm share of step"),
+            ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
             ("vs_floor", "x floor"), ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"),
             ("ranks_agree", "ranks agree")]
