@@ -53,6 +53,8 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)  # e.g. one figure per round
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
     return "" if v is None else str(v)

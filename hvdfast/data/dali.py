@@ -17,7 +17,8 @@ interpreter finalizes is killed by a forced unwind, which C++ answers with "term
 exception". CI saw that abort once at a rank's exit (not reproduced in 160 runs here); the likely gap was a builder
 thread that had left the old join list but not yet finished. It came back once since (fresh-ci, 2026-11-27, rank 0
 of tests/test_multihost.py's 4-rank DALI sharding test, after the join list was fixed; 46 runs of that test alone
-passed): another thread in native code at exit remains possible (DALI's or Horovod's Gloo threads), not found yet.
+passed, and 30 more of its command across two namespace hosts on 2026-11-27): another thread in native code at
+exit remains possible (DALI's or Horovod's Gloo threads), not found yet.
 """
 from __future__ import annotations
 
