@@ -31,6 +31,9 @@ class DataConfig:
     crop_scale: tuple = (0.08, 1.0)   # fraction of image area kept by the random-resized training crop
     flip: bool = True                 # random horizontal flip (off for digits: a mirrored 2 is not a 2)
     workers: int = -1                 # decode threads / loader processes per worker; -1 = the cores it owns
+    hw_decoder_load: float = 0.65     # GPU decode (DALI "mixed"): share of the JPEGs sent to the GPU's hardware
+                                      # JPEG decoder (A100, H100), the rest to nvJPEG on the SMs that also train;
+                                      # DALI's default, "found empirically" per its docs; ignored on CPU
     skip_corrupt: bool = False        # skip (and count) undecodable files instead of stopping the run
     synthetic_classes: int = 1000     # classes of the synthetic backend
     synthetic_images: int = 2048      # images per epoch (all workers) of the synthetic backend
@@ -265,6 +268,8 @@ def validate(cfg: Config) -> None:
     if cfg.horovod.op != "average" and cfg.horovod.gradient_predivide_factor != 1.0:
         raise ConfigError(f"horovod.gradient_predivide_factor applies to op=average only; set it to 1.0 with "
                           f"{cfg.horovod.op}.")
+    if not 0 <= cfg.data.hw_decoder_load <= 1:
+        raise ConfigError(f"config key 'data.hw_decoder_load' must be in [0, 1], got {cfg.data.hw_decoder_load}.")
     parse_duration(cfg.train.max_time)
     if not 0 <= cfg.optim.label_smoothing < 1:
         raise ConfigError(f"config key 'optim.label_smoothing' must be in [0, 1), got {cfg.optim.label_smoothing}.")

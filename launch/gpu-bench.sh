@@ -10,7 +10,8 @@
 #   3. DALI GPU decode rate from JPEG (and torchvision's, same cores) with `hvdfast bench data`
 #   4. ResNet-50 trained by `hvdfast train` on synthetic data, then on those JPEGs through DALI: the DALI-fed rate
 #      as a share of the synthetic one (FIT_EPOCHS, default 3;
-#      FIT_ARGS: more config overrides for both runs)
+#      FIT_ARGS: more config overrides for both runs; FIT_HWDEC="0.65 0.9 1": one DALI run per
+#      data.hw_decoder_load, the share of JPEGs for the GPU's hardware decoder, each against the one synthetic run)
 # Usage: bash launch/gpu-bench.sh [OUT_DIR] [IMAGES]     (defaults: runs/gpu-bench, 8192 JPEGs)
 #   PARTS="install doctor tests nccl eager ddp compile bf16 data fit" selects sections (default: all but install);
 #   BATCH (256), STEPS (40), WARMUP (15) size the synthetic runs; FIT_COMPILE=true trains the "fit" runs with
@@ -101,25 +102,32 @@ if want data; then
 fi
 
 if want fit; then
-  # The same trainer, config and batch twice; only the data differs: synthetic tensors already on the GPU, then
-  # the JPEGs decoded by DALI (nvJPEG, device="mixed"). DALI-fed / synthetic is what the input pipeline costs.
+  # The same trainer, config and batch; only the data differs: synthetic tensors already on the GPU, then the
+  # JPEGs decoded by DALI (nvJPEG, device="mixed"; once per FIT_HWDEC value). DALI-fed / synthetic is what the
+  # input pipeline costs.
   fc=${FIT_COMPILE:-false}
-  for backend in synthetic dali; do
-    step "train: $backend data, batch $BATCH, model.compile=$fc"
-    run="$OUT/train-$backend-compile-$fc"
+  runs=("$OUT/train-synthetic-compile-$fc")
+  for load in synthetic ${FIT_HWDEC:-default}; do
+    backend=dali; extra=(); run="$OUT/train-dali-compile-$fc"
+    if [ "$load" = synthetic ]; then backend=synthetic; run=${runs[0]}
+    elif [ "$load" != default ]; then extra=("data.hw_decoder_load=$load"); run="$run-hwdec-$load"; fi
+    [ "$backend" = dali ] && runs+=("$run")
+    step "train: $backend data, batch $BATCH, model.compile=$fc ${extra[*]:-}"
     rm -rf "$run"
     horovodrun -np 1 -H localhost:1 "--$CONTROLLER" $HVD train --config $CFG data.backend=$backend \
         data.dir="$OUT/photos" data.synthetic_images="$IMAGES" data.synthetic_classes=2 data.batch_size="$BATCH" \
         train.epochs="${FIT_EPOCHS:-3}" optim.warmup_epochs=1 train.log_every=8 train.run_dir="$run" \
-        train.resume=never train.checkpoint_every=0 model.compile="$fc" ${FIT_ARGS:-} | tee "$OUT/train-$backend.txt"
+        train.resume=never train.checkpoint_every=0 model.compile="$fc" ${FIT_ARGS:-} "${extra[@]}" \
+        | tee "$run.txt"
   done
-  "$PY" - "$OUT/train-synthetic-compile-$fc" "$OUT/train-dali-compile-$fc" <<'PYEOF'
+  "$PY" - "${runs[@]}" <<'PYEOF'
 import json, sys
 rate = []
 for run in sys.argv[1:]:
     s = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"kind": "summary"' in l][-1]
     rate.append(s["mean_img_s"])
-print(f"DALI-fed {rate[1]:.1f} img/s / synthetic {rate[0]:.1f} img/s = {rate[1] / rate[0]:.3f} "
-      f"(the same trainer; mean of the log windows after the first)")
+for run, r in zip(sys.argv[2:], rate[1:]):
+    print(f"DALI-fed {r:.1f} img/s / synthetic {rate[0]:.1f} img/s = {r / rate[0]:.3f} ({run.rsplit('/', 1)[-1]}; "
+          f"the same trainer; mean of the log windows after the first)")
 PYEOF
 fi

@@ -57,6 +57,9 @@ def test_choices_and_ranges():
         config.load(None, ["data.batch_size=0"])
     with pytest.raises(ConfigError, match=r"crop_scale"):
         config.load(None, ["data.crop_scale=[0.9, 0.1]"])
+    with pytest.raises(ConfigError, match=r"'data.hw_decoder_load' must be in \[0, 1\], got 1.5"):
+        config.load(None, ["data.hw_decoder_load=1.5"])
+    assert config.load(None, ["data.hw_decoder_load=1"]).data.hw_decoder_load == 1.0  # an int is the float
 
 
 def test_yaml_that_is_not_a_mapping(tmp_path):

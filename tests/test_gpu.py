@@ -12,13 +12,15 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device o
 
 
 @gpu
-def test_dali_mixed_decode_gives_fp16_channels_last_on_the_gpu(tmp_path):
+@pytest.mark.parametrize("hw_decoder_load", [0.0, 0.65, 1.0])  # nvJPEG on the SMs only, DALI's default, hardware only
+def test_dali_mixed_decode_gives_fp16_channels_last_on_the_gpu(tmp_path, hw_decoder_load):
     from hvdfast.data.dali import DaliLoader, FolderSource
     root = make_jpeg_tree(tmp_path, classes=2, per_class={"train": 8, "val": 2}, side=96)
     train, _ = scan(root)
     loader = DaliLoader(FolderSource(train, True, 0, False), train=True, rank=0, size=1, batch=4, seed=0,
                         threads=2, image_size=64, val_resize=72, crop_scale=(0.5, 1.0), flip=True,
-                        device=torch.device("cuda", 0), channels_last=True, epochs=1)
+                        device=torch.device("cuda", 0), channels_last=True, epochs=1,
+                        hw_decoder_load=hw_decoder_load)
     batches = list(loader.epoch(0))
     assert len(batches) == loader.steps_per_epoch == 4
     images, labels = batches[0]

@@ -120,7 +120,7 @@ class ShardSource:
 
 
 def _pipeline(read, *, train: bool, batch: int, threads: int, image_size: int, val_resize: int, crop_scale,
-              flip: bool, gpu: bool, device_id, seed: int):
+              flip: bool, gpu: bool, device_id, seed: int, hw_decoder_load: float):
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=batch, num_threads=threads, device_id=device_id if gpu else None, seed=seed,
@@ -130,7 +130,9 @@ def _pipeline(read, *, train: bool, batch: int, threads: int, image_size: int, v
         decode_kw = {}
         if gpu:
             # nvJPEG scratch sizes of NVIDIA's ResNet-50 example: avoids reallocations during the first epochs.
-            decode_kw = dict(device_memory_padding=211_025_920, host_memory_padding=140_544_512)
+            decode_kw = dict(device_memory_padding=211_025_920, host_memory_padding=140_544_512,
+                             # the share of JPEGs for the hardware decoder (off the SMs that train): data.hw_decoder_load
+                             hw_decoder_load=hw_decoder_load)
         dev = "mixed" if gpu else "cpu"
         if train:
             images = fn.decoders.image_random_crop(jpegs, device=dev, output_type=types.RGB,
@@ -157,12 +159,12 @@ def _pipeline(read, *, train: bool, batch: int, threads: int, image_size: int, v
 class DaliLoader:
     def __init__(self, source, *, train: bool, rank: int, size: int, batch: int, seed: int, threads: int,
                  image_size: int, val_resize: int, crop_scale, flip: bool, device: torch.device,
-                 channels_last: bool, epochs: int):
+                 channels_last: bool, epochs: int, hw_decoder_load: float = 0.65):
         self.source, self.train, self.rank, self.size, self.seed = source, train, rank, size, seed
         self.epochs = epochs  # the run's epoch count: no pipeline is built ahead for an epoch past it
         self.kw = dict(batch=batch, threads=threads, image_size=image_size, val_resize=val_resize,
                        crop_scale=crop_scale, flip=flip, gpu=device.type == "cuda",
-                       device_id=device.index if device.type == "cuda" else None)
+                       device_id=device.index if device.type == "cuda" else None, hw_decoder_load=hw_decoder_load)
         self.device, self.channels_last = device, channels_last
         self.images, self.bad_files = source.images, source.bad_files
         # DALI shards contiguously; with pad_last_batch every shard is padded to the largest one's full batches.
@@ -245,7 +247,8 @@ def build(cfg, dist, train_split: Split | None, val_split: Split | None, threads
     d = cfg.data
     common = dict(rank=dist.rank, size=dist.size, batch=d.batch_size, seed=cfg.train.seed, threads=threads,
                   image_size=d.image_size, val_resize=d.val_resize, crop_scale=tuple(d.crop_scale), flip=d.flip,
-                  device=dist.device, channels_last=cfg.model.channels_last, epochs=math.ceil(cfg.train.epochs))
+                  device=dist.device, channels_last=cfg.model.channels_last, epochs=math.ceil(cfg.train.epochs),
+                  hw_decoder_load=d.hw_decoder_load)
     if train_split is None:
         if d.skip_corrupt:
             raise DataError("data.skip_corrupt is not supported for packed shards; run 'hvdfast data check' on "
