@@ -131,7 +131,7 @@ def _pipeline(read, *, train: bool, batch: int, threads: int, image_size: int, v
         if gpu:
             # nvJPEG scratch sizes of NVIDIA's ResNet-50 example: avoids reallocations during the first epochs.
             decode_kw = dict(device_memory_padding=211_025_920, host_memory_padding=140_544_512,
-                             # the share of JPEGs for the hardware decoder (off the SMs that train): data.hw_decoder_load
+                             # the JPEGs' share for the hardware decoder, off the SMs that train
                              hw_decoder_load=hw_decoder_load)
         dev = "mixed" if gpu else "cpu"
         if train:
