@@ -21,14 +21,24 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     why = hosts.unavailable()
     if why:
         pytest.skip(f"emulated hosts unavailable: {why}")
-    proc = subprocess.run(hvdfast_cmd("bench", "cluster", "--links", "1gbit", "--variants", "hvdfast,ddp",
+    # hvdfast@...: the tuned hvdfast with a setting on top (an A/B row), here the wire format forced to fp16
+    proc = subprocess.run(hvdfast_cmd("bench", "cluster", "--links", "1gbit", "--variants",
+                                      "hvdfast,ddp,hvdfast@horovod.compression=fp16",
                                       "--model", "resnet18", "--image-size", "32", "--steps", "2", "--warmup", "1",
                                       "--tune-steps", "1", "--out-dir", str(tmp_path)),
                           env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(next(tmp_path.glob("cluster-*.json")).read_text())
     rows = {r["variant"]: r for r in report["rows"]}
+    ab = rows.pop("hvdfast@horovod.compression=fp16")
     assert set(rows) == {"hvdfast", "ddp"}
+    # the A/B row: its setting won over the tuned file's, and it is compared with hvdfast run in the same round
+    assert ab["settings"] == "fp16" and ab["ranks_agree"] is True
+    assert ab["controller"] == rows["hvdfast"]["controller"]
+    assert ab["vs_hvdfast"] == ab["img_s"] / rows["hvdfast"]["img_s"]
+    assert ab["vs_hvdfast_rounds"] == [ab["vs_hvdfast"]]
+    assert "vs_hvdfast" not in rows["hvdfast"]
+    assert "x hvdfast, each round" in next(tmp_path.glob("cluster-*.md")).read_text()
     for r in rows.values():
         assert COLUMNS <= set(r), COLUMNS - set(r)
         assert r["link"] == "1gbit" and r["ranks_agree"] is True and r["img_s"] > 0
@@ -69,3 +79,16 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     assert report["switch_filtering_off"] is True  # the bridge (the switch) runs no iptables on the hosts' cores
     assert list(tmp_path.glob("cluster-*.png")) and list(tmp_path.glob("cluster-*.md"))
     assert not [line for line in os.popen("ip netns list").read().splitlines() if "hvdfast" in line]
+
+
+def test_settings_are_refused_before_any_host_is_built():
+    # a mistyped key, settings on a baseline, an unknown link: one line each, before namespaces or root matter
+    for args, says in [(["--variants", "hvdfast,hvdfast@horovod.cycl_time_ms=2"],
+                        "unknown config key 'horovod.cycl_time_ms'"),
+                       (["--variants", "ddp@horovod.cycle_time_ms=2"], "only the hvdfast variant takes settings"),
+                       (["--variants", "hvdfast@"], "only the hvdfast variant takes settings"),
+                       (["--links", "2gbit"], "unknown link '2gbit'")]:
+        proc = subprocess.run(hvdfast_cmd("bench", "cluster", *args), env=launcher_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

@@ -10,6 +10,10 @@ worker each, ResNet-50 on synthetic images, with their link limited by a token-b
   ddp, ddp-fp16, ddp-bf16, ddp-powersgd
                  torchrun + DistributedDataParallel at its best (bench/ddp.py): bf16 autocast, channels_last,
                  gradient_as_bucket_view, and each of DDP's communication hooks
+  hvdfast@KEY=VALUE[+KEY=VALUE...]
+                 the tuned hvdfast with these config settings on top: an A/B of a setting against `hvdfast` in the
+                 same rounds (`--variants hvdfast,hvdfast@horovod.cycle_time_ms=2 --repeat 4`), each round's
+                 ratio in "x hvdfast, each round"
 
 The compute limit is the same worker alone on one host (no network), times the number of hosts: efficiency is
 img/s against it, and the communication share is the part of a step beyond that worker's step alone. It is
@@ -146,6 +150,23 @@ class Bench:
         return json.loads(out.read_text())
 
 
+def split_variant(variant: str) -> tuple[str, list[str]]:
+    """("hvdfast", ["horovod.cycle_time_ms=2", ...]) from "hvdfast@horovod.cycle_time_ms=2+..."; (name, []) for a
+    variant without settings. Raises SystemExit with one line for an unknown variant, or settings on a variant
+    other than hvdfast (the baselines run as their users run them)."""
+    name, at, settings = variant.partition("@")
+    if name not in VARIANTS:
+        raise SystemExit(f"hvdfast bench cluster: unknown variant {name!r} (variants: {', '.join(VARIANTS)}, and "
+                         f"hvdfast@KEY=VALUE+... for hvdfast with settings on top)")
+    if not at:
+        return name, []
+    overrides = [o for o in settings.split("+") if o]
+    if name != "hvdfast" or not overrides or not all("=" in o for o in overrides):
+        raise SystemExit(f"hvdfast bench cluster: {variant!r}: only the hvdfast variant takes settings, as "
+                         f"hvdfast@section.key=value[+section.key=value...]")
+    return name, overrides
+
+
 def round_order(variants: list[str], rep: int) -> list[str]:
     """The variants in round `rep`'s order: as given, then reversed, alternately (A B, B A, ...), so that a drift of
     the machine's speed over the rounds (up to 13% within a run here) favours no variant by its place in the list."""
@@ -163,7 +184,9 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floo
     # moved between rounds (a partial round, where a run failed, gets none)
     each = ([sum(r["img_s"] for r in run) / (hosts_n * a["img_s"]) for run, a in zip(repeats, alone["runs"])]
             if len(alone["runs"]) == len(repeats) else [])
-    return {"link": link, "variant": name, "img_s": img_s, "step_s": step,
+    return {"link": link, "variant": name, "img_s": img_s, "img_s_rounds": [sum(r["img_s"] for r in run)
+                                                                              for run in repeats],
+            "step_s": step,
             "efficiency": img_s / (hosts_n * alone["img_s"]), "efficiency_rounds": each,
             "floor_img_s": floor["img_s"] if floor else None, "vs_floor": img_s / floor["img_s"] if floor else None,
             "comm_share": max(0.0, 1 - alone["step_s"] / step),
@@ -188,16 +211,22 @@ def mean_floor(rounds: list[list[dict]]) -> dict:
 
 def run(args) -> int:
     from .report import hardware, header, markdown_table, write
-    from .. import tune
+    from .. import config, tune
     from . import allreduce
+    links = args.links.split(",")
+    variants = args.variants.split(",")
+    for bad in [lk for lk in links if lk not in LINKS]:
+        raise SystemExit(f"hvdfast bench cluster: unknown link {bad!r} (links: {', '.join(LINKS)})")
+    settings = {v: split_variant(v) for v in variants}
+    recipe = args.config if Path(args.config).is_file() else ROOT / args.config  # the workers run in ROOT
+    try:  # a mistyped key or value is refused now, not after the cluster is built and a link tuned
+        for _, overrides in settings.values():
+            config.load(recipe, [*args.overrides, *overrides])
+    except config.ConfigError as exc:
+        raise SystemExit(f"hvdfast bench cluster: {exc}") from None
     why = hosts.unavailable()
     if why:
         raise SystemExit(f"hvdfast bench cluster: cannot build the emulated hosts here: {why}.")
-    links = args.links.split(",")
-    variants = args.variants.split(",")
-    for bad in [lk for lk in links if lk not in LINKS] + [v for v in variants if v not in VARIANTS]:
-        raise SystemExit(f"hvdfast bench cluster: unknown link or variant {bad!r} (links: {', '.join(LINKS)}; "
-                         f"variants: {', '.join(VARIANTS)})")
     tune_controllers = allreduce.controllers(args.tune_controllers)
     hw = hardware()
     rows, tuned_docs = [], {}
@@ -225,16 +254,20 @@ def run(args) -> int:
                     bench.cluster.shape(LINKS[link])
                     for v in round_order(variants, rep):
                         say(f"{link}: {v} ...")
-                        if v == "hvdfast":
+                        name, overrides = settings[v]
+                        if name == "hvdfast":
                             if link not in tuned_docs:  # hvdfast tune --hosts on this link, once
                                 doc = tune.tune_hosts(
                                     lambda o, steps, ctl: bench.horovod("hvdfast", o, steps=steps, controller=ctl),
                                     args.tune_steps, tune_controllers)
                                 tune.save(doc, Path(tmp) / f"tuned-{link}.yaml")
                                 tuned_docs[link] = doc
-                            ranks = bench.horovod("hvdfast", [f"horovod.tuned={Path(tmp) / f'tuned-{link}.yaml'}"],
+                            # the settings of an A/B variant come after the tuned file, and a setting the
+                            # user gives wins over the tuned file's (tuned.py)
+                            ranks = bench.horovod("hvdfast", [f"horovod.tuned={Path(tmp) / f'tuned-{link}.yaml'}",
+                                                              *overrides],
                                                   controller=tuned_docs[link]["launcher"]["controller"])
-                        elif v == "horovod":
+                        elif name == "horovod":
                             ranks = bench.horovod("horovod", [])
                         else:
                             ranks = bench.ddp(DDP_HOOKS[v])
@@ -254,15 +287,22 @@ def run(args) -> int:
     for link in links:
         sel = [r for r in rows if r["link"] == link]
         ddps = [r for r in sel if r["variant"].startswith("ddp")]
+        base = next((r for r in sel if r["variant"] == "hvdfast"), None)
         for r in sel:
             r["vs_best_ddp"] = r["img_s"] / max(d["img_s"] for d in ddps) if ddps else None
             r["vs_ddp_default"] = next((r["img_s"] / d["img_s"] for d in ddps if d["variant"] == "ddp"), None)
+            if base is not None and r["variant"].startswith("hvdfast@"):
+                # A/B: each round's run against plain hvdfast's run of the same round (minutes apart)
+                r["vs_hvdfast"] = r["img_s"] / base["img_s"]
+                r["vs_hvdfast_rounds"] = [a / b for a, b in zip(r["img_s_rounds"], base["img_s_rounds"])]
     cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("img_s", "img/s"),
             ("efficiency", "efficiency"), ("efficiency_rounds", "each round"), ("comm_share", "comm share of step"),
             ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
             ("vs_floor", "x floor"), ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"),
             ("ranks_agree", "ranks agree")]
+    if any("vs_hvdfast" in r for r in rows):
+        cols[-1:-1] = [("vs_hvdfast", "x hvdfast"), ("vs_hvdfast_rounds", "x hvdfast, each round")]
     table = markdown_table(rows, cols)
     n_hosts = len(bench.workers)
     limits = [{"link": link, "limit": n_hosts * alone_by_link[link]["hvdfast"]["img_s"],
@@ -330,7 +370,9 @@ def parser() -> argparse.ArgumentParser:
                    help="recipe whose precision, layout and Horovod knobs the hvdfast variant starts from")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.add_argument("--links", default=",".join(LINKS), help=f"link presets, comma separated ({', '.join(LINKS)})")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="what to run on each link, comma separated")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="what to run on each link, comma separated; hvdfast@section.key=value[+...] is the tuned "
+                        "hvdfast with settings on top, for an A/B against hvdfast in the same rounds")
     p.add_argument("--hosts", type=int, default=2, help="emulated hosts, one worker each")
     p.add_argument("--shared-cores", action="store_true",
                    help="let the hosts share every core (default: each host gets cores / hosts cores of its own, "

@@ -76,7 +76,8 @@ def points(report: dict, source: str) -> list[Point]:
 
     out = []
     for r in rows:
-        family = r["variant"] if r["variant"] in ("hvdfast", "horovod") else "ddp"
+        base = r["variant"].partition("@")[0]  # hvdfast@KEY=VALUE (an A/B row): hvdfast with other settings
+        family = base if base in ("hvdfast", "horovod") else "ddp"
         if family == "hvdfast":  # reports before rows recorded it: the controller tune chose on the link, or MPI
             family = hvdfast_family(r.get("controller") or
                                     (tuned.get(r["link"]) or {}).get("launcher", {}).get("controller"))
