@@ -106,19 +106,26 @@ if want fit; then
   # JPEGs decoded by DALI (nvJPEG, device="mixed"; once per FIT_HWDEC value). DALI-fed / synthetic is what the
   # input pipeline costs.
   fc=${FIT_COMPILE:-false}
-  runs=("$OUT/train-synthetic-compile-$fc")
-  for load in synthetic ${FIT_HWDEC:-default}; do
-    backend=dali; extra=(); run="$OUT/train-dali-compile-$fc"
-    if [ "$load" = synthetic ]; then backend=synthetic; run=${runs[0]}
-    elif [ "$load" != default ]; then extra=("data.hw_decoder_load=$load"); run="$run-hwdec-$load"; fi
-    [ "$backend" = dali ] && runs+=("$run")
-    step "train: $backend data, batch $BATCH, model.compile=$fc ${extra[*]:-}"
+  fit_run() {  # BACKEND RUN_DIR [override...]
+    local backend=$1 run=$2
+    shift 2
+    step "train: $backend data, batch $BATCH, model.compile=$fc $*"
     rm -rf "$run"
-    horovodrun -np 1 -H localhost:1 "--$CONTROLLER" $HVD train --config $CFG data.backend=$backend \
+    horovodrun -np 1 -H localhost:1 "--$CONTROLLER" $HVD train --config $CFG data.backend="$backend" \
         data.dir="$OUT/photos" data.synthetic_images="$IMAGES" data.synthetic_classes=2 data.batch_size="$BATCH" \
         train.epochs="${FIT_EPOCHS:-3}" optim.warmup_epochs=1 train.log_every=8 train.run_dir="$run" \
-        train.resume=never train.checkpoint_every=0 model.compile="$fc" ${FIT_ARGS:-} "${extra[@]}" \
-        | tee "$run.txt"
+        train.resume=never train.checkpoint_every=0 model.compile="$fc" ${FIT_ARGS:-} "$@" | tee "$run.txt"
+  }
+  runs=("$OUT/train-synthetic-compile-$fc")
+  fit_run synthetic "${runs[0]}"
+  for load in ${FIT_HWDEC:-default}; do
+    if [ "$load" = default ]; then
+      runs+=("$OUT/train-dali-compile-$fc")
+      fit_run dali "${runs[-1]}"
+    else
+      runs+=("$OUT/train-dali-compile-$fc-hwdec-$load")
+      fit_run dali "${runs[-1]}" "data.hw_decoder_load=$load"
+    fi
   done
   "$PY" - "${runs[@]}" <<'PYEOF'
 import json, sys

@@ -179,14 +179,13 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floo
     `alone` and `floor`: that link's (mean_alone, mean_floor), measured beside its runs."""
     ranks = [r for run in repeats for r in run]
     step = statistics.mean(r["step_s"] for r in ranks)
-    img_s = statistics.mean(sum(r["img_s"] for r in run) for run in repeats)
+    rounds = [sum(r["img_s"] for r in run) for run in repeats]  # each round's img/s over the hosts
+    img_s = statistics.mean(rounds)
     # round i's run against round i's limit, measured minutes before it: the spread says how far the machine
     # moved between rounds (a partial round, where a run failed, gets none)
-    each = ([sum(r["img_s"] for r in run) / (hosts_n * a["img_s"]) for run, a in zip(repeats, alone["runs"])]
+    each = ([x / (hosts_n * a["img_s"]) for x, a in zip(rounds, alone["runs"])]
             if len(alone["runs"]) == len(repeats) else [])
-    return {"link": link, "variant": name, "img_s": img_s, "img_s_rounds": [sum(r["img_s"] for r in run)
-                                                                              for run in repeats],
-            "step_s": step,
+    return {"link": link, "variant": name, "img_s": img_s, "img_s_rounds": rounds, "step_s": step,
             "efficiency": img_s / (hosts_n * alone["img_s"]), "efficiency_rounds": each,
             "floor_img_s": floor["img_s"] if floor else None, "vs_floor": img_s / floor["img_s"] if floor else None,
             "comm_share": max(0.0, 1 - alone["step_s"] / step),

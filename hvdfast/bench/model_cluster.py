@@ -33,6 +33,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cluster import split_variant
+
 LINK_RATE = {"100mbit": 100e6 / 8, "1gbit": 1e9 / 8, "10gbit": 10e9 / 8, "unlimited": None}  # bytes/s
 TBF_DELIVERY = 0.97        # measured: `tc qdisc ... tbf rate 1gbit` on a veth pair carried 0.97 Gbit/s
 OVERLAP = 2 / 3            # assumed: the backward pass's share of the compute, which communication may overlap
@@ -76,7 +78,7 @@ def points(report: dict, source: str) -> list[Point]:
 
     out = []
     for r in rows:
-        base = r["variant"].partition("@")[0]  # hvdfast@KEY=VALUE (an A/B row): hvdfast with other settings
+        base, _ = split_variant(r["variant"])  # hvdfast@KEY=VALUE (an A/B row): hvdfast with other settings
         family = base if base in ("hvdfast", "horovod") else "ddp"
         if family == "hvdfast":  # reports before rows recorded it: the controller tune chose on the link, or MPI
             family = hvdfast_family(r.get("controller") or

@@ -159,7 +159,7 @@ def _pipeline(read, *, train: bool, batch: int, threads: int, image_size: int, v
 class DaliLoader:
     def __init__(self, source, *, train: bool, rank: int, size: int, batch: int, seed: int, threads: int,
                  image_size: int, val_resize: int, crop_scale, flip: bool, device: torch.device,
-                 channels_last: bool, epochs: int, hw_decoder_load: float = 0.65):
+                 channels_last: bool, epochs: int, hw_decoder_load: float):
         self.source, self.train, self.rank, self.size, self.seed = source, train, rank, size, seed
         self.epochs = epochs  # the run's epoch count: no pipeline is built ahead for an epoch past it
         self.kw = dict(batch=batch, threads=threads, image_size=image_size, val_resize=val_resize,
