@@ -133,3 +133,28 @@ def test_relay_condenses_horovodruns_report_of_a_worker_exit_and_keeps_other_tra
     out = io.StringIO()
     relay_stderr(iter(crash), out)
     assert out.getvalue() == "".join(crash)
+
+
+def test_relay_shows_what_it_holds_when_the_supervisor_stops_waiting_for_eof():
+    """horovodrun's middlemen and resource tracker inherit its stderr and may keep it open after horovodrun exited:
+    the supervisor's finish() ends the relay then, and the held report is shown once, not lost."""
+    import io
+    import os
+    from hvdfast.launch import StderrRelay
+    r, w = os.pipe()
+    with os.fdopen(r, errors="replace") as src, os.fdopen(w, "w") as sink:
+        out = io.StringIO()
+        relay = StderrRelay(src, out)
+        relay.thread.start()
+        sink.write("[0]<stdout>:stopped on SIGTERM\nTraceback (most recent call last):\n  File \"horovodrun\"\n"
+                   "RuntimeError: Horovod detected that one or more processes exited with non-zero status, thus "
+                   "causing the job to be terminated. The first process to do so was:\nProcess name: 1\n"
+                   "Exit code: 75\n")
+        sink.flush()  # and the write end stays open, as a lingering helper process would keep it
+        relay.finish(wait_s=1.0)
+        assert relay.thread.is_alive()  # still blocked reading: EOF never came
+        relay.finish(wait_s=1.0)        # a second call adds nothing
+        assert out.getvalue().splitlines() == [
+            "[0]<stdout>:stopped on SIGTERM",
+            "hvdfast launch: worker 1 exited with code 75; horovodrun ended the job (the workers' own messages are "
+            "above)"]

@@ -104,7 +104,7 @@ def test_ctrl_c_in_a_terminal_checkpoints_and_stops(digits_dir, tmp_path, refere
     signal_midway(job, run, lambda: os.killpg(job.pid, signal.SIGINT))
     out, _ = job.communicate(timeout=300)
     assert "Traceback" not in out, out[-4000:]
-    assert "hvdfast launch: worker" in out and f"exited with code {EXIT_STOPPED}" in out
+    assert "hvdfast launch: worker" in out and f"exited with code {EXIT_STOPPED}" in out, out[-4000:]
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGTERM")
 
 

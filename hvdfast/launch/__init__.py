@@ -276,25 +276,56 @@ _WORKER_EXIT = re.compile(r"RuntimeError: Horovod detected that one or more proc
 _PREFIXED = re.compile(r"^\[\d+(,\d+)?\]<std(out|err)>:")  # a worker's line, as horovodrun relays it
 
 
-def relay_stderr(src, dst) -> None:
-    """Copy the launcher's stderr line by line, holding back a traceback of the launcher's own (unprefixed lines
+class StderrRelay:
+    """Copies the launcher's stderr line by line, holding back a traceback of the launcher's own (unprefixed lines
     from "Traceback" on; workers' lines still pass): at the end, horovodrun's "one or more processes exited with
-    non-zero status" becomes one line; any other traceback is shown as it was."""
-    held = []
-    for line in src:
-        if (held or line.startswith("Traceback (most recent call last):")) and not _PREFIXED.match(line):
-            held.append(line)
-            continue
-        dst.write(line)
-        dst.flush()
-    text = "".join(held)
-    m = _WORKER_EXIT.search(text)
-    if m:
-        dst.write(f"hvdfast launch: worker {m['name']} exited with code {m['code']}; horovodrun ended the job "
-                  f"(the workers' own messages are above)\n")
-    else:
-        dst.write(text)
-    dst.flush()
+    non-zero status" becomes one line; any other traceback is shown as it was.
+
+    The end is EOF or finish(), whichever comes first: horovodrun's helpers (its per-rank middlemen, multiprocessing's
+    resource tracker) inherit its stderr and may hold it open for seconds after horovodrun itself exited, so the
+    supervisor ends the relay itself rather than lose what is held when it gives up waiting."""
+
+    def __init__(self, src, dst):
+        self.src, self.dst = src, dst
+        self.held: list[str] = []
+        self.lock = threading.Lock()
+        self.ended = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        for line in self.src:
+            with self.lock:
+                if self.ended:
+                    return
+                if (self.held or line.startswith("Traceback (most recent call last):")) \
+                        and not _PREFIXED.match(line):
+                    self.held.append(line)
+                else:
+                    self.dst.write(line)
+                    self.dst.flush()
+        self.finish()
+
+    def finish(self, wait_s: float = 0.0) -> None:
+        """Wait up to `wait_s` for EOF, then show what is held (once, whoever calls first)."""
+        if wait_s and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=wait_s)
+        with self.lock:
+            if self.ended:
+                return
+            self.ended = True
+            text = "".join(self.held)
+            m = _WORKER_EXIT.search(text)
+            if m:
+                self.dst.write(f"hvdfast launch: worker {m['name']} exited with code {m['code']}; horovodrun ended "
+                               f"the job (the workers' own messages are above)\n")
+            else:
+                self.dst.write(text)
+            self.dst.flush()
+
+
+def relay_stderr(src, dst) -> None:
+    """StderrRelay to EOF, in this thread."""
+    StderrRelay(src, dst).run()
 
 
 def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
@@ -308,8 +339,8 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
     from ..run import stop
     t0 = time.time()
     child = subprocess.Popen(cmd, env=commands.process_env(), stderr=subprocess.PIPE, text=True, errors="replace")
-    relay = threading.Thread(target=relay_stderr, args=(child.stderr, sys.stderr), daemon=True)
-    relay.start()
+    relay = StderrRelay(child.stderr, sys.stderr)
+    relay.thread.start()
 
     def forward(signum, frame):
         name = signal.Signals(signum).name
@@ -336,7 +367,7 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    relay.join(timeout=10)
+    relay.finish(wait_s=10)
     record = stop.read(run_dir, since=t0)
     if rc != 0 and record is not None:
         # horovodrun reports every worker failure as 1: the run's own record says it stopped on purpose
