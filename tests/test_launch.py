@@ -154,6 +154,9 @@ def test_relay_shows_what_it_holds_when_the_supervisor_stops_waiting_for_eof():
         relay.finish(wait_s=1.0)
         assert relay.thread.is_alive()  # still blocked reading: EOF never came
         relay.finish(wait_s=1.0)        # a second call adds nothing
+        sink.close()                    # the helper exits: EOF, which adds nothing either
+        relay.thread.join(timeout=10)
+        assert not relay.thread.is_alive()
         assert out.getvalue().splitlines() == [
             "[0]<stdout>:stopped on SIGTERM",
             "hvdfast launch: worker 1 exited with code 75; horovodrun ended the job (the workers' own messages are "
