@@ -116,7 +116,7 @@ def test_preflight_reads_hosts_and_hostfiles(tmp_path):
 
 def test_relay_condenses_horovodruns_report_of_a_worker_exit_and_keeps_other_tracebacks():
     import io
-    from hvdfast.launch import relay_stderr
+    from hvdfast.launch import StderrRelay
     report = ["[0]<stderr>:hvdfast: error: data.dir 'x' does not exist\n", "Process 0 exit with status code 2.\n",
               "Traceback (most recent call last):\n", '  File "/venv/bin/horovodrun", line 8, in <module>\n',
               "[1]<stderr>:a worker's line still passes\n",
@@ -124,14 +124,14 @@ def test_relay_condenses_horovodruns_report_of_a_worker_exit_and_keeps_other_tra
               "the job to be terminated. The first process to do so was:\n", "Process name: 0\n", "Exit code: 2\n",
               "\n"]
     out = io.StringIO()
-    relay_stderr(iter(report), out)
+    StderrRelay(iter(report), out).run()
     assert out.getvalue().splitlines() == [
         "[0]<stderr>:hvdfast: error: data.dir 'x' does not exist", "Process 0 exit with status code 2.",
         "[1]<stderr>:a worker's line still passes",
         "hvdfast launch: worker 0 exited with code 2; horovodrun ended the job (the workers' own messages are above)"]
     crash = ["Traceback (most recent call last):\n", '  File "x.py", line 1, in <module>\n', "ValueError: boom\n"]
     out = io.StringIO()
-    relay_stderr(iter(crash), out)
+    StderrRelay(iter(crash), out).run()
     assert out.getvalue() == "".join(crash)
 
 

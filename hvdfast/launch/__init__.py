@@ -307,7 +307,7 @@ class StderrRelay:
 
     def finish(self, wait_s: float = 0.0) -> None:
         """Wait up to `wait_s` for EOF, then show what is held (once, whoever calls first)."""
-        if wait_s and threading.current_thread() is not self.thread:
+        if wait_s:  # the supervisor's call (run() ends with finish() at EOF, waiting for nothing)
             self.thread.join(timeout=wait_s)
         with self.lock:
             if self.ended:
@@ -321,11 +321,6 @@ class StderrRelay:
             else:
                 self.dst.write(text)
             self.dst.flush()
-
-
-def relay_stderr(src, dst) -> None:
-    """StderrRelay to EOF, in this thread."""
-    StderrRelay(src, dst).run()
 
 
 def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
