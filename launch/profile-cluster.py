@@ -3,7 +3,7 @@ each wire format, sampled with `perf record -e cpu-clock -C CORE` while steady s
 
     python launch/profile-cluster.py [LINK] [--formats fp16,powersgd] [--steps 70] [--out runs/bench/profile]
 
-Prints, per shared object (oneDNN's JIT kernels, libtorch, the kernel, Python, ...), the milliseconds of that core
+Prints, per shared object (code generated at run time, libtorch, the kernel, Python, ...), the milliseconds of that core
 per training step: the worker alone and each format across the hosts, side by side from one run. The cluster,
 worker and recipe are `hvdfast bench cluster`'s (hvdfast's worker, ResNet-50 224 px, batch 8, the digits recipe's
 knobs), each format with the settings `hvdfast tune --hosts` times it with (tune.host_overrides); perf starts 30 s
@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hvdfast import tune  # noqa: E402
 from hvdfast.bench import cluster  # noqa: E402
 
-GROUPS = (("[JIT]", "oneDNN JIT kernels (convolutions)"), ("libtorch_cpu", "rest of libtorch"),
+# perf cannot name code generated at run time: oneDNN's convolution kernels and numba's PowerSGD loops (lowrank.py)
+# both land in [JIT]; the alone column has no PowerSGD, so a PowerSGD column's excess there is mostly those loops
+GROUPS = (("[JIT]", "JIT code (oneDNN's convolutions, numba's PowerSGD loops)"), ("libtorch_cpu", "rest of libtorch"),
           ("[kernel", "kernel (TCP, page faults, scheduling)"), ("libpython", "Python"))
 
 
