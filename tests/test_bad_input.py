@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT, hvdfast_cmd, launcher_env, make_jpeg_tree
+from conftest import ROOT, hvdfast_cmd, launch_cmd, launcher_env, make_jpeg_tree
 
 SMALL = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
          "data.backend=torchvision", "train.progress=lines", "train.target_top1=0"]
@@ -111,3 +111,34 @@ def test_empty_data_folder(tmp_path):
     (tmp_path / "d/val").mkdir()
     one_error(train(f"data.dir={tmp_path / 'd'}", f"train.run_dir={tmp_path / 'r'}", *SMALL),
               "has no class folders")
+
+
+@pytest.mark.parametrize("knob, value, needle", [
+    ("HOROVOD_CPU_OPERATIONS", "gloo", "HOROVOD_CPU_OPERATIONS=gloo with Horovod's MPI controller"),
+    ("HOROVOD_CONTROLLER", "gloo", "HOROVOD_CONTROLLER=gloo under mpirun"),
+])
+def test_horovod_knobs_that_crash_horovod_under_mpirun(digits_dir, tmp_path, knob, value, needle):
+    """Horovod's own knobs pass through to the workers; the two pairings of controller and CPU operations that
+    Horovod 0.28.1 cannot run (a segfault, an MPI abort) are refused before hvd.init(), once, by rank 0."""
+    import shutil
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun not on PATH (Horovod built with Gloo only)")
+    env = {**launcher_env(), knob: value}
+    cmd = launch_cmd("mpirun", 2, hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml",
+                                              f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL))
+    p = subprocess.run(cmd[:1] + ["-x", knob] + cmd[1:], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env=env)
+    one_error(p, needle)
+    assert "Segmentation fault" not in p.stderr + p.stdout and "MPI_ERRORS_ARE_FATAL" not in p.stderr
+
+
+def test_controller_problem_allows_what_the_launchers_set():
+    from hvdfast.dist import controller_problem
+    horovodrun_gloo = {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo",
+                       "HOROVOD_GLOO_RENDEZVOUS_ADDR": "10.0.0.1", "HOROVOD_SIZE": "2"}
+    assert controller_problem(horovodrun_gloo, mpi_built=True) is None
+    assert controller_problem({"OMPI_COMM_WORLD_SIZE": "2"}, mpi_built=True) is None          # mpirun
+    assert controller_problem({"HOROVOD_CONTROLLER": "mpi", "OMPI_COMM_WORLD_SIZE": "2"}, mpi_built=True) is None
+    assert controller_problem({"HOROVOD_CPU_OPERATIONS": "gloo"}, mpi_built=False) is None    # a Gloo-only build
+    assert controller_problem({"HOROVOD_CONTROLLER": "gloo", "OMPI_COMM_WORLD_SIZE": "1"}, mpi_built=True) is None
+    assert controller_problem({"HOROVOD_CPU_OPERATIONS": "GLOO"}, mpi_built=True) is not None  # Horovod ignores case

@@ -4,7 +4,8 @@ DistributedOptimizer, or `buckets` with a `compression` / `powersgd` reducer). I
 way (core <- buckets <- optimizer), so the package has no cycle; everything outside it imports `hvdfast.dist`.
 """
 from .core import (DeviceError, DistInfo, allgather_object, allreduce_async_, allreduce_mean, allreduce_sum,  # noqa
-                   average_buffers, barrier, broadcast_, broadcast_model, broadcast_object, build_info, cores_owned,
-                   current, elastic_run, gpu_problem, horovod_env, init, poll, shutdown, synchronize)
+                   average_buffers, barrier, broadcast_, broadcast_model, broadcast_object, build_info,
+                   controller_problem, cores_owned, current, elastic_run, gpu_problem, horovod_env, init, poll,
+                   shutdown, synchronize)
 from .optimizer import (elastic_state, forget_step, init_optimizer_state, loss_divisor, rejoin,  # noqa: F401
                         wrap_optimizer)

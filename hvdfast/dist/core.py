@@ -74,6 +74,30 @@ def cores_owned(local_size: int) -> int:
     return max(1, total // max(1, local_size))
 
 
+def controller_problem(environ: dict, mpi_built: bool) -> str | None:
+    """Why Horovod 0.28.1 would crash on this process's choice of controller and CPU operations (Horovod's own
+    HOROVOD_CONTROLLER / HOROVOD_CPU_OPERATIONS, which launchers pass through), or None.
+
+    Horovod parses the two independently, but only the pairs its launchers set work: under the MPI controller
+    HOROVOD_CPU_OPERATIONS=gloo dies with a segmentation fault in the first allreduce (the process set's Gloo
+    context is never initialised; Gloo's controller initialises it), and HOROVOD_CONTROLLER=gloo under mpirun, with
+    no horovodrun rendezvous to meet at, aborts in MPI (both seen with Horovod 0.28.1, 2 ranks, 2026-11-27).
+    horovodrun --gloo sets both itself."""
+    controller = (environ.get("HOROVOD_CONTROLLER") or ("mpi" if mpi_built else "gloo")).lower()
+    operations = (environ.get("HOROVOD_CPU_OPERATIONS") or "").lower()
+    if controller == "mpi" and operations == "gloo":
+        return ("HOROVOD_CPU_OPERATIONS=gloo with Horovod's MPI controller crashes Horovod 0.28.1 (a segmentation "
+                "fault in the first allreduce): unset HOROVOD_CPU_OPERATIONS, or run on Gloo throughout "
+                "(horovodrun --gloo, or hvdfast launch ... --controller gloo).")
+    mpi_size = environ.get("OMPI_COMM_WORLD_SIZE") or environ.get("PMI_SIZE") or "1"
+    if (controller == "gloo" and "HOROVOD_GLOO_RENDEZVOUS_ADDR" not in environ and mpi_size.isdigit()
+            and int(mpi_size) > 1):
+        return ("HOROVOD_CONTROLLER=gloo under mpirun: Horovod's Gloo controller meets at horovodrun's rendezvous, "
+                "which mpirun does not start (Horovod aborts in MPI). Unset HOROVOD_CONTROLLER to use MPI, or "
+                "launch with horovodrun --gloo (hvdfast launch ... --controller gloo).")
+    return None
+
+
 class DeviceError(RuntimeError):
     """The workers do not fit the node's GPUs (a user error: one message, from rank 0)."""
 
@@ -105,6 +129,9 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
         os.environ.update(env)
     import horovod.torch as hvd  # Horovod: the only import of it in hvdfast
 
+    problem = controller_problem(dict(os.environ), bool(hvd.mpi_built()))
+    if problem:  # before hvd.init(), which would crash on it
+        raise ConfigError(problem)
     hvd.init()
     _hvd = hvd
     if cfg is not None and cfg.op == "adasum" and not hvd.mpi_enabled():
