@@ -116,10 +116,12 @@ def test_empty_data_folder(tmp_path):
 @pytest.mark.parametrize("knob, value, needle", [
     ("HOROVOD_CPU_OPERATIONS", "gloo", "HOROVOD_CPU_OPERATIONS=gloo with Horovod's MPI controller"),
     ("HOROVOD_CONTROLLER", "gloo", "HOROVOD_CONTROLLER=gloo under mpirun"),
+    ("HOROVOD_CPU_OPERATIONS", "nccl", "HOROVOD_CPU_OPERATIONS=nccl is not one Horovod knows (mpi, gloo, ccl)"),
 ])
 def test_horovod_knobs_that_crash_horovod_under_mpirun(digits_dir, tmp_path, knob, value, needle):
-    """Horovod's own knobs pass through to the workers; the two pairings of controller and CPU operations that
-    Horovod 0.28.1 cannot run (a segfault, an MPI abort) are refused before hvd.init(), once, by rank 0."""
+    """Horovod's own knobs pass through to the workers; the pairings of controller and CPU operations that
+    Horovod 0.28.1 cannot run (a segfault, an MPI abort) and values it does not know (an abort) are refused before
+    hvd.init(), once, by rank 0."""
     import shutil
     if shutil.which("mpirun") is None:
         pytest.skip("mpirun not on PATH (Horovod built with Gloo only)")
@@ -141,4 +143,6 @@ def test_controller_problem_allows_what_the_launchers_set():
     assert controller_problem({"HOROVOD_CONTROLLER": "mpi", "OMPI_COMM_WORLD_SIZE": "2"}, mpi_built=True) is None
     assert controller_problem({"HOROVOD_CPU_OPERATIONS": "gloo"}, mpi_built=False) is None    # a Gloo-only build
     assert controller_problem({"HOROVOD_CONTROLLER": "gloo", "OMPI_COMM_WORLD_SIZE": "1"}, mpi_built=True) is None
+    assert controller_problem({"HOROVOD_CPU_OPERATIONS": "ccl"}, mpi_built=True) is None      # not built: MPI's ops
     assert controller_problem({"HOROVOD_CPU_OPERATIONS": "GLOO"}, mpi_built=True) is not None  # Horovod ignores case
+    assert "HOROVOD_CONTROLLER=nccl" in controller_problem({"HOROVOD_CONTROLLER": "nccl"}, mpi_built=True)

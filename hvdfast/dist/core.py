@@ -81,10 +81,15 @@ def controller_problem(environ: dict, mpi_built: bool) -> str | None:
     Horovod parses the two independently, but only the pairs its launchers set work: under the MPI controller
     HOROVOD_CPU_OPERATIONS=gloo dies with a segmentation fault in the first allreduce (the process set's Gloo
     context is never initialised; Gloo's controller initialises it), and HOROVOD_CONTROLLER=gloo under mpirun, with
-    no horovodrun rendezvous to meet at, aborts in MPI (both seen with Horovod 0.28.1, 2 ranks, 2026-11-27).
-    horovodrun --gloo sets both itself."""
+    no horovodrun rendezvous to meet at, aborts in MPI; a value it does not know aborts the process (all seen with
+    Horovod 0.28.1, 2 ranks, 2026-11-27). horovodrun --gloo sets both itself."""
     controller = (environ.get("HOROVOD_CONTROLLER") or ("mpi" if mpi_built else "gloo")).lower()
     operations = (environ.get("HOROVOD_CPU_OPERATIONS") or "").lower()
+    for name, value, known in (("HOROVOD_CONTROLLER", controller, ("mpi", "gloo")),
+                               ("HOROVOD_CPU_OPERATIONS", operations, ("", "mpi", "gloo", "ccl"))):
+        if value not in known:  # Horovod throws from its background thread: the process aborts
+            return (f"{name}={environ.get(name)} is not one Horovod knows ({', '.join(k for k in known if k)}); "
+                    f"unset it to use the launcher's choice.")
     if controller == "mpi" and operations == "gloo":
         return ("HOROVOD_CPU_OPERATIONS=gloo with Horovod's MPI controller crashes Horovod 0.28.1 (a segmentation "
                 "fault in the first allreduce): unset HOROVOD_CPU_OPERATIONS, or run on Gloo throughout "
