@@ -44,6 +44,13 @@ def test_doctor_names_missing_dali():
     assert p.returncode == 1 and "NVIDIA DALI is not installed" in p.stdout
 
 
+def test_doctor_names_horovod_knobs_that_would_crash_it():
+    env = {**launcher_env(), "HOROVOD_CPU_OPERATIONS": "gloo"}
+    p = subprocess.run(hvdfast_cmd("doctor"), capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 1
+    assert "HOROVOD_CPU_OPERATIONS=gloo with Horovod's MPI controller crashes" in p.stdout
+
+
 def test_doctor_under_mpirun_reports_every_rank():
     """`mpirun -np 2 hvdfast doctor` (README): rank 0 gathers both ranks' stacks with mpi4py (MPI_Init was
     never called when doctor turned mpi4py's automatic init off for its version query, and every rank aborted)."""
