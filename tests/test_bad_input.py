@@ -146,3 +146,18 @@ def test_controller_problem_allows_what_the_launchers_set():
     assert controller_problem({"HOROVOD_CPU_OPERATIONS": "ccl"}, mpi_built=True) is None      # not built: MPI's ops
     assert controller_problem({"HOROVOD_CPU_OPERATIONS": "GLOO"}, mpi_built=True) is not None  # Horovod ignores case
     assert "HOROVOD_CONTROLLER=nccl" in controller_problem({"HOROVOD_CONTROLLER": "nccl"}, mpi_built=True)
+
+
+def test_horovod_timeline_goes_where_asked_or_is_refused(digits_dir, tmp_path):
+    """horovod.timeline in a folder that does not exist yet (inside a run folder not yet made): the folder is made
+    and Horovod writes its timeline there (it would log an error and train on without one); where no folder can be
+    made, one line before training."""
+    timeline = tmp_path / "new" / "deeper" / "timeline.json"
+    p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'r'}", *SMALL, "train.epochs=0.05",
+              f"horovod.timeline={timeline}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "Error opening the Horovod Timeline" not in p.stderr
+    assert timeline.read_text().lstrip().startswith("[")  # Horovod's Chrome-trace JSON array
+    (tmp_path / "file").write_text("")
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'r2'}", *SMALL,
+                    f"horovod.timeline={tmp_path / 'file' / 't.json'}"), "cannot write the Horovod timeline")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -117,6 +118,19 @@ def gpu_problem(local_size: int, gpus: int, nccl: bool) -> str | None:
             f"CUDA_VISIBLE_DEVICES= (empty).")
 
 
+def _timeline_folder(path: str) -> None:
+    """Make the folder of the timeline file Horovod is asked to write (horovod.timeline or HOROVOD_TIMELINE): Horovod
+    opens the file on rank 0 in hvd.init() and, where the folder is missing, logs an error and trains on without a
+    timeline. DYNAMIC (start and stop from code) names no file."""
+    if not path or path == "DYNAMIC":
+        return
+    try:
+        Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the Horovod timeline {path}: {exc.strerror} ({exc.filename}); set "
+                          f"horovod.timeline to a writable path.") from None
+
+
 def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads: int = 0,
          elastic: bool = False) -> DistInfo:
     """Set Horovod's knobs (cfg=None leaves Horovod's own defaults), hvd.init(), pin the device and, unless
@@ -137,6 +151,7 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
     problem = controller_problem(dict(os.environ), bool(hvd.mpi_built()))
     if problem:  # before hvd.init(), which would crash on it
         raise ConfigError(problem)
+    _timeline_folder(os.environ.get("HOROVOD_TIMELINE", ""))
     hvd.init()
     _hvd = hvd
     if cfg is not None and cfg.op == "adasum" and not hvd.mpi_enabled():
