@@ -148,16 +148,18 @@ def test_controller_problem_allows_what_the_launchers_set():
     assert "HOROVOD_CONTROLLER=nccl" in controller_problem({"HOROVOD_CONTROLLER": "nccl"}, mpi_built=True)
 
 
-def test_horovod_timeline_goes_where_asked_or_is_refused(digits_dir, tmp_path):
-    """horovod.timeline in a folder that does not exist yet (inside a run folder not yet made): the folder is made
-    and Horovod writes its timeline there (it would log an error and train on without one); where no folder can be
-    made, one line before training."""
+def test_horovods_files_go_where_asked_or_are_refused(digits_dir, tmp_path):
+    """horovod.timeline and horovod.autotune_log in folders that do not exist yet: the folders are made and Horovod
+    writes both there (it would train on without them: the timeline with an error line, the log silently); where a
+    folder cannot be made, one line before training."""
     timeline = tmp_path / "new" / "deeper" / "timeline.json"
+    log = tmp_path / "other" / "autotune.csv"
     p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'r'}", *SMALL, "train.epochs=0.05",
-              f"horovod.timeline={timeline}")
+              f"horovod.timeline={timeline}", "horovod.autotune=true", f"horovod.autotune_log={log}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "Error opening the Horovod Timeline" not in p.stderr
     assert timeline.read_text().lstrip().startswith("[")  # Horovod's Chrome-trace JSON array
+    assert log.read_text().startswith("hierarchical_allreduce,")  # the autotuner's CSV header
     (tmp_path / "file").write_text("")
     one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'r2'}", *SMALL,
-                    f"horovod.timeline={tmp_path / 'file' / 't.json'}"), "cannot write the Horovod timeline")
+                    f"horovod.timeline={tmp_path / 'file' / 't.json'}"), "t.json (HOROVOD_TIMELINE): File exists")

@@ -118,17 +118,21 @@ def gpu_problem(local_size: int, gpus: int, nccl: bool) -> str | None:
             f"CUDA_VISIBLE_DEVICES= (empty).")
 
 
-def _timeline_folder(path: str) -> None:
-    """Make the folder of the timeline file Horovod is asked to write (horovod.timeline or HOROVOD_TIMELINE): Horovod
-    opens the file on rank 0 in hvd.init() and, where the folder is missing, logs an error and trains on without a
-    timeline. DYNAMIC (start and stop from code) names no file."""
-    if not path or path == "DYNAMIC":
-        return
-    try:
-        Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the Horovod timeline {path}: {exc.strerror} ({exc.filename}); set "
-                          f"horovod.timeline to a writable path.") from None
+def _output_folders(environ) -> None:
+    """Make the folders of the files Horovod is asked to write: the timeline (horovod.timeline, HOROVOD_TIMELINE;
+    DYNAMIC names no file) and the autotuner's log (horovod.autotune_log, HOROVOD_AUTOTUNE_LOG). Horovod opens them
+    on rank 0 in hvd.init() and, where the folder is missing, trains on without them (the timeline with an error
+    line, the log silently)."""
+    for var, key in (("HOROVOD_TIMELINE", "horovod.timeline"), ("HOROVOD_AUTOTUNE_LOG", "horovod.autotune_log")):
+        path = environ.get(var, "")
+        if not path or (var == "HOROVOD_TIMELINE" and path == "DYNAMIC"):
+            continue
+        folder = Path(path).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot make the folder {folder} for {path} ({var}): {exc.strerror}; set {key} to a "
+                              f"writable path.") from None
 
 
 def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads: int = 0,
@@ -151,7 +155,7 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
     problem = controller_problem(dict(os.environ), bool(hvd.mpi_built()))
     if problem:  # before hvd.init(), which would crash on it
         raise ConfigError(problem)
-    _timeline_folder(os.environ.get("HOROVOD_TIMELINE", ""))
+    _output_folders(os.environ)
     hvd.init()
     _hvd = hvd
     if cfg is not None and cfg.op == "adasum" and not hvd.mpi_enabled():
