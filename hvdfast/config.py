@@ -273,6 +273,8 @@ def validate(cfg: Config) -> None:
     parse_duration(cfg.train.max_time)
     if not 0 <= cfg.optim.label_smoothing < 1:
         raise ConfigError(f"config key 'optim.label_smoothing' must be in [0, 1), got {cfg.optim.label_smoothing}.")
+    if not cfg.optim.momentum < 1:  # >= 0 above; 1 or more makes the velocity grow without bound
+        raise ConfigError(f"config key 'optim.momentum' must be in [0, 1), got {cfg.optim.momentum}.")
 
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

@@ -60,6 +60,8 @@ def test_choices_and_ranges():
     with pytest.raises(ConfigError, match=r"'data.hw_decoder_load' must be in \[0, 1\], got 1.5"):
         config.load(None, ["data.hw_decoder_load=1.5"])
     assert config.load(None, ["data.hw_decoder_load=1"]).data.hw_decoder_load == 1.0  # an int is the float
+    with pytest.raises(ConfigError, match=r"'optim.momentum' must be in \[0, 1\), got 1.5"):
+        config.load(None, ["optim.momentum=1.5"])
 
 
 def test_yaml_that_is_not_a_mapping(tmp_path):
