@@ -164,7 +164,7 @@ def test_relay_shows_what_it_holds_when_the_supervisor_stops_waiting_for_eof():
 
 
 @pytest.mark.parametrize("launcher_rc", [0, 1])
-def test_a_stopped_run_exits_75_whatever_the_launcher_reports(tmp_path, launcher_rc):
+def test_a_stopped_run_exits_75_whatever_the_launcher_reports(tmp_path, capsys, launcher_rc):
     """supervise's exit code comes from the run's stop record when there is one: horovodrun reports a stop's exit 75
     as 1, and as 0 when it loses the workers' exit status (Horovod 0.28.1 reaps their shells from two threads). The
     launcher here is a shell that writes the record as rank 0 does and exits with what horovodrun would."""
@@ -175,4 +175,6 @@ def test_a_stopped_run_exits_75_whatever_the_launcher_reports(tmp_path, launcher
              f"{{'time': time.time(), 'step': 3, 'exit_code': 75}}))")
     launcher = [sys.executable, "-c", f"{write}; raise SystemExit({launcher_rc})"]
     assert supervise(launcher, "local", tmp_path) == stop.EXIT_STOPPED
+    said = "hvdfast launch: the workers stopped with exit code 75; horovodrun lost their exit status and reported 0"
+    assert (said in capsys.readouterr().err) == (launcher_rc == 0)  # 1: horovodrun's own report says it
     assert supervise([sys.executable, "-c", f"raise SystemExit({launcher_rc})"], "local", tmp_path / "x") == launcher_rc

@@ -369,6 +369,9 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
         # Horovod 0.28.1's safe_shell_exec reaps a worker's shell from its terminate thread (psutil's wait) while
         # another thread waits for the same shell with subprocess, whose wait then finds no child and reads 0. With
         # every rank so, horovodrun prints no report and exits 0 (seen once in CI, under load).
+        if rc == 0:  # then no line says how the job ended but rank 0's: say it
+            print(f"hvdfast launch: the workers stopped with exit code {stop.EXIT_STOPPED}; horovodrun lost their "
+                  f"exit status and reported 0", file=sys.stderr, flush=True)
         return stop.EXIT_STOPPED
     return rc
 
