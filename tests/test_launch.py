@@ -167,7 +167,8 @@ def test_relay_shows_what_it_holds_when_the_supervisor_stops_waiting_for_eof():
 def test_a_stopped_run_exits_75_whatever_the_launcher_reports(tmp_path, capsys, launcher_rc):
     """supervise's exit code comes from the run's stop record when there is one: horovodrun reports a stop's exit 75
     as 1, and as 0 when it loses the workers' exit status (Horovod 0.28.1 reaps their shells from two threads). The
-    launcher here is a shell that writes the record as rank 0 does and exits with what horovodrun would."""
+    launcher here is a stand-in (a Python one-liner) that writes the record as rank 0 does and exits with what
+    horovodrun would."""
     import sys
     from hvdfast.launch import supervise
     from hvdfast.run import stop

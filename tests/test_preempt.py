@@ -94,8 +94,8 @@ def test_signal_to_the_launcher_has_the_same_effect(digits_dir, tmp_path, refere
 def test_ctrl_c_in_a_terminal_checkpoints_and_stops(digits_dir, tmp_path, reference):
     """Ctrl-C reaches the terminal's whole foreground process group (hvdfast launch, horovodrun and, here, the
     workers' launcher shells): horovodrun turns it into SIGTERM for the ranks, which checkpoint at an agreed step;
-    the user sees the stop line and one line for horovodrun's report, no traceback, exit 75, and the same command
-    resumes bit-identical."""
+    the user sees the stop line and one line of hvdfast launch's saying how the job ended, no traceback, exit 75,
+    and the same command resumes bit-identical."""
     run = tmp_path / "run"
     cmd = hvdfast_cmd("launch", "local", "--np", "2", "--controller", "gloo",
                       *TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}")
