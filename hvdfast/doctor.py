@@ -76,7 +76,7 @@ def collect() -> tuple[dict, list[str]]:
             c = report["horovod"]["controllers"]
             if not (c["mpi"] or c["gloo"]):
                 problems.append(f"Horovod was built without MPI and Gloo controllers; {REMEDY_INSTALL}.")
-            knobs = dist.controller_problem(dict(os.environ), c["mpi"])  # what hvd.init() would crash on
+            knobs = dist.controller_problem(os.environ, c["mpi"])  # what hvd.init() would crash on
             if knobs:
                 problems.append(knobs)
     report["dali"], err = _version("nvidia.dali")

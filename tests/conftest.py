@@ -35,12 +35,13 @@ def launch_cmd(kind: str, np: int, args: list[str]) -> list[str]:
     raise ValueError(kind)
 
 
-def run_launcher(kind: str, np: int, args: list[str], timeout: float = 300,
-                 cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_launcher(kind: str, np: int, args: list[str], timeout: float = 300, cwd: Path | None = None,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+    """The launcher's run to its end; `env` adds to launcher_env() (the local ranks inherit it)."""
     if kind == "mpirun" and shutil.which("mpirun") is None:
         pytest.skip("mpirun not on PATH (Horovod built with Gloo only)")
-    return subprocess.run(launch_cmd(kind, np, args), env=launcher_env(), cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(launch_cmd(kind, np, args), env={**launcher_env(), **(env or {})}, cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def worker_pid(env_entry: str, marker: str):

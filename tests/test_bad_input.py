@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT, hvdfast_cmd, launch_cmd, launcher_env, make_jpeg_tree
+from conftest import ROOT, hvdfast_cmd, launcher_env, make_jpeg_tree, run_launcher
 
 SMALL = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
          "data.backend=torchvision", "train.progress=lines", "train.target_top1=0"]
@@ -122,14 +122,9 @@ def test_horovod_knobs_that_crash_horovod_under_mpirun(digits_dir, tmp_path, kno
     """Horovod's own knobs pass through to the workers; the pairings of controller and CPU operations that
     Horovod 0.28.1 cannot run (a segfault, an MPI abort) and values it does not know (an abort) are refused before
     hvd.init(), once, by rank 0."""
-    import shutil
-    if shutil.which("mpirun") is None:
-        pytest.skip("mpirun not on PATH (Horovod built with Gloo only)")
-    env = {**launcher_env(), knob: value}
-    cmd = launch_cmd("mpirun", 2, hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml",
-                                              f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL))
-    p = subprocess.run(cmd[:1] + ["-x", knob] + cmd[1:], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                       env=env)
+    p = run_launcher("mpirun", 2, hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml",
+                                              f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL),
+                     env={knob: value})
     one_error(p, needle)
     assert "Segmentation fault" not in p.stderr + p.stdout and "MPI_ERRORS_ARE_FATAL" not in p.stderr
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 
@@ -75,7 +75,7 @@ def cores_owned(local_size: int) -> int:
     return max(1, total // max(1, local_size))
 
 
-def controller_problem(environ: dict, mpi_built: bool) -> str | None:
+def controller_problem(environ: Mapping[str, str], mpi_built: bool) -> str | None:
     """Why Horovod 0.28.1 would crash on this process's choice of controller and CPU operations (Horovod's own
     HOROVOD_CONTROLLER / HOROVOD_CPU_OPERATIONS, which launchers pass through), or None.
 
@@ -118,7 +118,7 @@ def gpu_problem(local_size: int, gpus: int, nccl: bool) -> str | None:
             f"CUDA_VISIBLE_DEVICES= (empty).")
 
 
-def _output_folders(environ) -> None:
+def _output_folders(environ: Mapping[str, str]) -> None:
     """Make the folders of the files Horovod is asked to write: the timeline (horovod.timeline, HOROVOD_TIMELINE;
     DYNAMIC names no file) and the autotuner's log (horovod.autotune_log, HOROVOD_AUTOTUNE_LOG). Horovod opens them
     on rank 0 in hvd.init() and, where the folder is missing, trains on without them (the timeline with an error
@@ -152,7 +152,7 @@ def init(cfg: HorovodConfig | None = None, *, pin_threads: bool = True, threads:
         os.environ.update(env)
     import horovod.torch as hvd  # Horovod: the only import of it in hvdfast
 
-    problem = controller_problem(dict(os.environ), bool(hvd.mpi_built()))
+    problem = controller_problem(os.environ, bool(hvd.mpi_built()))
     if problem:  # before hvd.init(), which would crash on it
         raise ConfigError(problem)
     _output_folders(os.environ)
