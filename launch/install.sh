@@ -128,7 +128,7 @@ else
   pip_install $TORCH_SPEC
 fi
 # Horovod's build and runtime needs (we build with --no-build-isolation so it sees the installed torch).
-pip_install setuptools wheel cloudpickle psutil pyyaml packaging cffi
+pip_install "setuptools>=64" wheel cloudpickle psutil pyyaml packaging cffi   # >= 64: PEP 660 editables
 
 TORCH_INFO=$("$VPY" -c "import torch,sys; print(torch.__version__, torch.version.cuda or 'cpu', '%d.%d' % sys.version_info[:2])")
 read -r TORCH_VER TORCH_CUDA PY_VER <<<"$TORCH_INFO"
@@ -145,7 +145,10 @@ if [ $MPI = existing ]; then
   pip_install --no-binary mpi4py mpi4py
 fi
 log "hvdfast (editable${extras:+, with extras: $extras})"
-pip_install -e "$ROOT${extras:+[$extras]}"
+# Built with the setuptools installed above, through PEP 660: pip's default for a setup.py-only project is
+# `setup.py develop`, which setuptools >= 80 runs as a second pip with build isolation, and that one wants a
+# setuptools wheel from an index (air-gapped, it failed on a lent H200; pip 23.2 + setuptools 84.2 fail here too).
+pip_install --no-build-isolation --use-pep517 -e "$ROOT${extras:+[$extras]}"
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3. Horovod from source, patched at build time, cached as a wheel.
