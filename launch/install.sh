@@ -60,6 +60,28 @@ PATCH_GLOO_SED='s|^    add_subdirectory(third_party/gloo)$|&\n    if(CMAKE_CXX_F
 # out of bounds (exit 139 in hvd.init(): 3 init/allreduce/shutdown rounds under `horovodrun --gloo -np 1`; with
 # only one set, the write lands in the other variable's slot). The patch leaves a variable that is already fixed alone.
 PATCH_PM_SED='/^void ParameterManager::BayesianParameter::SetValue/,/^}/ s/^  } else {$/  } else if (fixed_values_.find(variable) == fixed_values_.end()) {/'
+# And horovodrun's exit status after Ctrl-C (horovod/runner/common/util/safe_shell_exec.py): each worker's middleman
+# waits for its shell with Popen.wait() while the thread that stops it waits with psutil, which reaps a child; when
+# psutil reaps first, Popen.wait() finds no child and reads exit status 0 (2 of 20 stops here), and horovodrun
+# can report success for a stopped run. The stopping thread now waits for the shell without reaping it
+# (waitid with WNOWAIT), leaving the reaping, and the status, to Popen.wait().
+PATCH_REAP_ANCHOR='^        p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)$'
+PATCH_REAP_CALL='        _wait_without_reaping(p, GRACEFUL_TERMINATION_TIME_S)  # hvdfast build patch'
+PATCH_REAP_DEF='
+
+def _wait_without_reaping(p, timeout):
+    """hvdfast build patch: wait for child p to exit but leave it to Popen.wait() to reap it (and read its status)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:  # not a child of ours, or reaped already: psutil takes nothing from us
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return
+        if time.monotonic() >= deadline:
+            raise psutil.TimeoutExpired(timeout, p.pid)
+        time.sleep(0.01)'
 # Newer toolchains than Horovod 0.28.1 knew (both met on Ubuntu 24.04, the GPU image's base; no source change):
 # - GCC >= 13 no longer pulls <string>/<cstdint> in transitively (horovod/common/group_table.h uses std::string);
 # - CMake >= 4 refuses the cmake_minimum_required(VERSION 2.8) of Horovod's bundled Gloo and flatbuffers unless
@@ -189,8 +211,8 @@ fi
 
 MPI_ID=none
 [ $MPI = existing ] && MPI_ID=$( (mpirun --version 2>/dev/null | head -n1; mpicc -show 2>/dev/null) | sha256sum | cut -c1-8)
-PATCH_ID=$(printf '%s|%s|%s|%s|%s|%s' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" "$PATCH_PM_SED" \
-           "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
+PATCH_ID=$(printf '%s|%s|%s|%s|%s|%s|%s|%s' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" \
+           "$PATCH_PM_SED" "$PATCH_REAP_CALL" "$PATCH_REAP_DEF" "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
 KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VER-py$PY_VER-mpi$MPI_ID-gloo-$CUDA_OPT-patch$PATCH_ID"
 WHEEL_DIR=$CACHE/wheels/$KEY
 installed_key=$(cat "$VENV/.hvdfast-horovod-key" 2>/dev/null || true)
@@ -220,6 +242,12 @@ else
     [ "$(awk '/^void ParameterManager::BayesianParameter::SetValue/,/^}/' "$pm" | grep -c '^  } else {$')" = 1 ] \
       || die "Horovod patch (parameter manager) no longer applies to horovod/common/parameter_manager.cc"
     sed -i "$PATCH_PM_SED" "$pm"
+    sse=$tree/horovod/runner/common/util/safe_shell_exec.py
+    [ "$(grep -c "$PATCH_REAP_ANCHOR" "$sse")" = 1 ] && grep -q '^GRACEFUL_TERMINATION_TIME_S = 5$' "$sse" \
+      || die "Horovod patch (horovodrun's exit status) no longer applies to horovod/runner/common/util/safe_shell_exec.py"
+    sed -i "s/$PATCH_REAP_ANCHOR/$PATCH_REAP_CALL/" "$sse"
+    printf '%s\n' "$PATCH_REAP_DEF" > "$src/reap.py"
+    sed -i "/^GRACEFUL_TERMINATION_TIME_S = 5$/r $src/reap.py" "$sse"
     mkdir -p "$WHEEL_DIR.tmp"
     export CXXFLAGS="${CXXFLAGS:-} $BUILD_CXXFLAGS"
     cmake_major=$(cmake --version | sed -n 's/^cmake version \([0-9]*\).*/\1/p')

@@ -45,3 +45,28 @@ def test_editable_install_works_with_no_index(tmp_path):
     where = subprocess.run([str(py), "-c", "import hvdfast; print(hvdfast.__file__)"], capture_output=True,
                            text=True, cwd=tmp_path, timeout=120)
     assert where.returncode == 0 and Path(where.stdout.strip()) == ROOT / "hvdfast" / "__init__.py", where
+
+
+STOPS = r'''
+import collections, sys, threading
+from horovod.runner.common.util import safe_shell_exec
+if __name__ == "__main__":
+    codes = collections.Counter()
+    for _ in range(int(sys.argv[1])):
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        codes[safe_shell_exec.execute("trap 'exit 75' TERM; sleep 30 & wait; exit 75", events=[stop])] += 1
+    print(dict(codes))
+'''
+
+
+def test_horovodrun_keeps_a_stopped_workers_exit_status(tmp_path):
+    """What horovodrun does to each worker when it stops a run (Ctrl-C, a failed rank): its safe_shell_exec sets the
+    worker's stop event, the middleman terminates the worker's shell and returns the shell's exit status. Unpatched,
+    2 of 20 and 2 of 40 such stops here came back as 0 (the shell reaped by psutil first); at that rate 50 stops all
+    keep their 75 less than one time in 10 without the installer's patch, and every time with it."""
+    script = tmp_path / "stops.py"
+    script.write_text(STOPS)
+    p = subprocess.run([sys.executable, str(script), "50"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == "{75: 50}", p.stdout
