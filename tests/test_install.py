@@ -1,9 +1,11 @@
-"""launch/install.sh, air-gapped: its editable install of hvdfast must need no package index when the environment
-already has setuptools (a GPU image, a cluster module). pip's default for a setup.py-only project is `setup.py
-develop`, which setuptools >= 80 hands to a second pip with build isolation, and that one asks an index for a
-setuptools wheel: an install on a lent H200 with `PIP_NO_INDEX=1` stopped there. The whole install is run for real
-by CI (`.ci/run`) and in the container tests; this runs the installer's own pip line in a new environment that
-holds setuptools, wheel and packaging (copied from ours) and no index."""
+"""What launch/install.sh promises beyond "it installs" (which CI's `.ci/run` and the container tests run for real).
+
+Air-gapped, its editable install of hvdfast needs no package index when the environment already has setuptools (a
+GPU image, a cluster module). pip's default for a setup.py-only project is `setup.py develop`, which setuptools >= 80
+hands to a second pip with build isolation, and that one asks an index for a setuptools wheel: an install on a lent
+H200 with `PIP_NO_INDEX=1` stopped there. The first test runs the installer's own pip line in a new environment
+that holds setuptools, wheel and packaging (copied from ours) and no index. And Horovod, as the installer's build
+patch leaves it, keeps a stopped worker's exit status (the second test)."""
 import os
 import re
 import shutil
