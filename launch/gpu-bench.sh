@@ -128,13 +128,16 @@ if want fit; then
     fi
   done
   "$PY" - "${runs[@]}" <<'PYEOF'
-import json, sys
-rate = []
+import json, statistics, sys
+mean, median = [], []
 for run in sys.argv[1:]:
-    s = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"kind": "summary"' in l][-1]
-    rate.append(s["mean_img_s"])
-for run, r in zip(sys.argv[2:], rate[1:]):
-    print(f"DALI-fed {r:.1f} img/s / synthetic {rate[0]:.1f} img/s = {r / rate[0]:.3f} ({run.rsplit('/', 1)[-1]}; "
-          f"the same trainer; mean of the log windows after the first)")
+    rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
+    mean.append([r for r in rows if r["kind"] == "summary"][-1]["mean_img_s"])
+    # the median of the same windows: one slow window (an epoch's start, a stall of the machine) does not move it
+    median.append(statistics.median([r["img_s"] for r in rows if r["kind"] == "train"][1:]))
+for i, run in enumerate(sys.argv[2:], 1):
+    print(f"DALI-fed / synthetic: mean {mean[i]:.1f} / {mean[0]:.1f} img/s = {mean[i] / mean[0]:.3f}, median "
+          f"{median[i]:.1f} / {median[0]:.1f} = {median[i] / median[0]:.3f} ({run.rsplit('/', 1)[-1]}; the same "
+          f"trainer; the log windows after the first)")
 PYEOF
 fi
