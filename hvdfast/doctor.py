@@ -76,6 +76,10 @@ def collect() -> tuple[dict, list[str]]:
             c = report["horovod"]["controllers"]
             if not (c["mpi"] or c["gloo"]):
                 problems.append(f"Horovod was built without MPI and Gloo controllers; {REMEDY_INSTALL}.")
+            if not report["horovod"]["hvdfast_build_patch"]:
+                problems.append(f"Horovod {hv} was not built by launch/install.sh: without its build patch fp16 "
+                                f"sums under Gloo can come back wrong, an elastic reset with the recipe's knobs "
+                                f"crashes and horovodrun can lose a stopped run's exit status; {REMEDY_INSTALL}.")
             knobs = dist.controller_problem(os.environ, c["mpi"])  # what hvd.init() would crash on
             if knobs:
                 problems.append(knobs)
@@ -102,7 +106,8 @@ def render(report: dict, problems: list[str]) -> str:
                   f"    frameworks:        {_fmt_flags(h['frameworks'])}",
                   f"    controllers:       {_fmt_flags(h['controllers'])}",
                   f"    tensor operations: {_fmt_flags(h['tensor_operations'])}",
-                  f"    CUDA tensors:      {'yes' if h['cuda'] else 'no'}"]
+                  f"    CUDA tensors:      {'yes' if h['cuda'] else 'no'}",
+                  f"    hvdfast's patch:   {'yes' if h.get('hvdfast_build_patch') else 'no'}"]
     else:
         lines.append(f"  Horovod      {h.get('version') if isinstance(h, dict) else 'missing'}")
     lines.append(f"  DALI         {report.get('dali') or 'missing'}")

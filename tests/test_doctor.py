@@ -14,6 +14,7 @@ def test_doctor_reports_the_built_stack():
     assert rep["horovod"]["frameworks"]["pytorch"]
     assert rep["horovod"]["controllers"]["gloo"]
     assert rep["torch"] and rep["torchvision"] and rep["cpu_cores"] >= 1
+    assert rep["horovod"]["hvdfast_build_patch"] is True  # built by launch/install.sh
     assert p.returncode == (1 if out["problems"] else 0)
     human = subprocess.run(hvdfast_cmd("doctor"), capture_output=True, text=True, timeout=120, env=launcher_env())
     assert "controllers:" in human.stdout and "GLOO [X]" in human.stdout
@@ -42,6 +43,20 @@ def test_doctor_names_horovod_without_pytorch():
 def test_doctor_names_missing_dali():
     p = _doctor_without("nvidia.dali")
     assert p.returncode == 1 and "NVIDIA DALI is not installed" in p.stdout
+
+
+def test_doctor_names_a_horovod_without_the_build_patch():
+    """A Horovod built elsewhere (a cluster's module, `pip install horovod` against an older torch) has horovodrun's
+    process handling as published: the module without the function the patch adds. Doctor says what that costs."""
+    name = "horovod.runner.common.util.safe_shell_exec"
+    code = ("import sys, types, horovod.runner.common.util as util; "
+            f"util.safe_shell_exec = sys.modules[{name!r}] = types.ModuleType({name!r}); "
+            "from hvdfast.cli import main; sys.exit(main(['doctor']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=launcher_env(), cwd=ROOT)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "hvdfast's patch:   no" in p.stdout
+    assert "was not built by launch/install.sh: without its build patch fp16 sums under Gloo" in p.stdout
 
 
 def test_doctor_names_horovod_knobs_that_would_crash_it():

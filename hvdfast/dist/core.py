@@ -289,4 +289,12 @@ def build_info() -> dict:
                               "gloo": bool(hvd.gloo_built()), "ddl": bool(hvd.ddl_built()),
                               "ccl": bool(hvd.ccl_built())},
         "cuda": bool(hvd.cuda_built()),
+        "hvdfast_build_patch": build_patched(),
     }
+
+
+def build_patched() -> bool:
+    """Whether this Horovod carries launch/install.sh's build patch (README, "The Horovod build patch"): told by the
+    function its Python part adds to horovodrun's process handling; its C++ parts are built in the same step."""
+    from horovod.runner.common.util import safe_shell_exec
+    return hasattr(safe_shell_exec, "_wait_without_reaping")
