@@ -8,7 +8,7 @@
 # Then, as run on 2026-11-27 (README, "On one H100 / H200"), calls that follow each other within the machine's
 # warm time, naming in `carry` what each needs (a carried folder not named again is removed there):
 #   1. carry .gpu .dali1: cp .dali1/* /tmp/dp/; start the install in a session of its own so it outlives the call:
-#      HVDFAST_DALI=none PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.gpu setsid PARTS=install bash launch/gpu-bench.sh ...
+#      HVDFAST_DALI=none PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.gpu PARTS=install setsid bash launch/gpu-bench.sh ...
 #   2. carry .gpu .dali2: cp .dali2/* /tmp/dp/
 #   3. carry .gpu .dali3: cp .dali3/* /tmp/dp/; cat /tmp/dp/dalipart.* | python3 -c "import sys, tarfile;
 #      tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall(sys.argv[1])" SITE_PACKAGES; wait for the
