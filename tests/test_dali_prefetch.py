@@ -85,3 +85,41 @@ def test_a_process_leaving_while_the_next_epoch_builds_exits_cleanly(tmp_path):
                               timeout=120)
         assert proc.returncode == 0 and "left" in proc.stdout, proc.stderr[-2000:]
         assert "terminate" not in proc.stderr, proc.stderr[-2000:]
+
+
+EXIT_AFTER_DROP = """
+import atexit, sys, threading, time, torch
+def at_finalization():  # registered before hvdfast's exit hook, so it runs after it
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("hvdfast-dali")]
+    print("builders alive at finalization:", alive, flush=True)
+atexit.register(at_finalization)
+from hvdfast import config, data
+from hvdfast.dist import DistInfo
+cfg = config.load(None, ["data.dir=" + sys.argv[1], "data.backend=dali", "data.batch_size=2", "data.image_size=32",
+                         "data.val_resize=32", "data.workers=1"])
+info = DistInfo(rank=0, local_rank=0, size=1, local_size=1, cores_per_rank=1, device=torch.device("cpu"),
+                controller="none")
+d = data.build(cfg, info)
+train = d.train
+class Built:  # stands for the built iterator, whose pipeline and tensors take a while to free
+    def __del__(self):
+        time.sleep(1.5)
+train._iterator = lambda epoch: (time.sleep(0.5), Built())[1]
+train._prefetch(1)
+del d, train      # the loader now lives only in its builder's closure
+time.sleep(1.0)   # the build is done and the builder is freeing the loader, then what it built
+"""
+
+
+def test_a_dropped_loaders_builder_is_joined_before_the_interpreter_finalizes(tmp_path):
+    """The rare abort at a DALI rank's exit (see hvdfast/data/dali.py): a builder that outlived its loader was still
+    freeing the pipeline and tensors it built when the main thread, with no live loader to close, went on into the
+    interpreter's finalization. The exit hook must join it; here the freeing is made slow so that it is still going
+    on when the main thread reaches the exit hooks."""
+    import subprocess
+    import sys
+    tree = make_jpeg_tree(tmp_path, classes=2, per_class={"train": 2, "val": 1})
+    proc = subprocess.run([sys.executable, "-c", EXIT_AFTER_DROP, str(tree)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "builders alive at finalization: []" in proc.stdout, proc.stdout + proc.stderr[-2000:]

@@ -11,16 +11,17 @@ removed, so every image is counted exactly once across ranks.
 A training epoch's pipeline (file list, decoders, nvJPEG buffers, first batches) is built in a background thread
 while the previous epoch trains: on an H100 a new pipeline cost 0.5 s at each epoch start (4-6 s for the first
 two), which at a 32K global batch (39 steps per epoch) would be a tenth of the epoch. Nothing is built past the
-run's last epoch, and before the interpreter exits every loader is closed in the main thread: its builder thread
-is joined before DALI's own exit hook shuts the pipelines down. A daemon thread still in DALI's C++ code when the
-interpreter finalizes is killed by a forced unwind, which C++ answers with "terminate called without an active
-exception". CI saw that abort once at a rank's exit (not reproduced in 160 runs here); the likely gap was a builder
-thread that had left the old join list but not yet finished. It came back once since (fresh-ci, 2026-11-27, rank 0
-of tests/test_multihost.py's 4-rank DALI sharding test, after the join list was fixed; 46 runs of that test alone
-passed, and 30 more of its command across two namespace hosts on 2026-11-27): another thread in native code at
-exit remains possible (DALI's or Horovod's Gloo threads), not found yet. Seen a third time (fresh-ci, 2026-11-27
-19:04-19:46, rank 2 of the same test, the run otherwise green); of 81 runs of that test alone right after, one
-failed (its output not kept: the loop kept only pytest's last line; a loop that kept failures passed 45 of 45).
+run's last epoch, and every builder thread is joined before the interpreter finalizes, whether or not its loader
+still exists (`_BUILDERS`, joined by the exit hook before DALI's own hook shuts the pipelines down).
+
+Why every thread, not only the live loaders' (the rare "terminate called without an active exception" at a rank's
+exit that CI met three times, found 2026-11-27 from core dumps): a loader dropped while its next epoch is building
+lives on only in the builder's closure. When the build ends, the thread itself frees the loader, then the built
+iterator: its pipeline and first batch, torch tensors whose deallocation releases the GIL. Meanwhile the main
+thread, finding no live loader to close, went on into the interpreter's finalization; the builder, taking the GIL
+back, was ended by Python with pthread_exit, whose forced unwind through torch's noexcept deallocator is
+std::terminate. Three cores of three such aborts (3 of 47 runs of tests/parallel/shards.py, which drops its loaders
+at return, across two namespace hosts) showed exactly that stack.
 """
 from __future__ import annotations
 
@@ -39,11 +40,22 @@ from .torchvision import corrupt_error
 
 READER = "Reader"
 _LOADERS: weakref.WeakSet = weakref.WeakSet()  # closed by _close_loaders at exit
+_BUILDERS: set[threading.Thread] = set()        # builder threads nobody has joined yet, their loaders alive or not
+JOIN_TIMEOUT_S = 120  # a build takes seconds at most; a hung GPU must not hang the exit
 
 
 def _close_loaders() -> None:
     for loader in list(_LOADERS):
         loader.close()
+    # A dropped loader's builder frees that loader and its pipeline itself: it must be done before finalization.
+    for thread in list(_BUILDERS):
+        _join(thread)
+
+
+def _join(thread: threading.Thread) -> None:
+    thread.join(timeout=JOIN_TIMEOUT_S)
+    if not thread.is_alive():  # joined: its run() has returned, and with it everything its closure held
+        _BUILDERS.discard(thread)
 
 
 def _track(loader) -> None:
@@ -195,7 +207,10 @@ class DaliLoader:
             except BaseException as exc:  # handed to the training thread, which raises it
                 box["error"] = exc
 
+        for done in [t for t in _BUILDERS if not t.is_alive()]:
+            _BUILDERS.discard(done)  # finished builders of loaders dropped earlier
         thread = threading.Thread(target=build, name=f"hvdfast-dali-epoch-{epoch}", daemon=True)
+        _BUILDERS.add(thread)
         thread.start()
         self._next = (epoch, thread, box)
 
@@ -203,10 +218,13 @@ class DaliLoader:
         """`epoch`'s training iterator: the one built ahead if it is for this epoch, else a new one."""
         ahead, self._next = self._next, None
         if ahead is not None:
-            ahead[1].join()  # even when unused: a pipeline still building must not outlive its loader's control
+            _join(ahead[1])  # even when unused: a pipeline still building must not outlive its loader's control
         if ahead is None or ahead[0] != epoch:
             return self._iterator(epoch)  # first epoch, a resume, or an epoch skipped: nothing ahead to use
         _, thread, box = ahead
+        if thread.is_alive():
+            raise RuntimeError(f"DALI's pipeline for epoch {epoch} was still building after {JOIN_TIMEOUT_S} s (a hung "
+                               f"GPU or file system?)")
         if "error" in box:
             raise box["error"]
         return box["it"]
@@ -217,7 +235,7 @@ class DaliLoader:
         At exit DALI's own hook then shuts down whatever pipelines are left, in the main thread."""
         ahead, self._next, self._val_iter = self._next, None, None
         if ahead is not None:
-            ahead[1].join(timeout=120)  # a build takes seconds at most; a hung GPU must not hang the exit
+            _join(ahead[1])
 
     def epoch(self, epoch: int, skip: int = 0):
         try:
