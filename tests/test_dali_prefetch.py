@@ -123,3 +123,21 @@ def test_a_dropped_loaders_builder_is_joined_before_the_interpreter_finalizes(tm
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "builders alive at finalization: []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_a_build_that_does_not_finish_is_named_not_waited_on_forever(tmp_path, monkeypatch):
+    from hvdfast.data import dali
+    from hvdfast.data.folder import DataError
+    tree = make_jpeg_tree(tmp_path, classes=2, per_class={"train": 4, "val": 1})
+    train = loader(tree)
+    monkeypatch.setattr(dali, "JOIN_TIMEOUT_S", 0.2)
+    build = train._iterator
+    train._iterator = lambda e: (time.sleep(2.0) if e == 1 else None, build(e))[1]  # epoch 1 "hangs" for 2 s
+    batches(train.epoch(0))
+    with pytest.raises(DataError, match="epoch 1 was still building after 0.2 s"):
+        batches(train.epoch(1))
+    alive = [t for t in dali._BUILDERS if t.is_alive()]
+    assert [t.name for t in alive] == ["hvdfast-dali-epoch-1"]   # not joined yet: listed, so the exit hook joins it
+    alive[0].join()
+    dali._close_loaders()
+    assert not dali._BUILDERS

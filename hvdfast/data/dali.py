@@ -223,8 +223,8 @@ class DaliLoader:
             return self._iterator(epoch)  # first epoch, a resume, or an epoch skipped: nothing ahead to use
         _, thread, box = ahead
         if thread.is_alive():
-            raise RuntimeError(f"DALI's pipeline for epoch {epoch} was still building after {JOIN_TIMEOUT_S} s (a hung "
-                               f"GPU or file system?)")
+            raise DataError(f"DALI's pipeline for epoch {epoch} was still building after {JOIN_TIMEOUT_S} s: a hung GPU "
+                            f"or file system? (hvdfast doctor checks the GPU; data.dir must be readable on every node)")
         if "error" in box:
             raise box["error"]
         return box["it"]
