@@ -132,6 +132,19 @@ def test_cluster_points_take_each_links_own_compute_limit():
     assert {p.compute_s for p in mc.points(report, "r")} == {0.70}
 
 
+def test_cluster_points_take_s_from_the_floor_measured_beside_the_link():
+    """s (what computing together costs each worker) is measured where the report has the floor for that link: hosts
+    x one worker alone / all hosts' workers at once; elsewhere it is assumed: hosts x threads / cores, at least 1."""
+    from hvdfast.bench import model_cluster as mc
+    rows = [{"link": lk, "variant": "hvdfast", "settings": "powersgd", "controller": "mpi", "step_s": 1.6,
+             "img_s": 20.0, "wire_mb_per_step": 2.3} for lk in ("100mbit", "1gbit")]
+    report = {"hardware": {"cores": 2}, "hosts": 4, "threads": 1, "rows": rows, "alone": {"hvdfast": {"step_s": 0.7}},
+              "alone_by_link": {lk: {"hvdfast": {"step_s": 0.7, "img_s": 11.4}} for lk in ("100mbit", "1gbit")},
+              "floor": {"1gbit": {"img_s": 20.0}}}
+    got = {p.link: p.share for p in mc.points(report, "r")}
+    assert got == {"1gbit": pytest.approx(4 * 11.4 / 20.0), "100mbit": 2.0}
+
+
 def test_cluster_rounds_alternate_the_variants_order():
     from hvdfast.bench.cluster import round_order
     v = ["hvdfast", "ddp-bf16", "ddp-powersgd"]

@@ -16,8 +16,11 @@ measured:  T_c       the same worker alone on one host (the run's compute limit)
                      a share rather than seconds, so that a fit carries over to a day when the machine runs at
                      another speed (drift here is up to 1.7x between days);
            rate      the link preset x 0.97 (tbf's measured delivery on these veths, README);
-           s         how many workers' threads share each core: hosts x threads / cores, at least 1 (4 emulated
-                     hosts on 2 cores: 2; their compute and their overheads take twice as long);
+           s         what computing together costs each worker: hosts x (one worker alone, img/s) / (the floor:
+                     every host's worker at once, never communicating, img/s summed), from the floor measured
+                     beside each link (reports since 2026-11-26); 4 emulated hosts time-sharing 2 cores lose more
+                     than 2x, and cores of their own still share the memory system. Reports without a floor:
+                     hosts x threads / cores, at least 1 (assumed);
 assumed:   b = 2/3   the share of T_c (the backward pass) that communication can overlap;
 fitted:    eta       per transport family (hvdfast over Horovod's MPI controller, hvdfast-gloo over its Gloo one;
                      plain Horovod: MPI with its per-tensor fusion; DDP: Gloo), the fraction of the line rate it
@@ -56,7 +59,7 @@ class Point:
     step_s: float          # measured step time
     wire_mb: float         # MB each worker sent per step
     compute_s: float       # T_c: the same worker alone
-    share: float = 1.0     # s: workers' threads per core (hosts x threads / cores, at least 1)
+    share: float = 1.0     # s: the slowdown of computing together (measured: the floor; else threads per core)
 
 
 def points(report: dict, source: str) -> list[Point]:
@@ -69,7 +72,13 @@ def points(report: dict, source: str) -> list[Point]:
 
     rows = report["rows"]
     # reports before the hosts/threads fields were recorded: 2 hosts x 1 thread on this 2-core machine
-    share = max(1.0, report.get("hosts", 2) * report.get("threads", 1) / report["hardware"].get("cores", 2))
+    hosts = report.get("hosts", 2)
+    assumed = max(1.0, hosts * report.get("threads", 1) / report["hardware"].get("cores", 2))
+    floors = report.get("floor") or {}
+
+    def share(link: str) -> float:  # s: measured where the floor was measured beside the link, else assumed
+        floor, alone = floors.get(link), by_link.get(link)
+        return hosts * alone["hvdfast"]["img_s"] / floor["img_s"] if floor and alone else assumed
     images_per_step = rows[0]["img_s"] * rows[0]["step_s"]  # the same for every variant of a report
     tuned = report.get("tuned") or {}
 
@@ -85,11 +94,11 @@ def points(report: dict, source: str) -> list[Point]:
                                     (tuned.get(r["link"]) or {}).get("launcher", {}).get("controller"))
         fmt = r["settings"] if family != "ddp" else (r["settings"] or "none")
         out.append(Point(source, r["link"], family, fmt, r["step_s"], r["wire_mb_per_step"], compute(r["link"]),
-                         share))
+                         share(r["link"])))
     for link, doc in tuned.items():
         for c in doc.get("candidates", []):
             out.append(Point(f"{source} tune", link, hvdfast_family(c.get("controller")), c["compression"],
-                             images_per_step / c["img_s"], c["wire_mb"], compute(link), share))
+                             images_per_step / c["img_s"], c["wire_mb"], compute(link), share(link)))
     return out
 
 
@@ -165,7 +174,8 @@ def main(paths, fit_paths=None) -> int:
           "eta (fraction of the shaped line rate reached) " +
           ", ".join(f"{f} {e:.2f}" for f, e in sorted(eta.items())) + "; c (CPU cost per step, share of T_c) " +
           ", ".join(f"{f}/{w} {t:.3f}" for (f, w), t in sorted(cpu.items())))
-    print("efficiency here: the worker's compute (T_c x s, s = threads per core) over the step")
+    print("efficiency here: the worker's compute when every host computes at once (T_c x s; s from the floor where "
+          "it was measured, else threads per core) over the step")
     print(markdown_table(rows, [("source", "report"), ("link", "link"), ("family", "family"), ("format", "format"),
                                 ("wire_mb", "MB/step"), ("measured_eff", "measured eff"),
                                 ("model_eff", "model eff"), ("error", "step error"), ("role", "point")]))
