@@ -64,10 +64,28 @@ PATCH_PM_SED='/^void ParameterManager::BayesianParameter::SetValue/,/^}/ s/^  } 
 # waits for its shell with Popen.wait() while the thread that stops it waits with psutil, which reaps a child; when
 # psutil reaps first, Popen.wait() finds no child and reads exit status 0 (2 of 20 stops here), and horovodrun
 # can report success for a stopped run. The stopping thread now waits for the shell without reaping it
-# (waitid with WNOWAIT), leaving the reaping, and the status, to Popen.wait().
+# (waitid with WNOWAIT), leaving the reaping, and the status, to Popen.wait(). Two more races in the same function
+# (1 stop in 150 of tests/test_install.py's under load, 2026-11-28): the shell freezes itself with SIGSTOP before
+# SIGTERM, and a stopped process acts on no signal but SIGKILL and SIGCONT, so a shell still running at that moment
+# (its child just stopped, its own exit not yet scheduled) kept the TERM pending until the SIGKILL 5 s later (exit
+# 137); it now gets SIGCONT after the TERM. And a shell that exits between two psutil calls raised NoSuchProcess
+# in the stopping thread (a traceback on horovodrun's stderr); it now counts as having no children.
 PATCH_REAP_ANCHOR='^        p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)$'
 PATCH_REAP_CALL='        _wait_without_reaping(p, GRACEFUL_TERMINATION_TIME_S)  # hvdfast build patch'
+PATCH_CONT_ANCHOR='^        p.terminate()$'
+PATCH_CONT_CALL='        p.terminate(); p.send_signal(signal.SIGCONT)  # hvdfast build patch: stopped, it would not act on TERM'
+PATCH_KIDS_ANCHOR='^    gone, alive = psutil.wait_procs(p.children(), timeout=GRACEFUL_TERMINATION_TIME_S)$'
+PATCH_KIDS_CALL='    gone, alive = psutil.wait_procs(_children(p), timeout=GRACEFUL_TERMINATION_TIME_S)  # hvdfast build patch'
+PATCH_KIDS1_ANCHOR='^    for child in p.children():$'
+PATCH_KIDS1_CALL='    for child in _children(p):  # hvdfast build patch'
 PATCH_REAP_DEF='
+
+def _children(p):
+    """hvdfast build patch: the children of p, none once p is gone."""
+    try:
+        return p.children()
+    except psutil.NoSuchProcess:
+        return []
 
 def _wait_without_reaping(p, timeout):
     """hvdfast build patch: wait for child p to exit but leave it to Popen.wait() to reap it (and read its status)."""
@@ -211,8 +229,9 @@ fi
 
 MPI_ID=none
 [ $MPI = existing ] && MPI_ID=$( (mpirun --version 2>/dev/null | head -n1; mpicc -show 2>/dev/null) | sha256sum | cut -c1-8)
-PATCH_ID=$(printf '%s|%s|%s|%s|%s|%s|%s|%s' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" \
-           "$PATCH_PM_SED" "$PATCH_REAP_CALL" "$PATCH_REAP_DEF" "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
+PATCH_ID=$(printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" \
+           "$PATCH_PM_SED" "$PATCH_REAP_CALL" "$PATCH_REAP_DEF" "$BUILD_CXXFLAGS" "$PATCH_CONT_CALL" "$PATCH_KIDS_CALL$PATCH_KIDS1_CALL" \
+           | sha256sum | cut -c1-8)
 KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VER-py$PY_VER-mpi$MPI_ID-gloo-$CUDA_OPT-patch$PATCH_ID"
 WHEEL_DIR=$CACHE/wheels/$KEY
 installed_key=$(cat "$VENV/.hvdfast-horovod-key" 2>/dev/null || true)
@@ -244,8 +263,13 @@ else
     sed -i "$PATCH_PM_SED" "$pm"
     sse=$tree/horovod/runner/common/util/safe_shell_exec.py
     [ "$(grep -c "$PATCH_REAP_ANCHOR" "$sse")" = 1 ] && grep -q '^GRACEFUL_TERMINATION_TIME_S = 5$' "$sse" \
+      && [ "$(grep -c "$PATCH_CONT_ANCHOR" "$sse")" = 1 ] && [ "$(grep -c "$PATCH_KIDS_ANCHOR" "$sse")" = 1 ] \
+      && [ "$(grep -c "$PATCH_KIDS1_ANCHOR" "$sse")" = 1 ] \
       || die "Horovod patch (horovodrun's exit status) no longer applies to horovod/runner/common/util/safe_shell_exec.py"
     sed -i "s/$PATCH_REAP_ANCHOR/$PATCH_REAP_CALL/" "$sse"
+    sed -i "s/$PATCH_CONT_ANCHOR/$PATCH_CONT_CALL/" "$sse"
+    sed -i "s/$PATCH_KIDS_ANCHOR/$PATCH_KIDS_CALL/" "$sse"
+    sed -i "s/$PATCH_KIDS1_ANCHOR/$PATCH_KIDS1_CALL/" "$sse"
     printf '%s\n' "$PATCH_REAP_DEF" > "$src/reap.py"
     sed -i "/^GRACEFUL_TERMINATION_TIME_S = 5$/r $src/reap.py" "$sse"
     mkdir -p "$WHEEL_DIR.tmp"
