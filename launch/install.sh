@@ -70,14 +70,20 @@ PATCH_PM_SED='/^void ParameterManager::BayesianParameter::SetValue/,/^}/ s/^  } 
 # (its child just stopped, its own exit not yet scheduled) kept the TERM pending until the SIGKILL 5 s later (exit
 # 137); it now gets SIGCONT after the TERM. And a shell that exits between two psutil calls raised NoSuchProcess
 # in the stopping thread (a traceback on horovodrun's stderr); it now counts as having no children.
-PATCH_REAP_ANCHOR='^        p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)$'
-PATCH_REAP_CALL='        _wait_without_reaping(p, GRACEFUL_TERMINATION_TIME_S)  # hvdfast build patch'
-PATCH_CONT_ANCHOR='^        p.terminate()$'
-PATCH_CONT_CALL='        p.terminate(); p.send_signal(signal.SIGCONT)  # hvdfast build patch: stopped, it would not act on TERM'
-PATCH_KIDS_ANCHOR='^    gone, alive = psutil.wait_procs(p.children(), timeout=GRACEFUL_TERMINATION_TIME_S)$'
-PATCH_KIDS_CALL='    gone, alive = psutil.wait_procs(_children(p), timeout=GRACEFUL_TERMINATION_TIME_S)  # hvdfast build patch'
-PATCH_KIDS1_ANCHOR='^    for child in p.children():$'
-PATCH_KIDS1_CALL='    for child in _children(p):  # hvdfast build patch'
+# Each edit of safe_shell_exec.py: an anchor that must match exactly one line, and the line that replaces it.
+SSE_ANCHORS=(
+  '^        p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)$'
+  '^        p.terminate()$'
+  '^    gone, alive = psutil.wait_procs(p.children(), timeout=GRACEFUL_TERMINATION_TIME_S)$'
+  '^    for child in p.children():$'
+)
+SSE_CALLS=(
+  '        _wait_without_reaping(p, GRACEFUL_TERMINATION_TIME_S)  # hvdfast build patch'
+  '        p.terminate(); p.send_signal(signal.SIGCONT)  # hvdfast build patch: stopped, it would not act on TERM'
+  '    gone, alive = psutil.wait_procs(_children(p), timeout=GRACEFUL_TERMINATION_TIME_S)  # hvdfast build patch'
+  '    for child in _children(p):  # hvdfast build patch'
+)
+# ... and the helpers they call, inserted after GRACEFUL_TERMINATION_TIME_S:
 PATCH_REAP_DEF='
 
 def _children(p):
@@ -229,9 +235,8 @@ fi
 
 MPI_ID=none
 [ $MPI = existing ] && MPI_ID=$( (mpirun --version 2>/dev/null | head -n1; mpicc -show 2>/dev/null) | sha256sum | cut -c1-8)
-PATCH_ID=$(printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" \
-           "$PATCH_PM_SED" "$PATCH_REAP_CALL" "$PATCH_REAP_DEF" "$BUILD_CXXFLAGS" "$PATCH_CONT_CALL" "$PATCH_KIDS_CALL$PATCH_KIDS1_CALL" \
-           | sha256sum | cut -c1-8)
+PATCH_ID=$(printf '%s|' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" "$PATCH_PM_SED" \
+           "${SSE_ANCHORS[@]}" "${SSE_CALLS[@]}" "$PATCH_REAP_DEF" "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
 KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VER-py$PY_VER-mpi$MPI_ID-gloo-$CUDA_OPT-patch$PATCH_ID"
 WHEEL_DIR=$CACHE/wheels/$KEY
 installed_key=$(cat "$VENV/.hvdfast-horovod-key" 2>/dev/null || true)
@@ -262,14 +267,13 @@ else
       || die "Horovod patch (parameter manager) no longer applies to horovod/common/parameter_manager.cc"
     sed -i "$PATCH_PM_SED" "$pm"
     sse=$tree/horovod/runner/common/util/safe_shell_exec.py
-    [ "$(grep -c "$PATCH_REAP_ANCHOR" "$sse")" = 1 ] && grep -q '^GRACEFUL_TERMINATION_TIME_S = 5$' "$sse" \
-      && [ "$(grep -c "$PATCH_CONT_ANCHOR" "$sse")" = 1 ] && [ "$(grep -c "$PATCH_KIDS_ANCHOR" "$sse")" = 1 ] \
-      && [ "$(grep -c "$PATCH_KIDS1_ANCHOR" "$sse")" = 1 ] \
+    grep -q '^GRACEFUL_TERMINATION_TIME_S = 5$' "$sse" \
       || die "Horovod patch (horovodrun's exit status) no longer applies to horovod/runner/common/util/safe_shell_exec.py"
-    sed -i "s/$PATCH_REAP_ANCHOR/$PATCH_REAP_CALL/" "$sse"
-    sed -i "s/$PATCH_CONT_ANCHOR/$PATCH_CONT_CALL/" "$sse"
-    sed -i "s/$PATCH_KIDS_ANCHOR/$PATCH_KIDS_CALL/" "$sse"
-    sed -i "s/$PATCH_KIDS1_ANCHOR/$PATCH_KIDS1_CALL/" "$sse"
+    for i in "${!SSE_ANCHORS[@]}"; do
+      [ "$(grep -c "${SSE_ANCHORS[$i]}" "$sse")" = 1 ] \
+        || die "Horovod patch (horovodrun's exit status) no longer applies to safe_shell_exec.py: ${SSE_ANCHORS[$i]}"
+      sed -i "s/${SSE_ANCHORS[$i]}/${SSE_CALLS[$i]}/" "$sse"
+    done
     printf '%s\n' "$PATCH_REAP_DEF" > "$src/reap.py"
     sed -i "/^GRACEFUL_TERMINATION_TIME_S = 5$/r $src/reap.py" "$sse"
     mkdir -p "$WHEEL_DIR.tmp"
