@@ -112,6 +112,24 @@ for dir in $store /var/tmp; do
   free_gb=$(( $(df -Pk "$dir" | awk 'NR == 2 {print $4}') / 1048576 ))
   [ "$free_gb" -ge 10 ] || log "only $free_gb GB free for $dir: the build needs ~10 GB there and may fail for space"
 done
+# A build killed mid-step (a timeout, Ctrl-C) leaves buildah's working containers behind: podman lists them only
+# with --external, its filters pass over them, and each holds its image against every prune (the install step's
+# ~8 GB; 17 GB of them once filled this disk's free space mid-build). Remove those of this image's builds (their
+# image carries the Dockerfiles' label, or is the local base) before building. (A build of this image running beside
+# this one at the same moment would lose its step too: one build at a time, as CI and the tests run them.)
+remove_stale_steps() {
+  [ $ENGINE = podman ] || return 0
+  local id image state
+  while read -r id image state; do
+    [ "$state" = Storage ] || continue
+    if [ "$($ENGINE image inspect --format '{{index .Labels "org.hvdfast.image"}}' "$image" 2>/dev/null)" = 1 ] \
+       || [ "$image" = "$($ENGINE image inspect --format '{{.Id}}' "$LOCAL_BASE" 2>/dev/null | cut -c1-12)" ]; then
+      $ENGINE rm -f "$id" >/dev/null 2>&1 && log "removed a killed build's step container ($id)"
+    fi
+  done < <($ENGINE ps -a --external --format '{{.ID}} {{.ImageID}} {{.State}}' 2>/dev/null || true)
+  return 0
+}
+remove_stale_steps
 t0=$(date +%s)
 previous=$($ENGINE image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 $ENGINE build "${network[@]}" "${mounts[@]}" "${build_args[@]}" "${pip_args[@]}" -f "$dockerfile" -t "$TAG" "$@" \

@@ -111,3 +111,33 @@ def test_two_containers_as_two_hosts(podman, two_nodes):
     final = next(r for r in rows if r["kind"] == "summary")
     assert final["workers"] == 2 and final["ranks_agree"], final
     assert sorted(r["host"] for r in final["ranks"]) == ["nodea", "nodeb"], final["ranks"]
+
+
+def _step_containers(env) -> set[str]:
+    """buildah's working containers (a build's steps), which podman lists only with --external."""
+    out = podman_cmd(env, "ps", "-a", "--external", "--format", "{{.ID}} {{.State}}").stdout
+    return {line.split()[0] for line in out.splitlines() if line.endswith(" Storage")}
+
+
+def test_a_killed_builds_step_containers_are_removed_by_the_next_build(podman, tmp_path):
+    """A build killed mid-step leaves its working container, which holds its image against every prune (17 GB of
+    them filled this disk mid-build once). The next docker/build.sh removes those of its own image."""
+    (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE}\nRUN sleep 20\n")   # the image carries our label
+    before = _step_containers(podman)
+    build = subprocess.Popen(["podman", "build", "--format", "docker", str(tmp_path)], env=podman,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _step_containers(podman) - before:
+            assert build.poll() is None and time.monotonic() < deadline, "the build ended before its RUN step"
+            time.sleep(0.2)
+    finally:
+        os.killpg(build.pid, 9)
+        build.wait(timeout=60)
+    left = _step_containers(podman) - before
+    assert left                                                         # the leak this guards against is real
+    p = subprocess.run(["bash", str(ROOT / "docker/build.sh"), "cpu"], env=podman, cwd=ROOT, capture_output=True,
+                       text=True, timeout=2400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not left & _step_containers(podman), p.stderr[-3000:]
+    assert p.stderr.count("removed a killed build's step container") >= len(left), p.stderr[-3000:]
