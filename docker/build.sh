@@ -119,11 +119,12 @@ done
 # this one at the same moment would lose its step too: one build at a time, as CI and the tests run them.)
 remove_stale_steps() {
   [ $ENGINE = podman ] || return 0
-  local id image state
+  local id image state base_id
+  base_id=$($ENGINE image inspect --format '{{.Id}}' "$LOCAL_BASE" 2>/dev/null | cut -c1-12)
   while read -r id image state; do
     [ "$state" = Storage ] || continue
-    if [ "$($ENGINE image inspect --format '{{index .Labels "org.hvdfast.image"}}' "$image" 2>/dev/null)" = 1 ] \
-       || [ "$image" = "$($ENGINE image inspect --format '{{.Id}}' "$LOCAL_BASE" 2>/dev/null | cut -c1-12)" ]; then
+    if [ "$image" = "$base_id" ] \
+       || [ "$($ENGINE image inspect --format '{{index .Labels "org.hvdfast.image"}}' "$image" 2>/dev/null)" = 1 ]; then
       $ENGINE rm -f "$id" >/dev/null 2>&1 && log "removed a killed build's step container ($id)"
     fi
   done < <($ENGINE ps -a --external --format '{{.ID}} {{.ImageID}} {{.State}}' 2>/dev/null || true)

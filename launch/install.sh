@@ -84,7 +84,7 @@ SSE_CALLS=(
   '    for child in _children(p):  # hvdfast build patch'
 )
 # ... and the helpers they call, inserted after GRACEFUL_TERMINATION_TIME_S:
-PATCH_REAP_DEF='
+SSE_HELPERS='
 
 def _children(p):
     """hvdfast build patch: the children of p, none once p is gone."""
@@ -236,7 +236,7 @@ fi
 MPI_ID=none
 [ $MPI = existing ] && MPI_ID=$( (mpirun --version 2>/dev/null | head -n1; mpicc -show 2>/dev/null) | sha256sum | cut -c1-8)
 PATCH_ID=$(printf '%s|' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" "$PATCH_PM_SED" \
-           "${SSE_ANCHORS[@]}" "${SSE_CALLS[@]}" "$PATCH_REAP_DEF" "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
+           "${SSE_ANCHORS[@]}" "${SSE_CALLS[@]}" "$SSE_HELPERS" "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
 KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VER-py$PY_VER-mpi$MPI_ID-gloo-$CUDA_OPT-patch$PATCH_ID"
 WHEEL_DIR=$CACHE/wheels/$KEY
 installed_key=$(cat "$VENV/.hvdfast-horovod-key" 2>/dev/null || true)
@@ -274,8 +274,8 @@ else
         || die "Horovod patch (horovodrun's exit status) no longer applies to safe_shell_exec.py: ${SSE_ANCHORS[$i]}"
       sed -i "s/${SSE_ANCHORS[$i]}/${SSE_CALLS[$i]}/" "$sse"
     done
-    printf '%s\n' "$PATCH_REAP_DEF" > "$src/reap.py"
-    sed -i "/^GRACEFUL_TERMINATION_TIME_S = 5$/r $src/reap.py" "$sse"
+    printf '%s\n' "$SSE_HELPERS" > "$src/sse_helpers.py"
+    sed -i "/^GRACEFUL_TERMINATION_TIME_S = 5$/r $src/sse_helpers.py" "$sse"
     mkdir -p "$WHEEL_DIR.tmp"
     export CXXFLAGS="${CXXFLAGS:-} $BUILD_CXXFLAGS"
     cmake_major=$(cmake --version | sed -n 's/^cmake version \([0-9]*\).*/\1/p')
