@@ -48,9 +48,13 @@ def test_fp16_amp_step_with_loss_scaler():
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
-def test_cpu_precision_is_bf16_without_a_scaler():
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it_natively():
+    assert engine.auto_precision("cpu", cpu_bf16=True) == "bf16"
+    assert engine.auto_precision("cpu", cpu_bf16=False) == "fp32"  # emulated bf16 is 4-15x slower than fp32
+    assert engine.auto_precision("cuda", cpu_bf16=False) == "fp16"
     prec = engine.precision_for("auto", torch.device("cpu"))
-    assert prec.name == "bf16" and prec.scaler is None
+    assert prec.name == ("bf16" if engine.cpu_bf16_native() else "fp32") and prec.scaler is None
+    assert (prec.dtype is torch.bfloat16) == (prec.name == "bf16")
     with pytest.raises(ValueError, match="needs a GPU"):
         engine.precision_for("fp16", torch.device("cpu"))
 
