@@ -60,6 +60,10 @@ def collect() -> tuple[dict, list[str]]:
         report["torch_cuda"] = torch.version.cuda
         report["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
             if torch.cuda.is_available() else []
+        from .engine import auto_precision, cpu_bf16_native
+        report["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the vector ISA torch's kernels use
+        report["cpu_bf16"] = cpu_bf16_native()
+        report["cpu_precision_auto"] = auto_precision("cpu", report["cpu_bf16"])
     hv, err = _version("horovod")
     if err:
         report["horovod"] = None
@@ -117,6 +121,9 @@ def render(report: dict, problems: list[str]) -> str:
     gpus = report.get("cuda_devices") or []
     lines.append(f"  CUDA devices {len(gpus)}" + (f": {', '.join(gpus)}" if gpus else ""))
     lines.append(f"  CPU cores    {report['cpu_cores']} (this process may use {report.get('cpu_affinity', '?')})")
+    if "cpu_bf16" in report:
+        lines.append(f"  CPU kernels  {report['cpu_capability']}, bf16 {'native' if report['cpu_bf16'] else 'emulated'} "
+                     f"(train.precision=auto trains in {report['cpu_precision_auto']} on this CPU)")
     if problems:
         lines.append("PROBLEMS:")
         lines += [f"  - {p}" for p in problems]

@@ -10,7 +10,7 @@ import platform
 import numpy as np
 import torch
 
-from .. import config, dist, optim, tuned
+from .. import config, dist, engine, optim, tuned
 from ..metrics import Reporter
 from .fit import FitState, bad_files
 from .setup import Job
@@ -20,7 +20,9 @@ def versions(info: dist.DistInfo) -> dict:
     import torchvision
     out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
            "horovod": dist.build_info(), "host": platform.node(), "cpu_cores": torch.get_num_threads(),
-           "workers": info.size, "controller": info.controller, "device": str(info.device)}
+           "workers": info.size, "controller": info.controller, "device": str(info.device),
+           # the CPU's vector ISA and whether it computes bf16 natively: what a CPU run's speed depends on
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": engine.cpu_bf16_native()}
     try:
         import nvidia.dali as dali_mod
         out["dali"] = dali_mod.__version__
