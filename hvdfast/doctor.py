@@ -122,7 +122,8 @@ def render(report: dict, problems: list[str]) -> str:
     lines.append(f"  CUDA devices {len(gpus)}" + (f": {', '.join(gpus)}" if gpus else ""))
     lines.append(f"  CPU cores    {report['cpu_cores']} (this process may use {report.get('cpu_affinity', '?')})")
     if "cpu_bf16" in report:
-        lines.append(f"  CPU kernels  {report['cpu_capability']}, bf16 {'native' if report['cpu_bf16'] else 'emulated'} "
+        bf16 = "native" if report["cpu_bf16"] else "emulated"
+        lines.append(f"  CPU kernels  {report['cpu_capability']}, bf16 {bf16} "
                      f"(train.precision=auto trains in {report['cpu_precision_auto']} on this CPU)")
     if problems:
         lines.append("PROBLEMS:")

@@ -8,8 +8,9 @@ worker each, ResNet-50 on synthetic images, with their link limited by a token-b
   horovod        plain Horovod as its examples run it (pytorch_synthetic_benchmark.py: fp32, NCHW, one allreduce
                  per gradient, Horovod's default knobs), started by horovodrun as hvdfast is
   ddp, ddp-fp16, ddp-bf16, ddp-powersgd
-                 torchrun + DistributedDataParallel at its best (bench/ddp.py): bf16 autocast, channels_last,
-                 gradient_as_bucket_view, and each of DDP's communication hooks
+                 torchrun + DistributedDataParallel at its best (bench/ddp.py): precision auto (bf16 where
+                 the CPU computes it natively), channels_last, gradient_as_bucket_view, and each of DDP's
+                 communication hooks
   hvdfast@KEY=VALUE[+KEY=VALUE...]
                  the tuned hvdfast with these config settings on top: an A/B of a setting against `hvdfast` in the
                  same rounds (`--variants hvdfast,hvdfast@horovod.cycle_time_ms=2 --repeat 4`), each round's

@@ -2,8 +2,9 @@
 
 Started by torchrun on every host (`hvdfast bench cluster` does it; by hand:
 `torchrun --nnodes 2 --nproc-per-node 1 --node-rank R --master-addr HOST0 -m hvdfast.bench.ddp --hook powersgd`).
-The same model, input and per-worker settings as the hvdfast variant of `hvdfast bench train` (bf16 autocast on CPU,
-fp16 AMP on GPU, channels_last, one torch thread per owned core, SGD with momentum), and DDP's own best knobs:
+The same model, input and per-worker settings as the hvdfast variant of `hvdfast bench train` (train.precision=auto:
+bf16 autocast on a CPU that computes bf16 natively, else fp32; fp16 AMP on GPU; channels_last, one torch thread per
+owned core, SGD with momentum), and DDP's own best knobs:
 gradient_as_bucket_view, bucket_cap_mb, and its communication hooks (torch.distributed.algorithms.ddp_comm_hooks):
   none      DDP as most users run it (fp32 allreduce)
   fp16/bf16 fp16_compress_hook / bf16_compress_hook (half the bytes)

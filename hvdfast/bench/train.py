@@ -7,8 +7,9 @@ waiting for the gradient allreduce after backward, and the optimizer update.
 
 * baseline: what Horovod's examples/pytorch/pytorch_synthetic_benchmark.py does — fp32, NCHW, SGD(lr=0.01),
   DistributedOptimizer with no compression, Horovod's default knobs, and `--baseline-threads` torch threads.
-* hvdfast: the training engine's settings from a recipe — autocast (bf16 on CPU, fp16 on GPU), channels_last,
-  one thread per owned core, and the recipe's Horovod knobs (fusion, cycle time, compression, MPI yield).
+* hvdfast: the training engine's settings from a recipe — precision auto (bf16 on a CPU with native bf16, else
+  fp32; fp16 on GPU), channels_last, one thread per owned core, and the recipe's Horovod knobs (fusion, cycle
+  time, compression, MPI yield).
 """
 from __future__ import annotations
 
@@ -293,7 +294,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--np", default="2", help="worker counts, comma separated (default 2)")
     p.add_argument("--baseline", nargs="?", const="horovod", choices=["horovod", "ddp"],
                    help="also run a peer: horovod (plain Horovod's synthetic-benchmark setup; the default) or ddp "
-                        "(torchrun + DDP at its best: bf16, channels_last, gradient_as_bucket_view; bench/ddp.py)")
+                        "(torchrun + DDP at its best: precision auto, channels_last, gradient_as_bucket_view; "
+                        "bench/ddp.py)")
     p.add_argument("--ddp-hook", default="none", choices=["none", "fp16", "bf16", "powersgd"],
                    help="with --baseline ddp: DDP's communication hook")
     p.add_argument("--baseline-threads", default="1", help="torch threads per baseline worker: N or default")
