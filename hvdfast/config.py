@@ -99,6 +99,12 @@ class HorovodConfig:
                                           # hierarchical path for CPU tensors, so on CPU this changes nothing)
     mpi_yield_when_idle: bool = False  # Open MPI ranks sleep instead of spinning while they wait: faster when
                                        # ranks share few cores (CPU training), slower on GPU nodes
+    mpi_allreduce: str = "auto"       # Open MPI's allreduce algorithm (coll/tuned, for every buffer size): auto
+                                      # (Open MPI's choice by size) | recursive_doubling | ring | segmented_ring |
+                                      # rabenseifner | nonoverlapping | basic_linear. 2 ranks over TCP: Open MPI's
+                                      # choice for large buffers (rabenseifner) took 2x the wire time of the bytes,
+                                      # recursive_doubling 1x (README, "Across hosts"); beyond 2 ranks recursive
+                                      # doubling sends log2(ranks) x the bytes of a ring
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,8 @@ CHOICES = {
     "optim.lr_scaling": ("linear", "sqrt", "none"),
     "horovod.compression": ("none", "fp16", "bf16", "powersgd"),
     "horovod.op": ("average", "prescaled", "adasum"),
+    "horovod.mpi_allreduce": ("auto", "recursive_doubling", "ring", "segmented_ring", "rabenseifner",
+                              "nonoverlapping", "basic_linear"),
     "train.precision": ("auto", "fp32", "fp16", "bf16"),
     "train.progress": ("auto", "bar", "lines"),
 }

@@ -1,4 +1,5 @@
 """Gradient bucket planning and views (the multi-rank reduction is in test_parallel and test_train_parallel)."""
+import pytest
 import torch
 
 from hvdfast.dist.buckets import _view, plan
@@ -38,3 +39,27 @@ def test_hierarchical_allreduce_is_passed_to_horovod_only_when_asked():
     from hvdfast.dist import horovod_env
     assert "HOROVOD_HIERARCHICAL_ALLREDUCE" not in horovod_env(HorovodConfig())
     assert horovod_env(HorovodConfig(hierarchical_allreduce=True))["HOROVOD_HIERARCHICAL_ALLREDUCE"] == "1"
+
+
+def test_mpi_allreduce_algorithm_is_forced_through_open_mpis_environment_only_when_asked():
+    from hvdfast.config import HorovodConfig
+    from hvdfast.dist import horovod_env
+    assert not any(k.startswith("OMPI_MCA_coll_tuned") for k in horovod_env(HorovodConfig()))
+    env = horovod_env(HorovodConfig(mpi_allreduce="recursive_doubling"))
+    assert env["OMPI_MCA_coll_tuned_use_dynamic_rules"] == "1"
+    assert env["OMPI_MCA_coll_tuned_allreduce_algorithm"] == "recursive_doubling"
+
+
+def test_every_mpi_allreduce_choice_is_an_algorithm_this_open_mpi_knows():
+    # the config's names go to Open MPI as they are: each must be one of coll/tuned's enumerator values
+    import shutil
+    import subprocess
+    from hvdfast.config import CHOICES
+    if shutil.which("ompi_info") is None:
+        pytest.skip("no ompi_info on PATH (Open MPI not installed)")
+    out = subprocess.run(["ompi_info", "--param", "coll", "tuned", "--level", "9", "--parsable"],
+                         capture_output=True, text=True, timeout=60).stdout
+    known = {line.rsplit(":", 1)[1] for line in out.splitlines()
+             if line.startswith("mca:coll:tuned:param:coll_tuned_allreduce_algorithm:enumerator:value:")}
+    assert "ring" in known
+    assert set(CHOICES["horovod.mpi_allreduce"]) - {"auto"} <= known

@@ -56,6 +56,12 @@ def horovod_env(cfg: HorovodConfig) -> dict:
     if cfg.mpi_yield_when_idle:
         # Horovod (MPI controller): a spinning MPI progress loop steals the core its rank computes on.
         env["OMPI_MCA_mpi_yield_when_idle"] = "1"
+    if cfg.mpi_allreduce != "auto":
+        # Horovod (MPI operations): Horovod calls MPI_Allreduce; Open MPI's coll/tuned picks its algorithm unless
+        # dynamic rules force one (only allreduce's: the other collectives keep Open MPI's fixed choices).
+        env["OMPI_MCA_coll_tuned_use_dynamic_rules"] = "1"
+        # the names are Open MPI's own (`ompi_info --param coll tuned --level 9 --parsable`: enumerator)
+        env["OMPI_MCA_coll_tuned_allreduce_algorithm"] = cfg.mpi_allreduce
     if cfg.autotune:
         env["HOROVOD_AUTOTUNE"] = "1"
         if cfg.autotune_log:
