@@ -75,6 +75,14 @@ def auto_precision(device_type: str, cpu_bf16: bool) -> str:
     return "bf16" if cpu_bf16 else "fp32"
 
 
+def emulated_bf16_note(name: str, device_type: str, cpu_bf16: bool) -> Optional[str]:
+    """The run log's line for bf16 asked for on a CPU that only emulates it (trained as asked), or None."""
+    if name == "bf16" and device_type == "cpu" and not cpu_bf16:
+        return ("train.precision=bf16 on a CPU without native bf16 (no AVX512 / AMX): oneDNN emulates it, 4-15x "
+                "slower than fp32 (train.precision=auto picks fp32 on this CPU)")
+    return None
+
+
 def precision_for(name: str, device: torch.device) -> Precision:
     """The autocast dtype and loss scaler of train.precision (auto: `auto_precision` for this device and CPU)."""
     if name == "auto":

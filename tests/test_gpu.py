@@ -57,6 +57,11 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it_natively():
     assert (prec.dtype is torch.bfloat16) == (prec.name == "bf16")
     with pytest.raises(ValueError, match="needs a GPU"):
         engine.precision_for("fp16", torch.device("cpu"))
+    # bf16 asked for on a CPU that emulates it trains as asked, with one line saying what it costs
+    assert "4-15x slower than fp32" in engine.emulated_bf16_note("bf16", "cpu", cpu_bf16=False)
+    assert engine.emulated_bf16_note("bf16", "cpu", cpu_bf16=True) is None
+    assert engine.emulated_bf16_note("fp32", "cpu", cpu_bf16=False) is None
+    assert engine.emulated_bf16_note("bf16", "cuda", cpu_bf16=False) is None
 
 
 @pytest.mark.parametrize("local_size,gpus,nccl,ok", [(1, 1, True, True), (8, 8, True, True), (2, 1, True, False),

@@ -90,9 +90,9 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
     opt = optim.build(model, cfg.optim)
     forward = models.compiled(model, cfg.model.compile)  # training steps only; evaluation runs eager
     prec = engine.precision_for(cfg.train.precision, p.info.device)
-    if prec.name == "bf16" and p.info.device.type == "cpu" and not engine.cpu_bf16_native():
-        notes.append("train.precision=bf16 on a CPU without native bf16 (no AVX512 / AMX): oneDNN emulates it, "
-                     "4-15x slower than fp32 (train.precision=auto picks fp32 on this CPU)")
+    slow_bf16 = engine.emulated_bf16_note(prec.name, p.info.device.type, engine.cpu_bf16_native())
+    if slow_bf16:
+        notes.append(slow_bf16)
     if prec.scaler is not None and cfg.horovod.op == "adasum":
         raise config.ConfigError("horovod.op=adasum steps the optimizer inside backward, before a loss scaler could "
                                  "unscale the gradients: use train.precision=bf16 (or fp32) with adasum.")
