@@ -59,8 +59,9 @@ class Precision:
 def cpu_bf16_native() -> bool:
     """Whether oneDNN computes bf16 natively on this CPU (x86 with AVX512 or AMX, Arm with BF16). Elsewhere it
     emulates bf16 convolutions in software: on an AVX2-only AMD EPYC (2026-12-05, one thread, channels_last)
-    ResNet-50's forward + backward under bf16 autocast took 3.7x fp32's time at 32 px, batch 8 (1.14 s against
-    0.31), 8.2x at batch 32 (4.56 s against 0.56) and 15x at 224 px, batch 8 (47 s against 3.1)."""
+    ResNet-50's forward + backward under bf16 autocast took 3.5x fp32's time at 32 px, batch 8 (1.12-1.14 s
+    against 0.30-0.34), 8.1x at batch 32 (4.53-4.65 s against 0.56-0.57) and 14.5x at 224 px, batch 8 (47 s
+    against 3.1-3.3)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
@@ -78,7 +79,7 @@ def auto_precision(device_type: str, cpu_bf16: bool) -> str:
 def emulated_bf16_note(name: str, device_type: str, cpu_bf16: bool) -> Optional[str]:
     """The run log's line for bf16 asked for on a CPU that only emulates it (trained as asked), or None."""
     if name == "bf16" and device_type == "cpu" and not cpu_bf16:
-        return ("train.precision=bf16 on a CPU without native bf16 (no AVX512 / AMX): oneDNN emulates it, 4-15x "
+        return ("train.precision=bf16 on a CPU without native bf16 (no AVX512 / AMX): oneDNN emulates it, 3.5-15x "
                 "slower than fp32 (train.precision=auto picks fp32 on this CPU)")
     return None
 

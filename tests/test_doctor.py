@@ -18,7 +18,7 @@ def test_doctor_reports_the_built_stack():
     assert p.returncode == (1 if out["problems"] else 0)
     human = subprocess.run(hvdfast_cmd("doctor"), capture_output=True, text=True, timeout=120, env=launcher_env())
     assert "controllers:" in human.stdout and "GLOO [X]" in human.stdout
-    # what train.precision=auto gives on this CPU, and why (emulated bf16 is 4-15x slower than fp32)
+    # what train.precision=auto gives on this CPU, and why (emulated bf16 is 3.5-15x slower than fp32)
     assert rep["cpu_precision_auto"] == ("bf16" if rep["cpu_bf16"] else "fp32")
     assert f"trains in {rep['cpu_precision_auto']} on this CPU" in human.stdout
 
