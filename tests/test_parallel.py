@@ -113,3 +113,24 @@ def test_fp16_sum_is_ieee_addition_bit_for_bit(ranks):
         assert got["differ"] == 0
         assert got["tail"] == [28576.0] * 5
         assert got["inf"] > 0 and got["subnormal"] > 0  # the edge cases were in the data
+
+
+def test_a_forced_open_mpi_allreduce_algorithm_reaches_the_ranks_and_sums_exactly(tmp_path):
+    # horovod.mpi_allreduce: Open MPI's own choice, and two algorithms forced through its MCA variables, under the
+    # real mpirun; at 2 ranks each sum must equal a + b bit for bit, on both ranks, whichever algorithm adds them
+    script = str(ROOT / "tests/parallel/mpi_algorithm.py")
+    digests = {}
+    for algorithm in ("auto", "recursive_doubling", "ring"):
+        out = tmp_path / algorithm
+        out.mkdir()
+        proc = run_launcher("mpirun", NP, [sys.executable, script, str(out), algorithm], timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        res = [json.loads((out / f"rank{r}.json").read_text()) for r in range(NP)]
+        want_mca = {} if algorithm == "auto" else {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
+                                                   "OMPI_MCA_coll_tuned_allreduce_algorithm": algorithm}
+        for r in res:
+            assert r["controller"] == "mpi" and r["mca"] == want_mca
+            assert r["exact"] == [True, True]
+        assert res[0]["digest"] == res[1]["digest"]
+        digests[algorithm] = res[0]["digest"]
+    assert len(set(digests.values())) == 1
