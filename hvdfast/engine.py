@@ -87,7 +87,7 @@ def emulated_bf16_note(name: str, device_type: str, cpu_bf16: bool) -> Optional[
 def precision_for(name: str, device: torch.device) -> Precision:
     """The autocast dtype and loss scaler of train.precision (auto: `auto_precision` for this device and CPU)."""
     if name == "auto":
-        name = auto_precision(device.type, device.type == "cuda" or cpu_bf16_native())
+        name = auto_precision(device.type, cpu_bf16_native())
     if name == "fp16" and device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a GPU; use auto (bf16 or fp32, by the CPU) or fp32 on CPU.")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
