@@ -9,7 +9,8 @@ bench train` apply (recipe < tuned file < command-line overrides) while `horovod
 and the file exists.
 
 With --hosts it measures where the job will run instead: a few synthetic training steps across those hosts for
-each controller and gradient wire format (`tune_hosts`), and `hvdfast launch hosts` passes the chosen controller on.
+each controller (and Open MPI allreduce algorithm) and gradient wire format (`tune_hosts`), and `hvdfast launch
+hosts` passes the chosen controller on.
 """
 from __future__ import annotations
 
@@ -85,45 +86,57 @@ APPROX_MARGIN = 1.05
 # runs (PowerSGD at 1 Gbit/s: 17.97 and 19.84 img/s, 2 emulated hosts, 2026-11-26); on a slow link one format is
 # far ahead and nothing is timed twice.
 RUNOFF = 1.05
+# Open MPI's allreduce algorithms timed under the MPI controller (horovod.mpi_allreduce): its own choice, and
+# recursive doubling. At 2 ranks over TCP its choice for buffers >= 256 KB (Rabenseifner's) took about twice the
+# wire time of the bytes and recursive doubling the wire time; a ring took as long as Rabenseifner's (README,
+# "Across hosts"). Beyond 2 ranks recursive doubling sends log2(ranks) x the bytes: measured, not assumed.
+MPI_ALGORITHMS = ("auto", "recursive_doubling")
 
 
-def host_overrides(compression: str, bucket_mb: float) -> list[str]:
+def host_overrides(compression: str, bucket_mb: float, mpi_allreduce: str = "auto") -> list[str]:
     """The settings a wire format is timed with across the hosts (and kept with when chosen)."""
     return [f"horovod.compression={compression}", f"horovod.bucket_mb={bucket_mb:g}", "horovod.op=prescaled",
-            f"horovod.cycle_time_ms={HOST_CYCLE_MS:g}", "horovod.tuned=never"]
+            f"horovod.cycle_time_ms={HOST_CYCLE_MS:g}", f"horovod.mpi_allreduce={mpi_allreduce}",
+            "horovod.tuned=never"]
 
 
 def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
-    """Train a few synthetic steps across the hosts with each controller and candidate wire format and keep the
-    fastest (PowerSGD only when it beats the whole-gradient formats, on any controller, by APPROX_MARGIN).
-    measure(overrides, steps, controller) runs `hvdfast bench train`'s worker across the hosts under horovodrun
-    with that controller and returns its per-rank results.
+    """Train a few synthetic steps across the hosts with each controller (under MPI, each of MPI_ALGORITHMS) and
+    candidate wire format and keep the fastest (PowerSGD only when it beats the whole-gradient formats, on any
+    controller, by APPROX_MARGIN). measure(overrides, steps, controller) runs `hvdfast bench train`'s worker across
+    the hosts under horovodrun with that controller and returns its per-rank results.
 
     The controller is measured, not assumed: over TCP Open MPI's allreduce reached 0.55 of the line rate where
     Horovod's Gloo controller reached 0.95 (uncompressed at 1 Gbit/s Gloo was 1.6x faster), yet at 10 Gbit/s MPI was
     1.16x faster (2 emulated hosts, 2026-11-25/26): which one wins depends on the link and the wire format."""
     rows = []
     for ctl in controllers:
-        for comp, mb in HOST_CANDIDATES:
-            ranks = measure(host_overrides(comp, mb), steps, ctl)
-            rate = sum(r["img_s"] for r in ranks)
-            rows.append({"controller": ranks[0]["controller"], "compression": comp, "bucket_mb": mb,
-                         "img_s": rate, "timings": [rate], "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
+        for algo in (MPI_ALGORITHMS if ctl == "mpi" else ("auto",)):  # Gloo's allreduce is Gloo's own
+            for comp, mb in HOST_CANDIDATES:
+                ranks = measure(host_overrides(comp, mb, algo), steps, ctl)
+                rate = sum(r["img_s"] for r in ranks)
+                rows.append({"controller": ranks[0]["controller"], "mpi_allreduce": algo, "compression": comp,
+                             "bucket_mb": mb, "img_s": rate, "timings": [rate],
+                             "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
     lead = max(r["img_s"] for r in rows)
     close = [r for r in rows if r["img_s"] * RUNOFF >= lead]
     if len(close) > 1:
         for r in reversed(close):
-            ranks = measure(host_overrides(r["compression"], r["bucket_mb"]), steps, r["controller"])
+            ranks = measure(host_overrides(r["compression"], r["bucket_mb"], r["mpi_allreduce"]), steps,
+                            r["controller"])
             r["timings"].append(sum(x["img_s"] for x in ranks))
             r["img_s"] = sum(r["timings"]) / len(r["timings"])
     whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["img_s"])
     fastest = max(rows, key=lambda r: r["img_s"])
     best = fastest if fastest["img_s"] > APPROX_MARGIN * whole["img_s"] else whole
-    several = len({r["controller"] for r in rows}) > 1
+    several = len({(r["controller"], r["mpi_allreduce"]) for r in rows}) > 1
+
+    def path(r):  # the controller, and Open MPI's algorithm where it was forced
+        return r["controller"] + ("" if r["mpi_allreduce"] == "auto" else f" ({r['mpi_allreduce']})")
 
     def name(r):
-        return f"{r['controller']} + {r['compression']}" if several else r["compression"]
-    why = [f"fastest across the hosts: {'controller ' + best['controller'] + ', ' if several else ''}compression "
+        return f"{path(r)} + {r['compression']}" if several else r["compression"]
+    why = [f"fastest across the hosts: {'controller ' + path(best) + ', ' if several else ''}compression "
            f"{best['compression']} with {best['bucket_mb']:g} MiB buckets, {best['img_s']:.2f} img/s "
            f"({best['wire_mb']:.1f} MB sent per step per worker)"]
     why += [f"{name(r)}: {r['img_s']:.2f} img/s ({best['img_s'] / r['img_s']:.2f}x slower, "
@@ -132,7 +145,7 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
         why.append(f"timed twice, being within {RUNOFF - 1:.0%} of the fastest at first (means above): "
                    + "; ".join(f"{name(r)} " + " then ".join(f"{t:.2f}" for t in r["timings"]) for r in close))
     return {"horovod": {"compression": best["compression"], "bucket_mb": best["bucket_mb"], "op": "prescaled",
-                        "cycle_time_ms": HOST_CYCLE_MS},
+                        "cycle_time_ms": HOST_CYCLE_MS, "mpi_allreduce": best["mpi_allreduce"]},
             "launcher": {"controller": best["controller"], "env": {}}, "why": why, "candidates": rows}
 
 

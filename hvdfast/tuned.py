@@ -17,7 +17,8 @@ import yaml
 from . import config
 from .config import Config, ConfigError
 
-TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op", "bucket_mb")  # those a file holds apply
+# the settings of a file that apply (an older file without mpi_allreduce leaves the recipe's)
+TUNED_KEYS = ("fusion_threshold_mb", "cycle_time_ms", "compression", "op", "bucket_mb", "mpi_allreduce")
 
 
 def default_path() -> Path:

@@ -136,6 +136,24 @@ def test_cluster_points_take_each_links_own_compute_limit():
     assert {p.compute_s for p in mc.points(report, "r")} == {0.70}
 
 
+def test_cluster_points_keep_a_forced_open_mpi_algorithm_apart_from_open_mpis_choice():
+    """The model fits eta per transport: MPI with Open MPI's choice, MPI with an algorithm forced
+    (horovod.mpi_allreduce), and Gloo reach different shares of the line rate, so none is fitted on another's
+    points (rows and tune candidates alike; rows from before the field was recorded are Open MPI's choice)."""
+    from hvdfast.bench import model_cluster as mc
+    rows = [{"link": "1gbit", "variant": v, "settings": "fp16", "controller": "mpi", "mpi_allreduce": algo,
+             "step_s": 0.8, "img_s": 20.0, "wire_mb_per_step": 51.3}
+            for v, algo in (("hvdfast", "recursive_doubling"), ("hvdfast@horovod.mpi_allreduce=auto", "auto"),
+                            ("hvdfast@horovod.cycle_time_ms=2", None))]
+    report = {"hardware": {"cores": 2}, "hosts": 2, "threads": 1, "rows": rows, "alone": {"hvdfast": {"step_s": 0.7}},
+              "tuned": {"1gbit": {"candidates": [
+                  {"controller": c, "mpi_allreduce": a, "compression": "none", "img_s": 16.0, "wire_mb": 102.5}
+                  for c, a in (("mpi", "auto"), ("mpi", "recursive_doubling"), ("gloo", "auto"))]}}}
+    assert [(p.source, p.family) for p in mc.points(report, "r")] == [
+        ("r", "hvdfast-recursive_doubling"), ("r", "hvdfast"), ("r", "hvdfast"),
+        ("r tune", "hvdfast"), ("r tune", "hvdfast-recursive_doubling"), ("r tune", "hvdfast-gloo")]
+
+
 def test_cluster_points_take_s_from_the_floor_measured_beside_the_link():
     """s (what computing together costs each worker) is measured where the report has the floor for that link: hosts
     x one worker alone / all hosts' workers at once; elsewhere it is assumed: hosts x threads / cores, at least 1."""

@@ -2,7 +2,7 @@
 link, through horovodrun over ssh) and torchrun + DDP, a few steps of a small model each. Timing is the
 benchmark's business; this checks that every variant ran across the hosts, that each one's ranks agree, that the
 report has every column, that the bytes each worker sent match its wire format, that the tuning measured every
-format under both controllers, and that each host ran on cores of its own."""
+format under both controllers (and both of MPI's algorithms), and that each host ran on cores of its own."""
 import json
 import os
 import subprocess
@@ -46,11 +46,13 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     # ResNet-18's gradient is 46.8 MB in fp32; in a 2-worker ring each worker sends about that much per step
     grad_mb = 11_689_512 * 4 / 1e6
     assert rows["ddp"]["wire_mb_per_step"] > 0.95 * grad_mb
-    # tuned on the link: every wire format under each controller (the workers say which ran them), and the
+    # tuned on the link: every wire format under each controller, and under MPI with Open MPI's choice of
+    # allreduce algorithm and with recursive doubling (the workers say which controller ran them), and the
     # hvdfast variant ran with the controller and format chosen
     tuned = report["tuned"]["1gbit"]
-    assert [(c["controller"], c["compression"]) for c in tuned["candidates"]] == [
-        (ctl, comp) for ctl in ("mpi", "gloo") for comp in ("none", "fp16", "powersgd")]
+    assert [(c["controller"], c["mpi_allreduce"], c["compression"]) for c in tuned["candidates"]] == [
+        (ctl, algo, comp) for ctl, algo in (("mpi", "auto"), ("mpi", "recursive_doubling"), ("gloo", "auto"))
+        for comp in ("none", "fp16", "powersgd")]
     # the candidates within 5% of the fastest at first were timed a second time (tune.RUNOFF), the others once
     first = [c["timings"][0] for c in tuned["candidates"]]
     close = [t * 1.05 >= max(first) for t in first]

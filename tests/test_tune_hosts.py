@@ -2,16 +2,21 @@
 test_bench_cluster through the emulated hosts)."""
 import pytest
 
-from hvdfast import tune
+from conftest import ROOT
+from hvdfast import dist, tune, tuned
 from hvdfast.bench import allreduce
 
 
 def pick(img_s: dict, controllers=("mpi",)) -> dict:
-    """img_s: by compression, or by (controller, compression) where several controllers are measured."""
+    """img_s: by compression, or by (path, compression) where a path (the controller, and under MPI Open MPI's
+    algorithm: "mpi", "mpi (recursive_doubling)", "gloo") differs; a forced algorithm not given runs as "mpi"."""
     def measure(overrides, steps, controller):
         comp = overrides[0].split("=")[1]
+        algo = next(o.split("=")[1] for o in overrides if o.startswith("horovod.mpi_allreduce="))
         assert "horovod.cycle_time_ms=5" in overrides  # every candidate measured with the cycle it would keep
-        rate = img_s[(controller, comp)] if len(controllers) > 1 else img_s[comp]
+        assert controller == "mpi" or algo == "auto"   # Open MPI's algorithm only matters under MPI
+        path = controller + ("" if algo == "auto" else f" ({algo})")
+        rate = img_s.get((path, comp)) or img_s.get((controller, comp)) or img_s[comp]
         return [{"img_s": rate / 2, "wire_mb_per_step": 1.0, "controller": controller}] * 2
     return tune.tune_hosts(measure, steps=2, controllers=controllers)
 
@@ -19,11 +24,13 @@ def pick(img_s: dict, controllers=("mpi",)) -> dict:
 def test_powersgd_is_chosen_only_when_clearly_faster_than_sending_whole_gradients():
     # a fast link: PowerSGD 3% faster than uncompressed is not worth its approximation
     doc = pick({"none": 20.0, "fp16": 19.0, "powersgd": 20.6})
-    assert doc["horovod"] == {"compression": "none", "bucket_mb": 25.0, "op": "prescaled", "cycle_time_ms": 5.0}
+    assert doc["horovod"] == {"compression": "none", "bucket_mb": 25.0, "op": "prescaled", "cycle_time_ms": 5.0,
+                              "mpi_allreduce": "auto"}
     # a slow link: PowerSGD 2x faster wins (it needs gradient buckets, which every candidate uses)
     doc = pick({"none": 5.0, "fp16": 9.0, "powersgd": 18.0})
-    assert doc["horovod"] == {"compression": "powersgd", "bucket_mb": 25.0, "op": "prescaled", "cycle_time_ms": 5.0}
-    assert doc["why"][0].startswith("fastest across the hosts: compression powersgd")
+    assert doc["horovod"] == {"compression": "powersgd", "bucket_mb": 25.0, "op": "prescaled", "cycle_time_ms": 5.0,
+                              "mpi_allreduce": "auto"}
+    assert doc["why"][0].startswith("fastest across the hosts: controller mpi, compression powersgd")
     assert doc["launcher"]["controller"] == "mpi"
     # fp16 (rounded, but the whole gradient) needs no margin against none
     assert pick({"none": 10.0, "fp16": 10.2, "powersgd": 10.5})["horovod"]["compression"] == "fp16"
@@ -35,10 +42,12 @@ def test_the_controller_is_chosen_with_the_wire_format():
     doc = pick({("mpi", "none"): 8.0, ("mpi", "fp16"): 14.0, ("mpi", "powersgd"): 14.5,
                 ("gloo", "none"): 14.2, ("gloo", "fp16"): 13.0, ("gloo", "powersgd"): 14.9}, both)
     assert doc["launcher"]["controller"] == "gloo" and doc["horovod"]["compression"] == "none"
-    assert [(c["controller"], c["compression"]) for c in doc["candidates"]] == [
-        (ctl, comp) for ctl in both for comp in ("none", "fp16", "powersgd")]
+    assert [(c["controller"], c["mpi_allreduce"], c["compression"]) for c in doc["candidates"]] == [
+        (ctl, algo, comp) for ctl, algo in (("mpi", "auto"), ("mpi", "recursive_doubling"), ("gloo", "auto"))
+        for comp in ("none", "fp16", "powersgd")]
     assert doc["why"][0].startswith("fastest across the hosts: controller gloo, compression none")
     assert "mpi + powersgd: 14.50 img/s" in doc["why"][3]
+    assert "mpi (recursive_doubling) + powersgd: 14.50 img/s" in doc["why"][6]
     # PowerSGD's margin is against the best whole-gradient format on either controller
     doc = pick({("mpi", "none"): 8.0, ("mpi", "fp16"): 14.0, ("mpi", "powersgd"): 15.0,
                 ("gloo", "none"): 10.0, ("gloo", "fp16"): 9.0, ("gloo", "powersgd"): 21.0}, both)
@@ -46,27 +55,52 @@ def test_the_controller_is_chosen_with_the_wire_format():
 
 
 def test_close_candidates_are_timed_again_in_reverse_and_chosen_by_their_mean():
-    # first pass: none leads fp16 by 2.5% and PowerSGD is 25% behind; the second timings reverse none and fp16
-    timings = {"none": [20.0, 18.0], "fp16": [19.5, 19.9], "powersgd": [15.0]}
+    # first pass: none leads fp16 by 2.5% and the rest are 15-25% behind; the second timings reverse none and fp16
+    timings = {"none": [20.0, 18.0], "fp16": [19.5, 19.9], "powersgd": [15.0],
+               "rd none": [16.0], "rd fp16": [17.0], "rd powersgd": [14.0]}
     calls = []
 
     def measure(overrides, steps, controller):
         comp = overrides[0].split("=")[1]
-        calls.append(comp)
-        rate = timings[comp][sum(c == comp for c in calls) - 1]  # a third timing of anything raises IndexError
+        key = ("rd " if "horovod.mpi_allreduce=recursive_doubling" in overrides else "") + comp
+        calls.append(key)
+        rate = timings[key][sum(c == key for c in calls) - 1]  # a third timing of anything raises IndexError
         return [{"img_s": rate / 2, "wire_mb_per_step": 1.0, "controller": controller}] * 2
     doc = tune.tune_hosts(measure, steps=2)
-    assert calls == ["none", "fp16", "powersgd", "fp16", "none"]
-    assert doc["horovod"]["compression"] == "fp16"  # mean 19.7 against 19.0
-    got = {c["compression"]: (c["img_s"], c["timings"]) for c in doc["candidates"]}
-    assert got == {"none": (19.0, [20.0, 18.0]), "fp16": (19.7, [19.5, 19.9]), "powersgd": (15.0, [15.0])}
+    assert calls == ["none", "fp16", "powersgd", "rd none", "rd fp16", "rd powersgd", "fp16", "none"]
+    assert doc["horovod"]["compression"] == "fp16" and doc["horovod"]["mpi_allreduce"] == "auto"  # 19.7 vs 19.0
+    got = {(c["mpi_allreduce"], c["compression"]): (c["img_s"], c["timings"]) for c in doc["candidates"]}
+    assert got == {("auto", "none"): (19.0, [20.0, 18.0]), ("auto", "fp16"): (19.7, [19.5, 19.9]),
+                   ("auto", "powersgd"): (15.0, [15.0]), ("recursive_doubling", "none"): (16.0, [16.0]),
+                   ("recursive_doubling", "fp16"): (17.0, [17.0]), ("recursive_doubling", "powersgd"): (14.0, [14.0])}
     assert doc["why"][-1] == ("timed twice, being within 5% of the fastest at first (means above): "
-                              "none 20.00 then 18.00; fp16 19.50 then 19.90")
+                              "mpi + none 20.00 then 18.00; mpi + fp16 19.50 then 19.90")
     # far apart (a slow link): each candidate once
     calls.clear()
-    timings.update(none=[5.0], fp16=[9.0], powersgd=[18.0])
+    timings.update({"none": [5.0], "fp16": [9.0], "powersgd": [18.0], "rd none": [6.0], "rd fp16": [10.0],
+                    "rd powersgd": [17.0]})
     assert tune.tune_hosts(measure, steps=2)["horovod"]["compression"] == "powersgd"
-    assert calls == ["none", "fp16", "powersgd"]
+    assert calls == ["none", "fp16", "powersgd", "rd none", "rd fp16", "rd powersgd"]
+
+
+def test_open_mpis_algorithm_is_chosen_with_the_wire_format_and_applied_from_the_file(tmp_path):
+    # uncompressed with recursive doubling beats Open MPI's choice for every format: kept in the file
+    doc = pick({("mpi", "none"): 9.0, ("mpi", "fp16"): 11.0, ("mpi", "powersgd"): 11.2,
+                ("mpi (recursive_doubling)", "none"): 10.0, ("mpi (recursive_doubling)", "fp16"): 12.0,
+                ("mpi (recursive_doubling)", "powersgd"): 12.5})
+    assert (doc["horovod"]["mpi_allreduce"], doc["horovod"]["compression"]) == ("recursive_doubling", "fp16")
+    assert doc["launcher"]["controller"] == "mpi"
+    assert doc["why"][0].startswith("fastest across the hosts: controller mpi (recursive_doubling), compression fp16")
+    f = tmp_path / "tuned.yaml"
+    tune.save(doc, f)
+    cfg, notes = tuned.load_config(ROOT / "launch/configs/digits-cpu.yaml", [f"horovod.tuned={f}"])
+    assert cfg.horovod.mpi_allreduce == "recursive_doubling" and notes == []
+    assert dist.horovod_env(cfg.horovod)["OMPI_MCA_coll_tuned_allreduce_algorithm"] == "recursive_doubling"
+    # a setting on the command line wins over the file's
+    cfg, _ = tuned.load_config(ROOT / "launch/configs/digits-cpu.yaml",
+                               [f"horovod.tuned={f}", "horovod.mpi_allreduce=auto"])
+    assert cfg.horovod.mpi_allreduce == "auto" and "OMPI_MCA_coll_tuned_allreduce_algorithm" not in \
+        dist.horovod_env(cfg.horovod)
 
 
 def test_controllers_are_checked_before_anything_runs():

@@ -195,8 +195,14 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floo
             "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
             "ranks_agree": all(len({r["params_sha256"] for r in run}) == 1 for run in repeats),
             "settings": ranks[0].get("compression", ranks[0].get("hook", "")), "alone_img_s": alone["img_s"],
-            "controller": ranks[0].get("controller", "gloo (torch)"),
+            "controller": ranks[0].get("controller", "gloo (torch)"), "mpi_allreduce": ranks[0].get("mpi_allreduce"),
+            "transport": transport(ranks[0].get("controller", "gloo (torch)"), ranks[0].get("mpi_allreduce")),
             "cpus": [r.get("cpus") for r in repeats[0]], "runs": len(repeats)}
+
+
+def transport(controller: str, mpi_allreduce: str | None) -> str:
+    """What carried the gradients: the controller, and Open MPI's allreduce algorithm where one was forced."""
+    return controller + (f" ({mpi_allreduce})" if mpi_allreduce not in (None, "auto") else "")
 
 
 def mean_alone(runs: list[dict]) -> dict:
@@ -295,7 +301,8 @@ def run(args) -> int:
                 # A/B: each round's run against plain hvdfast's run of the same round (minutes apart)
                 r["vs_hvdfast"] = r["img_s"] / base["img_s"]
                 r["vs_hvdfast_rounds"] = [a / b for a, b in zip(r["img_s_rounds"], base["img_s_rounds"])]
-    cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("img_s", "img/s"),
+    cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("transport", "transport"),
+            ("img_s", "img/s"),
             ("efficiency", "efficiency"), ("efficiency_rounds", "each round"), ("comm_share", "comm share of step"),
             ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),

@@ -22,9 +22,10 @@ measured:  T_c       the same worker alone on one host (the run's compute limit)
                      than 2x, and cores of their own still share the memory system. Reports without a floor:
                      hosts x threads / cores, at least 1 (assumed);
 assumed:   b = 2/3   the share of T_c (the backward pass) that communication can overlap;
-fitted:    eta       per transport family (hvdfast over Horovod's MPI controller, hvdfast-gloo over its Gloo one;
-                     plain Horovod: MPI with its per-tensor fusion; DDP: Gloo), the fraction of the line rate it
-                     achieves, from the 100mbit points that send more than 10 MB (where the wire dominates).
+fitted:    eta       per transport family (hvdfast over Horovod's MPI controller, hvdfast-gloo over its Gloo one,
+                     hvdfast-recursive_doubling over MPI with that allreduce algorithm forced; plain Horovod: MPI
+                     with its per-tensor fusion; DDP: Gloo), the fraction of the line rate it achieves, from the
+                     100mbit points that send more than 10 MB (where the wire dominates).
 Every other point (1gbit, 10gbit, and the slow-link points with little traffic) is a prediction. With --fit, c
 and eta come from the --fit reports alone and every point of the --cluster reports is a prediction: the check on
 runs the model has not seen (another day, another number of hosts).
@@ -54,7 +55,7 @@ FAST_LINKS = ("unlimited", "10gbit")
 class Point:
     source: str            # which report (and "tune" for hvdfast tune's candidates on that link)
     link: str
-    family: str            # hvdfast (Horovod's MPI controller) | hvdfast-gloo | horovod | ddp
+    family: str            # hvdfast (Horovod's MPI controller) | hvdfast-gloo | hvdfast-ALGORITHM | horovod | ddp
     wire_format: str       # none | fp16 | bf16 | powersgd (hvdfast, horovod) or the DDP hook
     step_s: float          # measured step time
     wire_mb: float         # MB each worker sent per step
@@ -82,8 +83,12 @@ def points(report: dict, source: str) -> list[Point]:
     images_per_step = rows[0]["img_s"] * rows[0]["step_s"]  # the same for every variant of a report
     tuned = report.get("tuned") or {}
 
-    def hvdfast_family(controller: str | None) -> str:  # hvdfast's transport is its controller's
-        return "hvdfast-gloo" if controller == "gloo" else "hvdfast"
+    def hvdfast_family(controller: str | None, mpi_allreduce: str | None = None) -> str:
+        # hvdfast's transport: its controller's, and under MPI the allreduce algorithm where one was forced (at 2
+        # ranks over TCP Open MPI's own choice reached about half the line rate, recursive doubling about all)
+        if controller == "gloo":
+            return "hvdfast-gloo"
+        return "hvdfast" if mpi_allreduce in (None, "auto") else f"hvdfast-{mpi_allreduce}"
 
     out = []
     for r in rows:
@@ -91,13 +96,15 @@ def points(report: dict, source: str) -> list[Point]:
         family = base if base in ("hvdfast", "horovod") else "ddp"
         if family == "hvdfast":  # reports before rows recorded it: the controller tune chose on the link, or MPI
             family = hvdfast_family(r.get("controller") or
-                                    (tuned.get(r["link"]) or {}).get("launcher", {}).get("controller"))
+                                    (tuned.get(r["link"]) or {}).get("launcher", {}).get("controller"),
+                                    r.get("mpi_allreduce"))
         fmt = r["settings"] if family != "ddp" else (r["settings"] or "none")
         out.append(Point(source, r["link"], family, fmt, r["step_s"], r["wire_mb_per_step"], compute(r["link"]),
                          share(r["link"])))
     for link, doc in tuned.items():
         for c in doc.get("candidates", []):
-            out.append(Point(f"{source} tune", link, hvdfast_family(c.get("controller")), c["compression"],
+            out.append(Point(f"{source} tune", link, hvdfast_family(c.get("controller"), c.get("mpi_allreduce")),
+                             c["compression"],
                              images_per_step / c["img_s"], c["wire_mb"], compute(link), share(link)))
     return out
 

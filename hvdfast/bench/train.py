@@ -109,6 +109,7 @@ def _worker(args) -> None:
     times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in step_times[args.warmup:]]
     wire = (net_bytes_sent() - sent[0]) / args.steps
     per_rank = {"rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(), "controller": info.controller,
+                "mpi_allreduce": hcfg.mpi_allreduce if info.controller == "mpi" else None,
                 "wire_mb_per_step": wire / 1e6, "peak_rss_mb": peak_rss_mb(), "params_sha256": param_digest(model),
                 "compute_s": statistics.median(t[0] for t in times),
                 "comm_wait_s": statistics.median(t[1] for t in times),
