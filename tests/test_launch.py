@@ -42,7 +42,7 @@ def test_mpirun_forwards_environment_and_horovod_knobs():
 def test_tuned_settings_become_flags(tmp_path):
     f = tmp_path / "tuned.yaml"
     f.write_text(yaml.safe_dump({"horovod": {"fusion_threshold_mb": 8.0, "cycle_time_ms": 1.0,
-                                             "compression": "none"},
+                                             "compression": "none", "mpi_allreduce": "recursive_doubling"},
                                  "launcher": {"controller": "gloo",
                                               "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}}))
     env = launcher_env()
@@ -52,7 +52,13 @@ def test_tuned_settings_become_flags(tmp_path):
     out = dry("mpirun", *CFG, env=env)
     assert "-x HOROVOD_FUSION_THRESHOLD=8388608" in out and "-x HOROVOD_CYCLE_TIME=1.0" in out
     assert "-x GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in out
-    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in dry("slurm", *CFG, env=env).split("export ")[1]
+    # Open MPI's algorithm the tuner chose reaches every rank mpirun starts (ranks started by horovodrun set it
+    # from the same config before hvd.init)
+    assert "-x OMPI_MCA_coll_tuned_allreduce_algorithm=recursive_doubling" in out
+    assert "-x OMPI_MCA_coll_tuned_use_dynamic_rules=1" in out
+    batch = dry("slurm", *CFG, env=env).split("export ")[1]
+    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in batch
+    assert "OMPI_MCA_coll_tuned_allreduce_algorithm=recursive_doubling" in batch
     assert "GLIBC_TUNABLES" not in dry("local", *CFG, "horovod.tuned=never", env=env)
 
 
