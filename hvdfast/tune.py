@@ -168,7 +168,9 @@ def _main_hosts(args) -> int:
         run.overrides = spec.overrides + overrides
         run.controller = controller
         with tempfile.TemporaryDirectory() as tmp:
-            print(f"  {controller}: {' '.join(overrides[:2])} ...", file=sys.stderr, flush=True)
+            shown = [o for o in overrides if o.startswith(("horovod.compression=", "horovod.bucket_mb="))
+                     or (o.startswith("horovod.mpi_allreduce=") and not o.endswith("=auto"))]
+            print(f"  {controller}: {' '.join(shown)} ...", file=sys.stderr, flush=True)
             return train._launch("hvdfast", run, n, Path(tmp) / "out.json", hosts=args.hosts, nic=args.nic)
 
     doc = tune_hosts(measure, args.steps, allreduce.controllers(args.controllers))
