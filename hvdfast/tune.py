@@ -93,6 +93,11 @@ RUNOFF = 1.05
 MPI_ALGORITHMS = ("auto", "recursive_doubling")
 
 
+def transport(controller: str, mpi_allreduce: str | None) -> str:
+    """What carried the gradients: the controller, and Open MPI's allreduce algorithm where one was forced."""
+    return controller + (f" ({mpi_allreduce})" if mpi_allreduce not in (None, "auto") else "")
+
+
 def host_overrides(compression: str, bucket_mb: float, mpi_allreduce: str = "auto") -> list[str]:
     """The settings a wire format is timed with across the hosts (and kept with when chosen)."""
     return [f"horovod.compression={compression}", f"horovod.bucket_mb={bucket_mb:g}", "horovod.op=prescaled",
@@ -131,8 +136,8 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
     best = fastest if fastest["img_s"] > APPROX_MARGIN * whole["img_s"] else whole
     several = len({(r["controller"], r["mpi_allreduce"]) for r in rows}) > 1
 
-    def path(r):  # the controller, and Open MPI's algorithm where it was forced
-        return r["controller"] + ("" if r["mpi_allreduce"] == "auto" else f" ({r['mpi_allreduce']})")
+    def path(r):
+        return transport(r["controller"], r["mpi_allreduce"])
 
     def name(r):
         return f"{path(r)} + {r['compression']}" if several else r["compression"]

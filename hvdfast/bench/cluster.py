@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 from ..launch import commands
+from ..tune import transport
 from . import hosts
 
 LINKS = {"100mbit": "100mbit", "1gbit": "1gbit", "10gbit": "10gbit", "unlimited": None}
@@ -179,6 +180,7 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floo
     """One row from a variant's runs on a link (each run: its ranks' results); throughputs are means over runs.
     `alone` and `floor`: that link's (mean_alone, mean_floor), measured beside its runs."""
     ranks = [r for run in repeats for r in run]
+    controller, algorithm = ranks[0].get("controller", "gloo (torch)"), ranks[0].get("mpi_allreduce")
     step = statistics.mean(r["step_s"] for r in ranks)
     rounds = [sum(r["img_s"] for r in run) for run in repeats]  # each round's img/s over the hosts
     img_s = statistics.mean(rounds)
@@ -195,14 +197,8 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floo
             "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
             "ranks_agree": all(len({r["params_sha256"] for r in run}) == 1 for run in repeats),
             "settings": ranks[0].get("compression", ranks[0].get("hook", "")), "alone_img_s": alone["img_s"],
-            "controller": ranks[0].get("controller", "gloo (torch)"), "mpi_allreduce": ranks[0].get("mpi_allreduce"),
-            "transport": transport(ranks[0].get("controller", "gloo (torch)"), ranks[0].get("mpi_allreduce")),
+            "controller": controller, "mpi_allreduce": algorithm, "transport": transport(controller, algorithm),
             "cpus": [r.get("cpus") for r in repeats[0]], "runs": len(repeats)}
-
-
-def transport(controller: str, mpi_allreduce: str | None) -> str:
-    """What carried the gradients: the controller, and Open MPI's allreduce algorithm where one was forced."""
-    return controller + (f" ({mpi_allreduce})" if mpi_allreduce not in (None, "auto") else "")
 
 
 def mean_alone(runs: list[dict]) -> dict:
