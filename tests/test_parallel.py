@@ -40,6 +40,10 @@ def test_broadcast_and_allgather(ranks):
     for r in res:
         assert r["bcast"] == {"from": 0, "payload": [0, 1, 2]}
         assert r["gathered"] == [k * k for k in range(NP)]
+    # a 24 MB checkpoint-like state (dist.broadcast_object's own pickling): rank 0's, bit for bit, on every rank
+    assert res[0]["bcast_state"][:3] == ["/run/rank0.pt", 0, [0, 1, 2, 3, 4]]
+    assert res[0]["bcast_state"][5] == "torch.bfloat16"
+    assert all(r["bcast_state"] == res[0]["bcast_state"] for r in res[1:])
 
 
 @pytest.mark.parametrize("op,compression,tol", [("steps", "none", 1e-6), ("steps", "fp16", 2e-3),

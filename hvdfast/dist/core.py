@@ -6,6 +6,7 @@ launcher, and Horovod's knobs are set in one place, before hvd.init() reads them
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -271,7 +272,24 @@ def allgather_object(obj, name: str):
 
 
 def broadcast_object(obj, root: int = 0, name: str = "obj"):
-    return _h().broadcast_object(obj, root_rank=root, name=name)
+    """Every rank gets root's `obj` (pickled; tensors in it arrive bit for bit). Horovod's own
+    hvd.broadcast_object does the same two broadcasts (the size, then the bytes) but fills its byte tensor through
+    torch.ByteTensor(bytearray(...)), one Python object per byte: 6.8 s for a 48 MB pickle on this CPU, and a
+    resumed ResNet-18 run (its checkpoint, 90 MB) waited 13 s in it before the first step. torch.frombuffer wraps
+    the same bytes in 0.04 s."""
+    hvd = _h()
+    if hvd.size() == 1:
+        return obj
+    if hvd.rank() == root:
+        data = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
+        size = torch.tensor([data.numel()], dtype=torch.int64)
+    else:
+        size = torch.zeros(1, dtype=torch.int64)
+    hvd.broadcast_(size, root_rank=root, name=f"{name}.size")
+    if hvd.rank() != root:
+        data = torch.empty(int(size), dtype=torch.uint8)
+    hvd.broadcast_(data, root_rank=root, name=f"{name}.bytes")
+    return obj if hvd.rank() == root else pickle.loads(data.numpy().data)
 
 
 def barrier() -> None:

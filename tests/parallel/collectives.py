@@ -3,6 +3,7 @@
 Each rank computes collectives and one optimizer step per compression, and writes what it computed to
 OUT/rank<r>.json; the pytest side asserts on those values (a wrong value on any rank fails the test).
 """
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -100,6 +101,16 @@ def main(out: Path) -> None:
     res["sum"] = dist.allreduce_sum([r + 1.0, 2.0 * r], name="t.sum").tolist()
     res["mean"] = dist.allreduce_mean(torch.tensor([float(r), 10.0 * r]), name="t.mean").tolist()
     res["bcast"] = dist.broadcast_object({"from": r, "payload": list(range(r, r + 3))}, root=0, name="t.obj")
+    # a checkpoint-like state (tensors of several dtypes, a Path, 24 MB): every rank gets rank 0's, bit for bit
+    g = torch.Generator().manual_seed(r)
+    state = {"path": Path(f"/run/rank{r}.pt"), "step": 7 * r,
+             "model": {"w": torch.randn(6_000_000, generator=g), "n": torch.arange(r, r + 5)},
+             "half": torch.randn(33, generator=g).to(torch.bfloat16)}
+    got = dist.broadcast_object(state, root=0, name="t.state")
+    res["bcast_state"] = [str(got["path"]), got["step"], got["model"]["n"].tolist(),
+                          hashlib.sha256(got["model"]["w"].numpy().tobytes()).hexdigest(),
+                          hashlib.sha256(got["half"].view(torch.int16).numpy().tobytes()).hexdigest(),
+                          str(got["half"].dtype)]
     res["gathered"] = dist.allgather_object(r * r, name="t.gather")
     res["steps"] = {c: grads_after_step(c, r) for c in ("none", "fp16", "bf16")}
     res["prescaled"] = {"divisor": dist.loss_divisor(HorovodConfig(op="prescaled")),
