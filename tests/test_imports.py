@@ -94,3 +94,14 @@ def test_only_dist_core_imports_horovod_torch():
             if any(n.startswith("horovod.torch") for n in names):
                 importers.append(name)
     assert sorted(set(importers)) == ["hvdfast.dist.core"]
+
+
+def test_the_launcher_process_does_not_import_torch():
+    """`hvdfast launch` only builds and runs a launcher command: importing torch there (2.1 s here) delayed every
+    job's start. Horovod's environment knobs come from hvdfast.knobs, which is pure."""
+    import subprocess
+    import sys
+    code = ("import sys, hvdfast.cli, hvdfast.launch, hvdfast.launch.commands, hvdfast.knobs, hvdfast.tuned; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'horovod', 'numpy')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr

@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from .. import config, dist, tuned
+from .. import config, tuned
+from ..knobs import horovod_env
 from . import commands
 
 
@@ -42,7 +43,7 @@ def _config(args) -> config.Config:
 
 def _knobs(args) -> dict:
     cfg = _config(args)
-    env = dist.horovod_env(cfg.horovod)
+    env = horovod_env(cfg.horovod)
     prefixed = {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_", "NCCL_")) and k not in env}
     return {**prefixed, **env, **tuned.launcher_env(tuned.for_config(cfg))}
 

@@ -1,0 +1,44 @@
+"""Horovod's and Open MPI's environment knobs for a config: HOROVOD_* and OMPI_MCA_* variables, read by hvd.init()
+(dist.init sets them in each rank) and exported to remote ranks by the launchers (hvdfast launch). Pure: importing
+it costs neither torch nor horovod, so `hvdfast launch` starts its launcher at once (importing hvdfast.dist for
+this function cost it 2.1 s of torch import before horovodrun started)."""
+from __future__ import annotations
+
+from .config import HorovodConfig
+
+
+def horovod_env(cfg: HorovodConfig) -> dict:
+    """Horovod's environment knobs for this config (read by hvd.init(); exported to remote ranks by launchers)."""
+    fusion_mb = cfg.fusion_threshold_mb
+    if cfg.bucket_mb > 0:
+        # Gradient buckets are already the fusion: a threshold above a bucket's size would make Horovod copy two
+        # buckets into its fusion buffer and back (measured: 42 ms instead of 17 ms for ResNet-50 here).
+        fusion_mb = min(fusion_mb, cfg.bucket_mb / 2)
+    env = {
+        # Horovod: tensor fusion packs many small gradients into one buffer per allreduce.
+        "HOROVOD_FUSION_THRESHOLD": str(int(fusion_mb * 1024 * 1024)),
+        # Horovod: how often the background thread checks which tensors are ready on every rank.
+        "HOROVOD_CYCLE_TIME": str(cfg.cycle_time_ms),
+        "HOROVOD_STALL_CHECK_TIME_SECONDS": str(cfg.stall_check_warning_s),
+    }
+    if cfg.stall_check_shutdown_s > 0:
+        env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(cfg.stall_check_shutdown_s)
+    if cfg.timeline:
+        env["HOROVOD_TIMELINE"] = cfg.timeline
+    if cfg.hierarchical_allreduce:
+        # Horovod: reduce inside each node over NCCL, across nodes over MPI (one inter-node hop per node).
+        env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1"
+    if cfg.mpi_yield_when_idle:
+        # Horovod (MPI controller): a spinning MPI progress loop steals the core its rank computes on.
+        env["OMPI_MCA_mpi_yield_when_idle"] = "1"
+    if cfg.mpi_allreduce != "auto":
+        # Horovod (MPI operations): Horovod calls MPI_Allreduce; Open MPI's coll/tuned picks its algorithm unless
+        # dynamic rules force one (only allreduce's: the other collectives keep Open MPI's fixed choices).
+        env["OMPI_MCA_coll_tuned_use_dynamic_rules"] = "1"
+        # the names are Open MPI's own (`ompi_info --param coll tuned --level 9 --parsable`: enumerator)
+        env["OMPI_MCA_coll_tuned_allreduce_algorithm"] = cfg.mpi_allreduce
+    if cfg.autotune:
+        env["HOROVOD_AUTOTUNE"] = "1"
+        if cfg.autotune_log:
+            env["HOROVOD_AUTOTUNE_LOG"] = cfg.autotune_log
+    return env
