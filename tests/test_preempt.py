@@ -14,8 +14,8 @@ import pytest
 from hvdfast import checkpoint
 from hvdfast.run.stop import EXIT_STOPPED
 
-from conftest import (ROOT, SIGNAL_AFTER_STEP, STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launch_cmd,
-                      launcher_env, params, train_args, trained_step, worker_pid)
+from conftest import (ROOT, SIGNAL_AFTER_STEP, STEPS, STEPS_PER_EPOCH, TRAIN, assert_same_parameters, hvdfast_cmd,
+                      launch_cmd, launcher_env, params, train_args, trained_step, worker_pid)
 
 
 def signal_midway(job: subprocess.Popen, run_dir: Path, send) -> None:
@@ -28,10 +28,10 @@ def signal_midway(job: subprocess.Popen, run_dir: Path, send) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(digits_dir, tmp_path_factory):
+def reference(short_digits_dir, tmp_path_factory):
     """An uninterrupted run's final parameters."""
     run = tmp_path_factory.mktemp("uninterrupted")
-    p = subprocess.run(launch_cmd("gloo", 2, train_args(digits_dir, run)), env=launcher_env(), cwd=ROOT,
+    p = subprocess.run(launch_cmd("gloo", 2, train_args(short_digits_dir, run)), env=launcher_env(), cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return params(run)
@@ -46,7 +46,7 @@ def check_stopped_and_resume(out: str, rc: int, run: Path, cmd: list, reference:
     record = json.loads((run / "stopped.json").read_text())
     step = record["step"]
     assert record["rank_steps"] == [step, step]                 # both ranks stopped at the same step
-    assert SIGNAL_AFTER_STEP < step < STEPS and step % 45, record  # mid-epoch
+    assert SIGNAL_AFTER_STEP < step < STEPS and step % STEPS_PER_EPOCH, record  # mid-epoch
     assert record["reason"].startswith(reason) and record["exit_code"] == EXIT_STOPPED
     saved = checkpoint.load(Path(record["checkpoint"]))
     assert saved["step"] == step
@@ -62,10 +62,10 @@ def check_stopped_and_resume(out: str, rc: int, run: Path, cmd: list, reference:
 
 @pytest.mark.parametrize("launcher,sig", [("gloo", signal.SIGUSR1), ("gloo", signal.SIGTERM),
                                           ("mpirun", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
-def test_signal_to_one_rank_stops_all_at_one_step_and_resumes_bit_identical(digits_dir, tmp_path, reference,
+def test_signal_to_one_rank_stops_all_at_one_step_and_resumes_bit_identical(short_digits_dir, tmp_path, reference,
                                                                             launcher, sig):
     run = tmp_path / "run"
-    cmd = launch_cmd(launcher, 2, train_args(digits_dir, run))
+    cmd = launch_cmd(launcher, 2, train_args(short_digits_dir, run))
     job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
     rank1 = "HOROVOD_RANK=1" if launcher == "gloo" else "OMPI_COMM_WORLD_RANK=1"
@@ -76,12 +76,12 @@ def test_signal_to_one_rank_stops_all_at_one_step_and_resumes_bit_identical(digi
 
 @pytest.mark.parametrize("target,sig", [("local", signal.SIGUSR1), ("local", signal.SIGTERM),
                                         ("mpirun", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
-def test_signal_to_the_launcher_has_the_same_effect(digits_dir, tmp_path, reference, target, sig):
+def test_signal_to_the_launcher_has_the_same_effect(short_digits_dir, tmp_path, reference, target, sig):
     """As SLURM signals the batch step: `hvdfast launch` passes the warning on (horovodrun itself would die of
     SIGUSR1, and kill the ranks 5 s after SIGTERM), and exits 75 although horovodrun reports 1."""
     run = tmp_path / "run"
     cmd = hvdfast_cmd("launch", target, "--np", "2", "--controller", "gloo",
-                      *TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}")
+                      *TRAIN, f"data.dir={short_digits_dir}", f"train.run_dir={run}")
     job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
     signal_midway(job, run, lambda: job.send_signal(sig))
@@ -91,14 +91,14 @@ def test_signal_to_the_launcher_has_the_same_effect(digits_dir, tmp_path, refere
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGUSR1")
 
 
-def test_ctrl_c_in_a_terminal_checkpoints_and_stops(digits_dir, tmp_path, reference):
+def test_ctrl_c_in_a_terminal_checkpoints_and_stops(short_digits_dir, tmp_path, reference):
     """Ctrl-C reaches the terminal's whole foreground process group (hvdfast launch, horovodrun and, here, the
     workers' launcher shells): horovodrun turns it into SIGTERM for the ranks, which checkpoint at an agreed step;
     the user sees the stop line and one line of hvdfast launch's saying how the job ended, no traceback, exit 75,
     and the same command resumes bit-identical."""
     run = tmp_path / "run"
     cmd = hvdfast_cmd("launch", "local", "--np", "2", "--controller", "gloo",
-                      *TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}")
+                      *TRAIN, f"data.dir={short_digits_dir}", f"train.run_dir={run}")
     job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, start_new_session=True)
     signal_midway(job, run, lambda: os.killpg(job.pid, signal.SIGINT))
@@ -112,11 +112,11 @@ def test_ctrl_c_in_a_terminal_checkpoints_and_stops(digits_dir, tmp_path, refere
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGTERM")
 
 
-def test_max_time_stops_before_the_budget_with_a_checkpoint(digits_dir, tmp_path):
+def test_max_time_stops_before_the_budget_with_a_checkpoint(short_digits_dir, tmp_path):
     run = tmp_path / "run"
     budget = 14.0  # start-up takes ~5 s here and the whole run ~20 s
     t0 = time.time()
-    p = subprocess.run(launch_cmd("gloo", 2, train_args(digits_dir, run, f"train.max_time={budget:g}s")),
+    p = subprocess.run(launch_cmd("gloo", 2, train_args(short_digits_dir, run, f"train.max_time={budget:g}s")),
                        env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     took = time.time() - t0
     assert p.returncode == 1 and f"Exit code: {EXIT_STOPPED}" in p.stdout + p.stderr  # horovodrun's report
@@ -165,7 +165,7 @@ def test_max_time_parses_scheduler_forms():
 @pytest.mark.parametrize("horovod", [("horovod.bucket_mb=0",),
                                      ("horovod.bucket_mb=25", "horovod.compression=powersgd")],
                          ids=["horovod-optimizer", "powersgd"])
-def test_elastic_run_stops_at_one_step_and_resumes(digits_dir, tmp_path, horovod):
+def test_elastic_run_stops_at_one_step_and_resumes(short_digits_dir, tmp_path, horovod):
     """Horovod elastic (two host names of this machine, as in test_elastic): a warning to one worker stops both
     at one step with a checkpoint, each exiting 75 (Horovod's elastic driver ends the job when every worker has
     failed, and does not restart them); the same command then resumes and finishes. With PowerSGD the resume takes
@@ -175,7 +175,7 @@ def test_elastic_run_stops_at_one_step_and_resumes(digits_dir, tmp_path, horovod
     discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
     discover.chmod(0o755)
     run = tmp_path / "run"
-    cmd = commands.horovodrun(2, train_args(digits_dir, run, "train.elastic=true", *horovod, "train.threads=1"),
+    cmd = commands.horovodrun(2, train_args(short_digits_dir, run, "train.elastic=true", *horovod, "train.threads=1"),
                               controller="gloo", elastic=(1, 2, str(discover)))
     job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
@@ -193,12 +193,12 @@ def test_elastic_run_stops_at_one_step_and_resumes(digits_dir, tmp_path, horovod
     assert [r for r in rows if r["kind"] == "summary"][-1]["ranks_agree"]
 
 
-def test_dali_run_stops_with_its_build_ahead_thread_joined(digits_dir, tmp_path):
+def test_dali_run_stops_with_its_build_ahead_thread_joined(short_digits_dir, tmp_path):
     """DALI builds the next epoch's pipeline in a thread while this one trains; a stop mid-epoch exits cleanly
     (the loader joins that thread before DALI's exit hook), and the rerun resumes from the stop's checkpoint."""
     pytest.importorskip("nvidia.dali")
     run = tmp_path / "run"
-    cmd = launch_cmd("gloo", 2, train_args(digits_dir, run, "data.backend=dali"))
+    cmd = launch_cmd("gloo", 2, train_args(short_digits_dir, run, "data.backend=dali"))
     job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
     signal_midway(job, run, lambda: os.kill(worker_pid("HOROVOD_RANK=0", str(run)), signal.SIGUSR1))
@@ -214,13 +214,13 @@ def test_dali_run_stops_with_its_build_ahead_thread_joined(digits_dir, tmp_path)
     assert f"resuming from {record['checkpoint']}" in again.stdout and "SUMMARY best top-1" in again.stdout
 
 
-def test_pbs_batch_script_passes_sigterm_on_and_exits_75(digits_dir, tmp_path, reference):
+def test_pbs_batch_script_passes_sigterm_on_and_exits_75(short_digits_dir, tmp_path, reference):
     """The script `hvdfast launch pbs` writes, run by bash as PBS runs it (PBS_O_WORKDIR, PBS_NODEFILE set; no
     PBS server here, so its final `qsub` of itself is not exercised): PBS's SIGTERM reaches the script, the trap
     passes it to mpirun as SIGUSR1, the ranks stop at one step with a checkpoint, and the script exits 75."""
     run = tmp_path / "run"
     script = tmp_path / "job.sh"
-    args = [*TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}"]
+    args = [*TRAIN, f"data.dir={short_digits_dir}", f"train.run_dir={run}"]
     made = subprocess.run(hvdfast_cmd("launch", "pbs", "--cpu", "--nodes", "1", "--script", str(script), "--dry-run",
                                       *args), env=launcher_env(), cwd=ROOT, capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
@@ -235,11 +235,11 @@ def test_pbs_batch_script_passes_sigterm_on_and_exits_75(digits_dir, tmp_path, r
     out, _ = job.communicate(timeout=300)
     assert "hvdfast: SIGTERM received: asking the training to checkpoint and stop" in out, out[-3000:]
     assert "stopped early with a checkpoint (exit 75); submitting this job again" in out
-    cmd = launch_cmd("mpirun", 2, train_args(digits_dir, run))
+    cmd = launch_cmd("mpirun", 2, train_args(short_digits_dir, run))
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGUSR1")
 
 
-def test_powersgd_run_resumes_its_q_and_every_ranks_error_bit_identical(digits_dir, tmp_path):
+def test_powersgd_run_resumes_its_q_and_every_ranks_error_bit_identical(short_digits_dir, tmp_path):
     """PowerSGD keeps state between steps: Q (the warm start, the same on every rank) and each rank's own error
     feedback. A stop writes Q into the checkpoint and each rank's error into its own file beside it; the resumed
     run ends bit-identical to an uninterrupted one. Without rank 1's file it must not (error restarted at zero
@@ -247,11 +247,11 @@ def test_powersgd_run_resumes_its_q_and_every_ranks_error_bit_identical(digits_d
     import shutil
     extra = ("horovod.compression=powersgd", "horovod.bucket_mb=25")
     ref_run = tmp_path / "uninterrupted"
-    p = subprocess.run(launch_cmd("gloo", 2, train_args(digits_dir, ref_run, *extra)), env=launcher_env(),
+    p = subprocess.run(launch_cmd("gloo", 2, train_args(short_digits_dir, ref_run, *extra)), env=launcher_env(),
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     run = tmp_path / "run"
-    cmd = launch_cmd("gloo", 2, train_args(digits_dir, run, *extra))
+    cmd = launch_cmd("gloo", 2, train_args(short_digits_dir, run, *extra))
     job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
     signal_midway(job, run, lambda: os.kill(worker_pid("HOROVOD_RANK=1", str(run)), signal.SIGUSR1))
@@ -265,7 +265,7 @@ def test_powersgd_run_resumes_its_q_and_every_ranks_error_bit_identical(digits_d
     shutil.copytree(run, partial)
     checkpoint.rank_state_path(partial / "checkpoints" / ckpt.name, 1).unlink()
     for where, note in ((run, False), (partial, True)):
-        again = subprocess.run(launch_cmd("gloo", 2, train_args(digits_dir, where, *extra)), env=launcher_env(),
+        again = subprocess.run(launch_cmd("gloo", 2, train_args(short_digits_dir, where, *extra)), env=launcher_env(),
                                cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert ("error feedback restored on 1 of 2 rank(s)" in again.stdout) == note, again.stdout[-3000:]

@@ -11,15 +11,16 @@ import torch
 
 from hvdfast import checkpoint
 
-from conftest import ROOT, launch_cmd, launcher_env, worker_pid
+from conftest import ROOT, STEPS, STEPS_PER_EPOCH, launch_cmd, launcher_env, worker_pid
 
-KILL_AFTER_STEP = 50    # epoch 2 of 2 starts at step 45: the kill lands mid-epoch
+KILL_AFTER_STEP = 30    # epoch 2 of 2 starts at step STEPS_PER_EPOCH (20): the kill lands mid-epoch
+assert STEPS_PER_EPOCH < KILL_AFTER_STEP < STEPS and KILL_AFTER_STEP % 10 == 0  # right after a checkpoint
 
 
-def train_cmd(digits_dir, run_dir):
+def train_cmd(data_dir, run_dir):
     return launch_cmd("gloo", 2, [
         sys.executable, "-m", "hvdfast.cli", "train", "--config", str(ROOT / "launch/configs/digits-cpu.yaml"),
-        f"data.dir={digits_dir}", "data.backend=torchvision", "data.workers=0", "model.name=resnet18",
+        f"data.dir={data_dir}", "data.backend=torchvision", "data.workers=0", "model.name=resnet18",
         "data.image_size=32", "data.val_resize=32", "data.batch_size=16", "train.epochs=2",
         "train.deterministic=true", "train.checkpoint_every_steps=10", "train.keep_checkpoints=20",
         "train.log_every=10", "train.progress=lines", "train.target_top1=0", f"train.run_dir={run_dir}"])
@@ -28,18 +29,18 @@ def train_cmd(digits_dir, run_dir):
 def final_params(run_dir: Path) -> dict:
     last = checkpoint.list_checkpoints(run_dir / "checkpoints")[0]
     state = checkpoint.load(last)
-    assert state["step"] == 90
+    assert state["step"] == STEPS
     return state["model"]
 
 
-def test_killed_worker_ends_the_job_and_the_rerun_matches_an_uninterrupted_run(digits_dir, tmp_path):
+def test_killed_worker_ends_the_job_and_the_rerun_matches_an_uninterrupted_run(short_digits_dir, tmp_path):
     env = launcher_env()
-    ref = subprocess.run(train_cmd(digits_dir, tmp_path / "ref"), env=env, capture_output=True, text=True,
+    ref = subprocess.run(train_cmd(short_digits_dir, tmp_path / "ref"), env=env, capture_output=True, text=True,
                          timeout=600, cwd=ROOT)
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
 
     run = tmp_path / "killed"
-    job = subprocess.Popen(train_cmd(digits_dir, run), env=env, stdout=subprocess.PIPE,
+    job = subprocess.Popen(train_cmd(short_digits_dir, run), env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -57,10 +58,10 @@ def test_killed_worker_ends_the_job_and_the_rerun_matches_an_uninterrupted_run(d
     assert job.returncode != 0
     assert time.monotonic() - t_kill < 60
 
-    again = subprocess.run(train_cmd(digits_dir, run), env=env, capture_output=True, text=True, timeout=600,
+    again = subprocess.run(train_cmd(short_digits_dir, run), env=env, capture_output=True, text=True, timeout=600,
                            cwd=ROOT)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "resuming from" in again.stdout and "s00000050.pt" in again.stdout
+    assert "resuming from" in again.stdout and f"s{KILL_AFTER_STEP:08d}.pt" in again.stdout
     a, b = final_params(tmp_path / "ref"), final_params(run)
     # parameters and BatchNorm buffers: a mid-epoch checkpoint holds the ranks' averaged running statistics (as
     # the uninterrupted run's checkpoints at the same steps do), not rank 0's alone

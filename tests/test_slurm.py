@@ -16,8 +16,8 @@ import pytest
 from hvdfast import checkpoint
 from hvdfast.launch import slurm_job
 
-from conftest import (ROOT, STEPS, TRAIN, assert_same_parameters, hvdfast_cmd, launcher_env, params,
-                      skip_unless_root_with, trained_step)
+from conftest import (ROOT, SIGNAL_AFTER_STEP, STEPS, STEPS_PER_EPOCH, TRAIN, assert_same_parameters, hvdfast_cmd,
+                      launcher_env, params, skip_unless_root_with, trained_step)
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
@@ -110,11 +110,11 @@ def launch_slurm(env, cwd: Path, *args: str, wait: bool = True) -> subprocess.Co
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(slurm, digits_dir, tmp_path_factory):
+def uninterrupted(slurm, short_digits_dir, tmp_path_factory):
     """A 2-rank run of the preemption tests' recipe, submitted and followed by `hvdfast launch slurm --wait`."""
     cwd = tmp_path_factory.mktemp("slurm-job")
     run = cwd / "run"
-    p = launch_slurm(slurm, cwd, *TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}")
+    p = launch_slurm(slurm, cwd, *TRAIN, f"data.dir={short_digits_dir}", f"train.run_dir={run}")
     return p, cwd, run
 
 
@@ -140,15 +140,15 @@ def test_failing_job_says_why_in_one_line(slurm, tmp_path):
     assert len(said) == 1 and " FAILED (exit 2): hvdfast: error: " in said[0] and "no-such-folder" in said[0], said
 
 
-def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(slurm, uninterrupted, digits_dir,
-                                                                             tmp_path):
+def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(slurm, uninterrupted,
+                                                                             short_digits_dir, tmp_path):
     run = tmp_path / "run"
     launcher = subprocess.Popen(
         hvdfast_cmd("launch", "slurm", "--cpu", "--nodes", "1", "--time", "00:10:00", "--warn-s", "60", "--wait",
-                    "--poll-s", "1", *TRAIN, f"data.dir={digits_dir}", f"train.run_dir={run}"),
+                    "--poll-s", "1", *TRAIN, f"data.dir={short_digits_dir}", f"train.run_dir={run}"),
         env=slurm, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while trained_step(run) < 50:  # mid-epoch 2 of 2
+    while trained_step(run) < SIGNAL_AFTER_STEP:  # mid-epoch 2 of 2
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
         time.sleep(0.05)
     job = next(tmp_path.glob("hvdfast-*.out")).stem.split("-")[1]
@@ -169,20 +169,20 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(slu
     assert "on 2 rank(s)" in log  # srun passed the warning to both tasks
     stop_line = next(line for line in log.splitlines() if line.startswith("stopped on SIGUSR1"))
     step = int(stop_line.split(" at step ")[1].split("/")[0])
-    assert 50 < step < STEPS and step % 45
+    assert SIGNAL_AFTER_STEP < step < STEPS and step % STEPS_PER_EPOCH
     assert f"requeueing job {job} to continue" in log and f"s{step:08d}.pt (step {step}" in log  # resumed there
     assert checkpoint.list_checkpoints(run / "checkpoints")
     assert_same_parameters(params(run), params(uninterrupted[2]))
 
 
 
-def test_a_study_trains_its_cells_as_slurm_jobs(slurm, uninterrupted, digits_dir, tmp_path):
+def test_a_study_trains_its_cells_as_slurm_jobs(slurm, uninterrupted, short_digits_dir, tmp_path):
     """`hvdfast study --target slurm`: each cell is a job submitted and followed by `hvdfast launch slurm --wait`.
     The one cell here is the uninterrupted run's recipe, so its weights must be that run's, bit for bit."""
     spec = tmp_path / "study.yaml"
     overrides = [o for o in TRAIN[2:] if not o.startswith(("train.epochs", "train.target_top1"))]
     spec.write_text(f"recipe: {ROOT / 'launch/configs/digits-cpu.yaml'}\nepochs: 2\nbatch: 32\n"
-                    f"overrides: {json.dumps(overrides + [f'data.dir={digits_dir}'])}\n")
+                    f"overrides: {json.dumps(overrides + [f'data.dir={short_digits_dir}'])}\n")
     p = subprocess.run(hvdfast_cmd("study", str(spec), "--out", str(tmp_path / "out"), "--target", "slurm",
                                    "--launch", "--cpu --time 00:10:00 --poll-s 1"),
                        env=slurm, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -192,4 +192,5 @@ def test_a_study_trains_its_cells_as_slurm_jobs(slurm, uninterrupted, digits_dir
     assert "srun --mpi=pmix" in (cell / "slurm.sh").read_text()
     from hvdfast.study.report import summary
     assert summary(cell)["params_sha256"] == summary(uninterrupted[2])["params_sha256"]
-    assert "| recipe-b32-auto-w2 | base | 32 | 16 x 1 | auto | 2 | 90 |" in (tmp_path / "out/study.md").read_text()
+    row = f"| recipe-b32-auto-w2 | base | 32 | 16 x 1 | auto | 2 | {STEPS} |"
+    assert row in (tmp_path / "out/study.md").read_text()

@@ -76,7 +76,7 @@ def test_mnist_data_set(tmp_path):
     assert not train & {f.name for f in (tmp_path / "val").rglob("*.jpg")}
 
 
-def test_a_study_trains_resumes_and_reports(digits_dir, tmp_path):
+def test_a_study_trains_resumes_and_reports(short_digits_dir, tmp_path):
     """Two cells (SGD and LARS at global batch 64 = 2 workers x 16 x 2 accumulated passes), 1 epoch of ResNet-18
     each. The first call trains only SGD (--only) and says the grid is unfinished; LARS's cell is then left
     half-written, as a killed job leaves it; the second call keeps SGD's run and trains LARS again from scratch."""
@@ -84,7 +84,7 @@ def test_a_study_trains_resumes_and_reports(digits_dir, tmp_path):
     overrides = [o for o in TRAIN[2:] if not o.startswith(("train.epochs", "train.target_top1"))]
     spec.write_text(f"recipe: {ROOT / 'launch/configs/digits-cpu.yaml'}\nepochs: 1\ntarget_top1: 30\nbatch: 64\n"
                     f"max_batch_per_worker: 16\nprecision: bf16\n"
-                    f"overrides: {json.dumps(overrides + [f'data.dir={digits_dir}'])}\n"
+                    f"overrides: {json.dumps(overrides + [f'data.dir={short_digits_dir}'])}\n"
                     "optimizers:\n  sgd: [optim.name=sgd]\n  lars: [optim.name=lars, optim.lr=4.0, "
                     "optim.lr_batch=3200, optim.lr_scaling=sqrt]\nbatches: [64]\n")
     out = tmp_path / "out"

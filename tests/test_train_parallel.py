@@ -4,16 +4,16 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_launcher
+from conftest import ROOT, SHORT_VAL_PER_CLASS, run_launcher
 
 
 @pytest.fixture(scope="module")
-def trained(digits_dir, tmp_path_factory):
+def trained(short_digits_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("train2")
     # plain Horovod averaging (the digits recipe itself uses gradient buckets and op=prescaled)
     proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(out),
-                                    str(digits_dir), "none,fp16,bf16", "horovod.bucket_mb=0", "horovod.op=average"],
-                        timeout=600)
+                                    str(short_digits_dir), "none,fp16,bf16", "horovod.bucket_mb=0",
+                                    "horovod.op=average"], timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)], proc.stdout
 
@@ -32,7 +32,7 @@ def test_two_rank_training_learns(trained, compression):
     assert len(train) >= 3
     assert train[-1]["loss"] < 0.7 * train[0]["loss"]
     val = [r for r in rows if r["kind"] == "val"]
-    assert val and val[-1]["images"] == 360          # every validation image counted once over 2 ranks
+    assert val and val[-1]["images"] == 10 * SHORT_VAL_PER_CLASS  # every validation image once over 2 ranks
     assert ranks[0][compression]["best_top1"] > 30   # 10 classes: chance is 10%
 
 
@@ -50,11 +50,11 @@ def test_run_directory_has_what_a_user_expects(trained):
     assert "[1]<stdout>:SUMMARY" not in stdout
 
 
-def test_compiled_model_still_allreduces_every_gradient(digits_dir, tmp_path):
+def test_compiled_model_still_allreduces_every_gradient(short_digits_dir, tmp_path):
     # model.compile=true: the compiled module shares its parameters with the one Horovod wraps. Were any gradient
     # not averaged, or an update applied to a copy, the ranks (different shards) would end with different parameters.
     proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(tmp_path),
-                                    str(digits_dir), "none", "model.compile=true", "train.epochs=1"], timeout=900)
+                                    str(short_digits_dir), "none", "model.compile=true", "train.epochs=1"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["none"]["params"] == ranks[1]["none"]["params"]
@@ -64,23 +64,23 @@ def test_compiled_model_still_allreduces_every_gradient(digits_dir, tmp_path):
 @pytest.mark.parametrize("how", [["horovod.op=prescaled", "horovod.bucket_mb=0"],
                                  ["horovod.bucket_mb=4", "horovod.op=average"],
                                  ["horovod.bucket_mb=4", "horovod.op=prescaled"]])
-def test_faster_averaging_trains_the_same_model_as_horovods_average(trained, digits_dir, tmp_path, how):
+def test_faster_averaging_trains_the_same_model_as_horovods_average(trained, short_digits_dir, tmp_path, how):
     # op=prescaled divides the loss by the worker count and lets Horovod sum. With 2 workers the division is by a
     # power of two, exact in binary floating point; buckets reduce the same numbers elementwise, only grouped into
     # fewer tensors. Each must reproduce op=average's parameters bit for bit.
     proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(tmp_path),
-                                    str(digits_dir), "none", *how], timeout=600)
+                                    str(short_digits_dir), "none", *how], timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     _, average, _ = trained
     prescaled = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert prescaled[0]["none"]["params"] == prescaled[1]["none"]["params"] == average[0]["none"]["params"]
 
 
-def test_powersgd_composes_with_buckets_prescaled_and_accumulation(digits_dir, tmp_path):
+def test_powersgd_composes_with_buckets_prescaled_and_accumulation(short_digits_dir, tmp_path):
     # the digits recipe's buckets and op=prescaled, plus 2 micro-batches per step and gradient clipping: the ranks
     # end bit-identical (the same factors are reduced everywhere) and the model learns
     proc = run_launcher("mpirun", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(tmp_path),
-                                      str(digits_dir), "powersgd", "horovod.bucket_mb=2",
+                                      str(short_digits_dir), "powersgd", "horovod.bucket_mb=2",
                                       "horovod.backward_passes_per_step=2", "optim.clip_grad_norm=5"], timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
