@@ -106,6 +106,50 @@ def _wait_without_reaping(p, timeout):
         if time.monotonic() >= deadline:
             raise psutil.TimeoutExpired(timeout, p.pid)
         time.sleep(0.01)'
+# And horovodrun's build check (horovod/common/util.py): every launch asks whether the extension was built with Gloo
+# (or MPI) by importing it in a forked process, which imports torch: 3.1 s here before any worker starts, on every
+# `horovodrun` (about a hundred in the test suite). What was built changes only with the extension's file, so the
+# answer is kept beside util.py, keyed by that file's name, size and mtime (a rebuild or reinstall asks again; a
+# read-only install asks every time). Not the GPU check (gpu_available: the machine, not the build), not with
+# --verbose, and no answer of None (the import failed: asked again next time). install.sh asks once after installing
+# (horovodrun --check-build), so an image starts with the answer.
+PATCH_UTIL_ANCHOR='^def _check_extension_lambda(ext_base_name, fn, fn_desc, verbose):$'
+PATCH_UTIL_PY='
+
+# hvdfast build patch: the build checks (gloo_built, mpi_built, ...) answered from a file beside this one.
+_hvdfast_check_uncached = _check_extension_lambda
+
+
+def _check_extension_lambda(ext_base_name, fn, fn_desc, verbose):
+    import glob
+    import json
+    if verbose or not fn_desc.startswith("built"):
+        return _hvdfast_check_uncached(ext_base_name, fn, fn_desc, verbose)
+    here = os.path.dirname(os.path.abspath(__file__))
+    libs = sorted(glob.glob(os.path.join(here, "..", ext_base_name, "mpi_lib*")))
+    built = ["{} {} {}".format(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in libs]
+    key = "{} {}".format(ext_base_name, fn_desc)
+    path = os.path.join(here, ".hvdfast_build_checks.json")
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = None
+    cache = cache if isinstance(cache, dict) else {}
+    entry = cache.get(key)
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] == built:
+        return entry[1]
+    result = _hvdfast_check_uncached(ext_base_name, fn, fn_desc, verbose)
+    if result is not None and libs:
+        cache[key] = [built, result]
+        try:
+            tmp = "{}.{}".format(path, os.getpid())
+            with open(tmp, "w") as f:
+                json.dump(cache, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return result'
 # Newer toolchains than Horovod 0.28.1 knew (both met on Ubuntu 24.04, the GPU image's base; no source change):
 # - GCC >= 13 no longer pulls <string>/<cstdint> in transitively (horovod/common/group_table.h uses std::string);
 # - CMake >= 4 refuses the cmake_minimum_required(VERSION 2.8) of Horovod's bundled Gloo and flatbuffers unless
@@ -236,7 +280,8 @@ fi
 MPI_ID=none
 [ $MPI = existing ] && MPI_ID=$( (mpirun --version 2>/dev/null | head -n1; mpicc -show 2>/dev/null) | sha256sum | cut -c1-8)
 PATCH_ID=$(printf '%s|' "$PATCH_FILES" "$PATCH_SED" "$PATCH_F16_SED" "$PATCH_GLOO_SED" "$PATCH_PM_SED" \
-           "${SSE_ANCHORS[@]}" "${SSE_CALLS[@]}" "$SSE_HELPERS" "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
+           "${SSE_ANCHORS[@]}" "${SSE_CALLS[@]}" "$SSE_HELPERS" "$PATCH_UTIL_ANCHOR" "$PATCH_UTIL_PY" \
+           "$BUILD_CXXFLAGS" | sha256sum | cut -c1-8)
 KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VER-py$PY_VER-mpi$MPI_ID-gloo-$CUDA_OPT-patch$PATCH_ID"
 WHEEL_DIR=$CACHE/wheels/$KEY
 installed_key=$(cat "$VENV/.hvdfast-horovod-key" 2>/dev/null || true)
@@ -276,6 +321,9 @@ else
     done
     printf '%s\n' "$SSE_HELPERS" > "$src/sse_helpers.py"
     sed -i "/^GRACEFUL_TERMINATION_TIME_S = 5$/r $src/sse_helpers.py" "$sse"
+    [ "$(grep -c "$PATCH_UTIL_ANCHOR" "$tree/horovod/common/util.py")" = 1 ] \
+      || die "Horovod patch (horovodrun's build check) no longer applies to horovod/common/util.py"
+    printf '%s\n' "$PATCH_UTIL_PY" >> "$tree/horovod/common/util.py"
     mkdir -p "$WHEEL_DIR.tmp"
     export CXXFLAGS="${CXXFLAGS:-} $BUILD_CXXFLAGS"
     cmake_major=$(cmake --version | sed -n 's/^cmake version \([0-9]*\).*/\1/p')
@@ -297,6 +345,8 @@ else
   "$VPY" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$WHEEL_DIR"/horovod-*.whl
   echo "$KEY" > "$VENV/.hvdfast-horovod-key"
 fi
+# horovodrun's build check, asked once here (PATCH_UTIL_PY keeps the answer for every later launch)
+"$VENV/bin/horovodrun" --check-build >/dev/null 2>&1 || true
 
 "$VPY" -c "import horovod.torch" \
   || { rm -rf "$WHEEL_DIR"; die "Horovod installed but does not import (see the error above; its cached wheel is removed)"; }

@@ -5,7 +5,9 @@ GPU image, a cluster module). pip's default for a setup.py-only project is `setu
 hands to a second pip with build isolation, and that one asks an index for a setuptools wheel: an install on a lent
 H200 with `PIP_NO_INDEX=1` stopped there. The first test runs the installer's own pip line in a new environment
 that holds setuptools, wheel and packaging (copied from ours) and no index. And Horovod, as the installer's build
-patch leaves it, keeps a stopped worker's exit status (the second test)."""
+patch leaves it, keeps a stopped worker's exit status (the second test), and answers its build check from the
+file the patch keeps (the third)."""
+import json
 import os
 import re
 import shutil
@@ -14,7 +16,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import BIN, ROOT
 
 BOOTSTRAP = ("setuptools", "wheel", "packaging", "_distutils_hack", "distutils-precedence.pth")
 
@@ -72,3 +74,30 @@ def test_horovodrun_keeps_a_stopped_workers_exit_status(tmp_path):
     p = subprocess.run([sys.executable, str(script), "50"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().splitlines()[-1] == "{75: 50}", p.stdout
+
+
+def test_horovodrun_keeps_its_build_check_answer_per_extension_file():
+    """horovodrun asks on every launch whether Horovod was built with Gloo, by importing the torch extension in a
+    forked process (3.1 s here). The installer's patch keeps the answer beside horovod/common/util.py, keyed by the
+    extension file: a kept answer is believed (so a kept "no" refuses the launch, which shows the file is read), and
+    an answer kept for another build of the file is asked again."""
+    import horovod.common.util as util
+    cache = Path(util.__file__).with_name(".hvdfast_build_checks.json")
+    lib = next(Path(util.__file__).parents[1].joinpath("torch").glob("mpi_lib*"))
+    built = [f"{lib.name} {lib.stat().st_size} {lib.stat().st_mtime_ns}"]
+    key = "torch built with Gloo"
+
+    def horovodrun():
+        return subprocess.run([str(BIN / "horovodrun"), "-np", "1", "-H", "localhost:1", "--gloo", "true"],
+                              capture_output=True, text=True, timeout=120)
+    kept = cache.read_text() if cache.exists() else None
+    try:
+        cache.write_text(json.dumps({key: [[f"{lib.name} 1 1"], False]}))  # another build's "no": asked again
+        p = horovodrun()
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        assert json.loads(cache.read_text())[key] == [built, True]
+        cache.write_text(json.dumps({key: [built, False]}))                # this build's "no": believed
+        p = horovodrun()
+        assert p.returncode != 0 and "Gloo support has not been built" in p.stdout + p.stderr, p.stderr[-2000:]
+    finally:
+        cache.write_text(kept) if kept is not None else cache.unlink(missing_ok=True)
