@@ -15,7 +15,7 @@ import yaml
 
 from hvdfast import tuned
 from hvdfast.bench import hosts as cluster
-from conftest import ROOT
+from conftest import ROOT, SHORT_TRAIN_PER_CLASS
 from hvdfast.launch import commands
 
 SKEW_VERSION = "0.27.0"
@@ -111,16 +111,16 @@ def test_launch_stops_at_a_failed_preflight(hosts, digits_dir):
 
 
 @pytest.mark.parametrize("target", ["hosts", "mpirun"])
-def test_digits_across_two_hosts(hosts, digits_dir, tmp_path, target):
+def test_digits_across_two_hosts(hosts, short_digits_dir, tmp_path, target):
     run = tmp_path / "run"
     controller = "--controller gloo" if target == "hosts" else ""
     p = on_login(hosts, f"hvdfast launch {target} --config launch/configs/digits-cpu.yaml --np 2 "
-                        f"--hosts hosta:1,hostb:1 --nic hvd0 {controller} data.dir={digits_dir} train.epochs=1 "
+                        f"--hosts hosta:1,hostb:1 --nic hvd0 {controller} data.dir={short_digits_dir} train.epochs=1 "
                         f"train.threads=1 train.run_dir={run} train.progress=lines train.resume=never")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "preflight: 2 host(s) OK (hosta, hostb)" in p.stdout
     summary = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    assert summary["kind"] == "summary" and summary["workers"] == 2 and summary["steps"] == 23
+    assert summary["kind"] == "summary" and summary["workers"] == 2 and summary["steps"] == 10 * SHORT_TRAIN_PER_CLASS // 64
     assert [r["host"] for r in summary["ranks"]] == ["hosta", "hostb"]
     assert summary["ranks_agree"]
     assert summary["ranks"][0]["params_sha256"] == summary["ranks"][1]["params_sha256"]
