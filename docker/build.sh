@@ -6,8 +6,9 @@
 # Base image (HVDFAST_BASE): "auto" (default) uses the Dockerfile's public base when it is here or can be pulled,
 # and otherwise makes a local Debian 12 base with debootstrap (root; ~1 min, once) and builds from that; "public",
 # "local" or an image name force one. The image installs through launch/install.sh with this machine's pip sources
-# (its find-links, index and constraint, from `pip config list`; local folders are mounted read-only into the
-# build) and build cache mounts for pip and the Horovod wheel, so a rebuild after a source change takes minutes.
+# (its find-links, index, constraint and CA, from `pip config list`, as a mounted pip.conf; local folders are mounted
+# read-only into the build) and build cache mounts for pip and the Horovod wheel, so a rebuild after a source change
+# takes minutes.
 # podman here needs runc (crun refuses hybrid cgroups) and no default ulimits (the machine cannot raise NPROC):
 # unless CONTAINERS_CONF is set, this script writes such a containers.conf and uses it.
 set -euo pipefail
@@ -66,10 +67,12 @@ elif [ "$base" != public ]; then
   build_args+=(--build-arg "BASE_IMAGE=$base")
 fi
 
-# This machine's pip sources, for the build (a wheel directory, a file:// index, a constraint file).
+# This machine's pip sources, for the build (a wheel directory, a file:// index, a constraint file, a CA bundle),
+# written to one pip.conf mounted at a fixed path, with the local folders they name mounted read-only. Mounts are not
+# part of a step's cache key (build arguments are): the ~8 GB install layer is reused whichever sources this machine's
+# pip has (root's pip.conf or an empty HOME's defaults), instead of being rebuilt each time they differ.
 PY=${PYTHON:-python3}
 mounts=()
-pip_args=()
 declare -A seen=()
 mount_for() {  # a local path pip is told about -> the folder to mount (an index's files lie beside simple/)
   local p=${1#file://}
@@ -80,27 +83,32 @@ mount_for() {  # a local path pip is told about -> the folder to mount (an index
   [ -e "$dir" ] && [ -z "${seen[$dir]:-}" ] && { seen[$dir]=1; mounts+=(--volume "$dir:$dir:ro"); }
   return 0
 }
+declare -A conf=()
 while IFS= read -r line; do
-  key=${line%%=*}; key=${key#*.}; value=${line#*=}; value=${value#\'}; value=${value%\'}
+  key=${line%%=*}; section=${key%%.*}; key=${key#*.}; value=${line#*=}; value=${value#\'}; value=${value%\'}
+  case $section in global|install) ;; *) continue;; esac
   case $key in
-    index-url) var=PIP_INDEX_URL;; extra-index-url) var=PIP_EXTRA_INDEX_URL;;
-    find-links) var=PIP_FIND_LINKS;; constraint) var=PIP_CONSTRAINT;;
+    index-url|extra-index-url|find-links|constraint) ;;
     cert)  # the CA bundle this machine's pip trusts (a proxy's own CA, say), as one file beside the image's
       [ -f "$value" ] && [ -z "${seen[cert]:-}" ] && { seen[cert]=1
-        mounts+=(--volume "$value:/run/hvdfast-pip-ca.crt:ro")
-        pip_args+=(--build-arg PIP_CERT=/run/hvdfast-pip-ca.crt); }
+        mounts+=(--volume "$value:/run/hvdfast-pip-ca.crt:ro"); conf[cert]=/run/hvdfast-pip-ca.crt; }
       continue;;
     *) continue;;
   esac
-  pip_args+=(--build-arg "$var=$value")
+  # pip lets [install] override [global]; the install step is `pip install`
+  [ "$section" = install ] || [ -z "${conf[$key]:-}" ] && conf[$key]=$value
   for item in $value; do mount_for "$item"; done
 done < <("$PY" -m pip config list 2>/dev/null | grep -v '^:env:' || true)
+mkdir -p "$CACHE"
+pip_conf=$CACHE/build-pip.conf
+{ echo "[global]"; for key in "${!conf[@]}"; do echo "$key = ${conf[$key]}"; done; } > "$pip_conf"
+mounts+=(--volume "$pip_conf:/run/hvdfast-pip.conf:ro")
 
 network=(--network host)  # the build's apt and pip reach their sources the way this machine does
 [ $ENGINE = podman ] && network+=(--format docker)  # podman's default OCI format ignores the Dockerfiles' SHELL
 if [ $ENGINE = docker ] && [ ${#mounts[@]} -gt 0 ]; then
   log "docker build cannot mount folders: building with pip's defaults, not this machine's local sources"
-  mounts=() pip_args=()
+  mounts=()
 fi
 log "$ENGINE build -f docker/Dockerfile.$FLAVOR -t $TAG (base: ${base/public/$default_base})"
 # The install step writes ~8 GB (torch's CUDA wheels); podman stages the layer in /var/tmp before storing it. Say so
@@ -133,7 +141,7 @@ remove_stale_steps() {
 remove_stale_steps
 t0=$(date +%s)
 previous=$($ENGINE image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
-$ENGINE build "${network[@]}" "${mounts[@]}" "${build_args[@]}" "${pip_args[@]}" -f "$dockerfile" -t "$TAG" "$@" \
+$ENGINE build "${network[@]}" "${mounts[@]}" "${build_args[@]}" -f "$dockerfile" -t "$TAG" "$@" \
   "$ROOT"
 log "built $TAG in $(( $(date +%s) - t0 )) s"
 # The image this tag named before (~8 GB, now untagged): removed unless a container or another tag still uses it.

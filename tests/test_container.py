@@ -141,3 +141,24 @@ def test_a_killed_builds_step_containers_are_removed_by_the_next_build(podman, t
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert not left & _step_containers(podman), p.stderr[-3000:]
     assert p.stderr.count("removed a killed build's step container") >= len(left), p.stderr[-3000:]
+
+
+def test_other_pip_sources_reuse_the_install_layer(podman, tmp_path):
+    """The build hands this machine's pip sources to the install step as a mounted pip.conf, not as build
+    arguments (which are part of the step's cache key): under a HOME whose pip names other sources (fresh-ci's empty
+    HOME against root's pip.conf), the ~8 GB install layer was rebuilt every time, 9-20 minutes. Now the image is
+    the same one, every step from the cache."""
+    image = podman_cmd(podman, "image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip()
+    home = tmp_path / "home"
+    (home / ".config/pip").mkdir(parents=True)
+    (tmp_path / "wheels").mkdir()
+    (home / ".config/pip/pip.conf").write_text(f"[global]\nfind-links = {tmp_path / 'wheels'}\n")
+    p = subprocess.run(["bash", str(ROOT / "docker/build.sh"), "cpu"], env={**podman, "HOME": str(home)}, cwd=ROOT,
+                       capture_output=True, text=True, timeout=2400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    conf = (home / ".cache/hvdfast/build-pip.conf").read_text()
+    assert f"find-links = {tmp_path / 'wheels'}" in conf, conf         # the build was given the other sources
+    log = p.stdout + p.stderr
+    steps = log.count("STEP ")
+    assert steps > 10 and log.count("Using cache") == steps - 1, log[-3000:]      # every step but FROM
+    assert podman_cmd(podman, "image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip() == image
