@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, launcher_env, worker_pid
+from conftest import ROOT, SIGNAL_AFTER_STEP, launcher_env, worker_pid
 
 from hvdfast.launch import commands
 
@@ -18,7 +18,7 @@ from hvdfast.launch import commands
 def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tuple = ("horovod.bucket_mb=0",)
                 ) -> tuple[str, int, dict]:
     """(output, exit code, rank 0's summary record) of a 2-worker elastic run whose 127.0.0.1 worker is killed
-    at step 20."""
+    at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per epoch on the short digits)."""
     discover = tmp_path / "discover.sh"
     discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
     discover.chmod(0o755)
@@ -38,7 +38,7 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tu
     deadline = time.monotonic() + 240
     for line in job.stdout:
         lines.append(line)
-        if not killed and "step 20/" in line:  # both workers still in the job
+        if not killed and f"step {SIGNAL_AFTER_STEP}/" in line:  # both workers still in the job
             pid = worker_pid("HOROVOD_HOSTNAME=127.0.0.1", str(run))
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
@@ -52,8 +52,8 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tu
     return out, job.returncode, next((r for r in rows if r["kind"] == "summary"), {})
 
 
-def test_elastic_run_survives_a_dead_worker(digits_dir, tmp_path):
-    out, rc, summary = elastic_run(digits_dir, tmp_path, epochs=2, extra=[])
+def test_elastic_run_survives_a_dead_worker(short_digits_dir, tmp_path):
+    out, rc, summary = elastic_run(short_digits_dir, tmp_path, epochs=2, extra=[])
     assert rc == 0, out[-4000:]
     assert "elastic: 1 worker(s), global batch 16" in out        # rebuilt for the smaller world
     assert "SUMMARY best top-1" in out and "over 1 worker(s)" in out
@@ -65,14 +65,15 @@ def test_elastic_run_survives_a_dead_worker(digits_dir, tmp_path):
 @pytest.mark.parametrize("horovod", [("horovod.bucket_mb=0",), ("horovod.bucket_mb=25",),
                                      ("horovod.bucket_mb=25", "horovod.compression=powersgd")],
                          ids=["horovod-optimizer", "buckets", "powersgd"])
-def test_elastic_run_takes_the_worker_back(digits_dir, tmp_path, horovod):
+def test_elastic_run_takes_the_worker_back(short_digits_dir, tmp_path, horovod):
     """Scale-up: after the cooldown the host returns, a new worker joins with the survivor's weights (Horovod's
     response cache off and the optimizer state created before the sync; either trap alone broke this). With
     gradient buckets too (the recipe's 25 MiB): their plain optimizer is the elastic state, and a reset drops the
     step in flight; and with PowerSGD on them: every world starts from rank 0's Q with its errors at zero, so the
-    ranks still end bit-identical."""
-    out, rc, summary = elastic_run(digits_dir, tmp_path, epochs=3, extra=["--blacklist-cooldown-range", "2", "4"],
-                                   horovod=horovod)
+    ranks still end bit-identical. 4 epochs of 20 steps: the worker is back about 8 two-worker steps after the
+    kill at step 25 (9 s here), with 55 left."""
+    out, rc, summary = elastic_run(short_digits_dir, tmp_path, epochs=4,
+                                   extra=["--blacklist-cooldown-range", "2", "4"], horovod=horovod)
     assert rc == 0, out[-4000:]
     assert "elastic: 1 worker(s), global batch 16" in out
     assert out.count("elastic: 2 worker(s), global batch 32") >= 2, out[-4000:]    # at the start and on return
