@@ -53,3 +53,24 @@ def test_data_check_names_a_corrupt_file(tmp_path):
     bad.write_bytes((root / "train/c1/img_1_000.jpg").read_bytes()[:200])
     p = run("data", "check", str(root))
     assert p.returncode == 1 and "broken.jpg" in p.stdout and "img_1_000.jpg" not in p.stdout
+
+
+def test_a_cli_process_ends_with_its_heap_out_of_the_exit_collection(tmp_path):
+    """`hvdfast ...` as a process (console script, python -m hvdfast.cli) freezes the heap as it ends, so the
+    interpreter's exit skips a cyclic collection over torch's objects (cli.lighten_exit); called in-process with
+    arguments, main leaves the collector alone (the caller lives on)."""
+    import gc
+    import sys
+    from hvdfast import cli
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('at exit', gc.get_freeze_count() > 0, gc.isenabled()))\n"
+             "from hvdfast import cli\n"
+             "sys.argv = ['hvdfast', 'data', 'check', sys.argv[1]]\n"
+             "sys.exit(cli.main())\n")
+    tree = make_jpeg_tree(tmp_path / "tree", classes=2, per_class={"train": 1, "val": 1})
+    p = subprocess.run([sys.executable, "-c", probe, str(tree)], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, env=launcher_env())
+    assert p.returncode == 0 and p.stdout.strip().endswith("at exit True False"), p.stdout + p.stderr
+    frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+    assert cli.main(["data", "check", str(tree)]) == 0
+    assert (gc.get_freeze_count(), gc.isenabled()) == (frozen, enabled)

@@ -304,4 +304,5 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hvdfast.cli import run_process
+    run_process(main)

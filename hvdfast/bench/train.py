@@ -326,4 +326,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hvdfast.cli import run_process
+    run_process(main)
