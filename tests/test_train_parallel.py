@@ -45,6 +45,8 @@ def test_run_directory_has_what_a_user_expects(trained):
     versions = json.loads((run / "versions.json").read_text())
     assert versions["workers"] == 2 and versions["horovod"]["version"] == "0.28.1"
     assert versions["cpu_capability"] and versions["cpu_bf16"] in (True, False)  # what a CPU run's speed depends on
+    import nvidia.dali  # read from the installed distribution where the run did not import DALI
+    assert versions["dali"] == nvidia.dali.__version__
     assert "SUMMARY best top-1" in stdout
     # only rank 0 reports
     assert "[1]<stdout>:SUMMARY" not in stdout
