@@ -153,10 +153,12 @@ def test_other_pip_sources_reuse_the_install_layer(podman, tmp_path):
     (home / ".config/pip").mkdir(parents=True)
     (tmp_path / "wheels").mkdir()
     (home / ".config/pip/pip.conf").write_text(f"[global]\nfind-links = {tmp_path / 'wheels'}\n")
-    p = subprocess.run(["bash", str(ROOT / "docker/build.sh"), "cpu"], env={**podman, "HOME": str(home)}, cwd=ROOT,
-                       capture_output=True, text=True, timeout=2400)
+    env = {k: v for k, v in podman.items() if k not in ("PIP_CONFIG_FILE", "XDG_CONFIG_HOME")}
+    env.update(HOME=str(home), HVDFAST_CACHE=str(tmp_path / "cache"))  # pip reads ~/.config/pip/pip.conf
+    p = subprocess.run(["bash", str(ROOT / "docker/build.sh"), "cpu"], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=2400)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    conf = (home / ".cache/hvdfast/build-pip.conf").read_text()
+    conf = (tmp_path / "cache/build-pip.conf").read_text()
     assert f"find-links = {tmp_path / 'wheels'}" in conf, conf         # the build was given the other sources
     log = p.stdout + p.stderr
     steps = log.count("STEP ")
