@@ -57,8 +57,8 @@ def test_data_check_names_a_corrupt_file(tmp_path):
 
 def test_a_cli_process_ends_with_its_heap_out_of_the_exit_collection(tmp_path):
     """`hvdfast ...` as a process (console script, python -m hvdfast.cli) freezes the heap as it ends, so the
-    interpreter's exit skips a cyclic collection over torch's objects (cli.lighten_exit); called in-process with
-    arguments, main leaves the collector alone (the caller lives on)."""
+    interpreter's exit skips a cyclic collection over torch's objects (process.lighten_exit); called in-process
+    with arguments, main leaves the collector alone (the caller lives on)."""
     import gc
     import sys
     from hvdfast import cli

@@ -304,5 +304,5 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    from hvdfast.cli import run_process
+    from hvdfast.process import run_process
     run_process(main)

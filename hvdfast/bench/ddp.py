@@ -108,5 +108,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from hvdfast.cli import run_process
+    from hvdfast.process import run_process
     run_process(main)

@@ -34,5 +34,5 @@ def main(out: Path, data_dir: str, every: int) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
-    from hvdfast.cli import lighten_exit
+    from hvdfast.process import lighten_exit
     lighten_exit()  # the process ends here: no exit-time GC over torch's objects

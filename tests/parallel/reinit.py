@@ -22,5 +22,5 @@ for round_ in range(3):
     rank, size = hvd.rank(), hvd.size()
     hvd.shutdown()
 (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "size": size, "sums": sums, "env": env}))
-from hvdfast.cli import lighten_exit  # noqa: E402
+from hvdfast.process import lighten_exit  # noqa: E402
 lighten_exit()  # the process ends here: no exit-time GC over torch's objects

@@ -24,5 +24,5 @@ def main(out: Path, data_dir: str, backend: str, batch: int) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    from hvdfast.cli import lighten_exit
+    from hvdfast.process import lighten_exit
     lighten_exit()  # the process ends here: no exit-time GC over torch's objects
