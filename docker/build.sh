@@ -17,14 +17,14 @@ FLAVOR=${1:-cpu}
 [ $# -gt 0 ] && shift
 case $FLAVOR in cpu|gpu) ;; *) echo "usage: docker/build.sh [cpu|gpu] [build options]" >&2; exit 2;; esac
 TAG=${HVDFAST_IMAGE:-hvdfast:$FLAVOR}
-CACHE=${HVDFAST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdfast}
+CACHE=${HVDFAST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdfast}  # containers.conf, the build's pip.conf
+mkdir -p "$CACHE"
 LOCAL_BASE=localhost/hvdfast-base:bookworm
 log() { echo "[hvdfast image] $*" >&2; }
 
 if command -v podman >/dev/null; then
   ENGINE=podman
   if [ -z "${CONTAINERS_CONF:-}" ]; then
-    mkdir -p "$CACHE"
     export CONTAINERS_CONF=$CACHE/containers.conf
     { echo "[containers]"; echo "default_ulimits = []"
       if command -v runc >/dev/null; then echo "[engine]"; echo 'runtime = "runc"'; fi; } > "$CONTAINERS_CONF"
@@ -99,7 +99,6 @@ while IFS= read -r line; do
   [ "$section" = install ] || [ -z "${conf[$key]:-}" ] && conf[$key]=$value
   for item in $value; do mount_for "$item"; done
 done < <("$PY" -m pip config list 2>/dev/null | grep -v '^:env:' || true)
-mkdir -p "$CACHE"
 pip_conf=$CACHE/build-pip.conf
 { echo "[global]"; for key in "${!conf[@]}"; do echo "$key = ${conf[$key]}"; done; } > "$pip_conf"
 mounts+=(--volume "$pip_conf:/run/hvdfast-pip.conf:ro")
