@@ -2,7 +2,9 @@
 link, through horovodrun over ssh) and torchrun + DDP, a few steps of a small model each. Timing is the
 benchmark's business; this checks that every variant ran across the hosts, that each one's ranks agree, that the
 report has every column, that the bytes each worker sent match its wire format, that the tuning measured every
-format under both controllers (and both of MPI's algorithms), and that each host ran on cores of its own."""
+format under both controllers (and both of MPI's algorithms), that each host ran on cores of its own, and that
+every lossy format an hvdfast row sent was trained on real digits beside uncompressed, its cost in the rows."""
+import statistics
 import json
 import os
 import subprocess
@@ -14,10 +16,10 @@ from hvdfast.bench import hosts
 
 COLUMNS = {"link", "variant", "settings", "img_s", "efficiency", "comm_share", "comm_wait_s", "wire_mb_per_step",
            "peak_rss_mb", "vs_best_ddp", "vs_ddp_default", "ranks_agree", "alone_img_s", "floor_img_s", "vs_floor",
-           "efficiency_rounds"}
+           "efficiency_rounds", "top1_cost_pt"}
 
 
-def test_two_hosts_on_a_shaped_link(tmp_path):
+def test_two_hosts_on_a_shaped_link(tmp_path, short_digits_dir):
     why = hosts.unavailable()
     if why:
         pytest.skip(f"emulated hosts unavailable: {why}")
@@ -25,7 +27,8 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     proc = subprocess.run(hvdfast_cmd("bench", "cluster", "--links", "1gbit", "--variants",
                                       "hvdfast,ddp,hvdfast@horovod.compression=fp16",
                                       "--model", "resnet18", "--image-size", "32", "--steps", "2", "--warmup", "1",
-                                      "--tune-steps", "1", "--out-dir", str(tmp_path)),
+                                      "--tune-steps", "1", "--out-dir", str(tmp_path),
+                                      "--accuracy-epochs", "0.5", f"data.dir={short_digits_dir}"),
                           env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(next(tmp_path.glob("cluster-*.json")).read_text())
@@ -78,6 +81,20 @@ def test_two_hosts_on_a_shaped_link(tmp_path):
     for r in rows.values():
         assert r["efficiency"] == r["img_s"] / limit and r["vs_floor"] == r["img_s"] / floor
         assert r["efficiency_rounds"] == [r["efficiency"]]  # one round: its run against its own limit
+    # the accuracy cost: every lossy format of the hvdfast rows (the A/B's fp16, and the tuned choice if lossy)
+    # trained on the digits with that format, beside uncompressed, seed 0; each row's cost is its final top-1 minus
+    # uncompressed's
+    acc = report["accuracy"]
+    lossy = {r["settings"] for r in [*rows.values(), ab] if r["variant"].startswith("hvdfast")} - {"none"}
+    assert set(acc["runs"]) == lossy | {"none"}
+    for fmt, runs in acc["runs"].items():
+        assert [(r["seed"], r["compression"]) for r in runs] == [(0, fmt)]
+    ref = statistics.mean(r["final_top1"] for r in acc["runs"]["none"])
+    for r in [*rows.values(), ab]:
+        want = (acc["runs"][r["settings"]][0]["final_top1"] - ref
+                if r["variant"].startswith("hvdfast") and r["settings"] != "none" else None)
+        assert r["top1_cost_pt"] == want, (r["variant"], r["top1_cost_pt"], want)
+    assert "Accuracy of the wire formats" in next(tmp_path.glob("cluster-*.md")).read_text()
     assert report["switch_filtering_off"] is True  # the bridge (the switch) runs no iptables on the hosts' cores
     assert list(tmp_path.glob("cluster-*.png")) and list(tmp_path.glob("cluster-*.md"))
     assert not [line for line in os.popen("ip netns list").read().splitlines() if "hvdfast" in line]

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from ..launch import commands
 from ..tune import transport
-from . import hosts
+from . import accuracy, hosts
 
 LINKS = {"100mbit": "100mbit", "1gbit": "1gbit", "10gbit": "10gbit", "unlimited": None}
 DDP_HOOKS = {"ddp": "none", "ddp-fp16": "fp16", "ddp-bf16": "bf16", "ddp-powersgd": "powersgd"}
@@ -224,19 +224,24 @@ def run(args) -> int:
     try:  # a mistyped key or value is refused now, not after the cluster is built and a link tuned
         for _, overrides in settings.values():
             config.load(recipe, [*args.overrides, *overrides])
+        # the accuracy runs' data, checked now rather than after the timed runs
+        why = args.accuracy_seeds and accuracy.unavailable(recipe, [*args.overrides, f"model.name={args.model}"],
+                                                           args.accuracy_epochs)
     except config.ConfigError as exc:
         raise SystemExit(f"hvdfast bench cluster: {exc}") from None
+    if why:
+        raise SystemExit(f"hvdfast bench cluster: {why}.")
     why = hosts.unavailable()
     if why:
         raise SystemExit(f"hvdfast bench cluster: cannot build the emulated hosts here: {why}.")
     tune_controllers = allreduce.controllers(args.tune_controllers)
     hw = hardware()
     rows, tuned_docs = [], {}
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="hvdfast-cluster-") as tmp:
         bench = Bench(args, Path(tmp))
         try:
             bench.cluster.start()
-            say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
             results: dict = {}
             alone_runs = {link: {"hvdfast": [], "horovod": []} for link in links}
             floor_runs: dict = {link: [] for link in links}
@@ -297,13 +302,14 @@ def run(args) -> int:
                 # A/B: each round's run against plain hvdfast's run of the same round (minutes apart)
                 r["vs_hvdfast"] = r["img_s"] / base["img_s"]
                 r["vs_hvdfast_rounds"] = [a / b for a, b in zip(r["img_s_rounds"], base["img_s_rounds"])]
+    acc = accuracy_of_rows(args, recipe, rows, tuned_docs, say)
     cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("transport", "transport"),
             ("img_s", "img/s"),
             ("efficiency", "efficiency"), ("efficiency_rounds", "each round"), ("comm_share", "comm share of step"),
             ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
             ("vs_floor", "x floor"), ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"),
-            ("ranks_agree", "ranks agree")]
+            ("top1_cost_pt", "top-1 cost, pt"), ("ranks_agree", "ranks agree")]
     if any("vs_hvdfast" in r for r in rows):
         cols[-1:-1] = [("vs_hvdfast", "x hvdfast"), ("vs_hvdfast_rounds", "x hvdfast, each round")]
     table = markdown_table(rows, cols)
@@ -325,6 +331,8 @@ def run(args) -> int:
             f"measured before each link in every round: {limit:.2f} img/s over all, each link's efficiency against "
             f"its own (second table); the bridge between the hosts "
             f"{'without' if bench.cluster.switch_filtering_off else 'WITH'} the machine's netfilter hooks\n\n{table}")
+    if acc:
+        text += "\n\n" + accuracy.table(acc)
     for link, doc in tuned_docs.items():
         text += f"\n\nhvdfast tune on {link}: " + "; ".join(doc["why"])
     print(f"{header(hw)}\n{text}")  # the report file has the header already (report.write)
@@ -332,10 +340,34 @@ def run(args) -> int:
                                                   "host_cpus": bench.cpus, "rows": rows, "alone": alone,
                                                   "alone_by_link": alone_by_link, "floor": floor,
                                                   "switch_filtering_off": bench.cluster.switch_filtering_off,
-                                                  "tuned": tuned_docs}, text)
+                                                  "tuned": tuned_docs, "accuracy": acc}, text)
     plot(rows, j.with_suffix(".png"))
     print(f"\nwrote {j}, {md} and {j.with_suffix('.png')}")
     return 0
+
+
+def accuracy_of_rows(args, recipe, rows: list[dict], tuned_docs: dict, say) -> dict | None:
+    """The accuracy cost of every lossy wire format among the hvdfast rows (bench/accuracy.py), put in each row
+    as "top1_cost_pt" (final top-1 against uncompressed, points; None for a lossless row or a baseline, whose
+    workers train on synthetic images only). None when no hvdfast row sent a lossy format or --accuracy-seeds 0."""
+    wire = {}
+    for r in rows:
+        r["top1_cost_pt"] = None
+        name, overrides = split_variant(r["variant"])
+        if name == "hvdfast" and r["settings"] != accuracy.LOSSLESS:
+            # what the workers said they sent decides the format; the tuned file and the row's own settings the rest
+            wire[id(r)] = accuracy.wire_settings(tuned_docs.get(r["link"]), overrides) | {
+                "horovod.compression": r["settings"]}
+    formats = list({tuple(sorted(w.items())): w for w in wire.values()}.values())
+    if not formats or not args.accuracy_seeds:
+        return None
+    acc = accuracy.measure(recipe, formats, workers=args.hosts, seeds=args.accuracy_seeds,
+                           epochs=args.accuracy_epochs, overrides=[*args.overrides, f"model.name={args.model}"],
+                           say=say)
+    for r in rows:
+        if id(r) in wire:
+            r["top1_cost_pt"] = acc["cost_pt"][accuracy.label(wire[id(r)], formats)]["final"]
+    return acc
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -370,7 +402,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hvdfast bench cluster", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="launch/configs/digits-cpu.yaml",
-                   help="recipe whose precision, layout and Horovod knobs the hvdfast variant starts from")
+                   help="recipe whose precision, layout and Horovod knobs the hvdfast variant starts from, and "
+                        "which the accuracy runs train")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.add_argument("--links", default=",".join(LINKS), help=f"link presets, comma separated ({', '.join(LINKS)})")
     p.add_argument("--variants", default=",".join(VARIANTS),
@@ -396,6 +429,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-controllers",
                    help="Horovod controllers the tuning on each link measures every wire format with, comma "
                         "separated (default: those this Horovod was built with)")
+    p.add_argument("--accuracy-seeds", type=int, default=1,
+                   help="after the timed runs: train the recipe (--config: the digits set) on this host with each "
+                        "lossy wire format the hvdfast rows sent and uncompressed, seeds 0..N-1, and report each "
+                        "format's top-1 cost in points (0: skip)")
+    p.add_argument("--accuracy-epochs", type=float, help="epochs of each accuracy run (default: the recipe's)")
     p.add_argument("--powersgd-rank", type=int, default=4, help="DDP's PowerSGD hook rank (hvdfast: its recipe)")
     p.add_argument("--ddp-bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
     p.add_argument("--timeout", type=int, default=900, help="seconds per run")

@@ -70,6 +70,45 @@ def _last_error(log: Path) -> str:
     return lines[-1][-200:] if lines else "no output"
 
 
+def train_cells(spec: grid.Spec, todo: list[grid.Cell], out: Path, target: str = "local",
+                extra: list[str] = ()) -> dict[str, str]:
+    """Train `todo` one after another, each through `hvdfast launch TARGET` into out/cells/<cell id>/ (its command
+    and output in launch.log there), one line per cell; returns {cell id: the last error line} of the cells that
+    failed. The study's loop, and `hvdfast bench cluster`'s accuracy runs. Ctrl-C: says which cell it stopped in
+    and raises KeyboardInterrupt."""
+    if todo:
+        _ensure_data(spec)
+    failed: dict[str, str] = {}
+    for i, cell in enumerate(todo, 1):
+        run_dir = out / "cells" / cell.id
+        cmd = launch_cmd(spec, cell, run_dir, target, list(extra))
+        if run_dir.exists():  # an interrupted cell restarts: its times must come from one uninterrupted run
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "cell.json").write_text(json.dumps({"cell": cell.id, "axis": cell.axis,
+                                                       "overrides": grid.overrides(spec, cell, run_dir)}))
+        t0 = time.time()
+        with (run_dir / "launch.log").open("w") as log:
+            log.write(shlex.join(cmd) + "\n")
+            log.flush()
+            try:
+                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+            except KeyboardInterrupt:
+                print(f"hvdfast: interrupted in cell {cell.id}; the same command trains it again and then the "
+                      f"rest ({i - 1} of {len(todo)} trained)", file=sys.stderr, flush=True)
+                raise
+        r = report.row(cell, run_dir, "done" if rc == 0 else f"failed (exit {rc})")
+        if rc != 0 or r["status"] != "done":
+            failed[cell.id] = _last_error(run_dir / "launch.log")
+            print(f"[{i}/{len(todo)}] {cell.id}: FAILED (exit {rc}): {failed[cell.id]}", flush=True)
+            continue
+        t = r["time_to_target_s"]
+        print(f"[{i}/{len(todo)}] {cell.id}: best {r['best_top1']}%, final {r['final_top1']}%, "
+              f"{'not reached' if t is None or not spec.target_top1 else f'{t} s to {spec.target_top1:g}%'}, "
+              f"{r['img_s']} img/s ({time.time() - t0:.0f} s with start-up)", flush=True)
+    return failed
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hvdfast study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,43 +130,16 @@ def main(argv=None) -> int:
     failed: dict[str, str] = {}
     todo = [c for c in cells if args.only in c.id and not _done(spec, c, out / "cells" / c.id)]
     if not args.report:
-        if todo and not args.dry_run:
-            _ensure_data(spec)
+        if args.dry_run:
+            for cell in todo:
+                print(shlex.join(launch_cmd(spec, cell, out / "cells" / cell.id, args.target, extra)))
+            return 0
         print(f"hvdfast study: {len(cells)} cells in {out}; {len(cells) - len(todo)} done, {len(todo)} to train",
               flush=True)
-        for i, cell in enumerate(todo, 1):
-            run_dir = out / "cells" / cell.id
-            cmd = launch_cmd(spec, cell, run_dir, args.target, extra)
-            if args.dry_run:
-                print(shlex.join(cmd))
-                continue
-            if run_dir.exists():  # an interrupted cell restarts: its times must come from one uninterrupted run
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
-            (run_dir / "cell.json").write_text(json.dumps({"cell": cell.id, "axis": cell.axis,
-                                                           "overrides": grid.overrides(spec, cell, run_dir)}))
-            t0 = time.time()
-            with (run_dir / "launch.log").open("w") as log:
-                log.write(shlex.join(cmd) + "\n")
-                log.flush()
-                try:
-                    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-                except KeyboardInterrupt:  # Ctrl-C reaches the launcher too (same process group)
-                    print(f"hvdfast study: interrupted in cell {cell.id}; the same command trains it again and "
-                          f"then the rest ({len(cells) - len(todo) + i - 1} of {len(cells)} cells are done)",
-                          file=sys.stderr, flush=True)
-                    return 130
-            r = report.row(cell, run_dir, "done" if rc == 0 else f"failed (exit {rc})")
-            if rc != 0 or r["status"] != "done":
-                failed[cell.id] = _last_error(run_dir / "launch.log")
-                print(f"[{i}/{len(todo)}] {cell.id}: FAILED (exit {rc}): {failed[cell.id]}", flush=True)
-                continue
-            t = r["time_to_target_s"]
-            print(f"[{i}/{len(todo)}] {cell.id}: best {r['best_top1']}%, final {r['final_top1']}%, "
-                  f"{'not reached' if t is None else f'{t} s to {spec.target_top1:g}%'}, {r['img_s']} img/s "
-                  f"({time.time() - t0:.0f} s with start-up)", flush=True)
-        if args.dry_run:
-            return 0
+        try:
+            failed = train_cells(spec, todo, out, args.target, extra)
+        except KeyboardInterrupt:  # Ctrl-C reaches the launcher too (same process group); train_cells said where
+            return 130
     rows = []
     for c in cells:
         run_dir = out / "cells" / c.id
