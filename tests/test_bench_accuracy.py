@@ -29,7 +29,9 @@ def test_formats_are_named_by_their_wire_format_and_what_sets_twins_apart():
 
 def test_runs_that_could_not_train_are_refused_up_front(tmp_path):
     recipe = "launch/configs/digits-cpu.yaml"
-    assert accuracy.unavailable(recipe, [f"data.dir={tmp_path / 'digits'}"], None) is None  # written when missing
-    why = accuracy.unavailable(recipe, [f"data.dir={tmp_path / 'imagenet'}"], None)
+    assert accuracy.unavailable(recipe, [f"data.dir={tmp_path / 'digits'}"], 1, None) is None  # written if missing
+    why = accuracy.unavailable(recipe, [f"data.dir={tmp_path / 'imagenet'}"], 1, None)
     assert "has no train/ folder" in why and "--accuracy-seeds 0" in why
-    assert "must be > 0" in accuracy.unavailable(recipe, [], 0.0)
+    assert accuracy.unavailable(recipe, [f"data.dir={tmp_path / 'imagenet'}"], 0, None) is None  # no runs, no data
+    assert "must be > 0" in accuracy.unavailable(recipe, [], 1, 0.0)
+    assert "must be >= 0" in accuracy.unavailable(recipe, [], -1, None)

@@ -101,12 +101,15 @@ def test_two_hosts_on_a_shaped_link(tmp_path, short_digits_dir):
 
 
 def test_settings_are_refused_before_any_host_is_built():
-    # a mistyped key, settings on a baseline, an unknown link: one line each, before namespaces or root matter
+    # a mistyped key, settings on a baseline, an unknown link, data the accuracy runs lack: one line each,
+    # before namespaces or root matter
     for args, says in [(["--variants", "hvdfast,hvdfast@horovod.cycl_time_ms=2"],
                         "unknown config key 'horovod.cycl_time_ms'"),
                        (["--variants", "ddp@horovod.cycle_time_ms=2"], "only the hvdfast variant takes settings"),
                        (["--variants", "hvdfast@"], "only the hvdfast variant takes settings"),
-                       (["--links", "2gbit"], "unknown link '2gbit'")]:
+                       (["--links", "2gbit"], "unknown link '2gbit'"),
+                       # the accuracy runs' data, before the timed runs rather than after them
+                       (["data.dir=/no/such/imagenet"], "no train/ folder")]:
         proc = subprocess.run(hvdfast_cmd("bench", "cluster", *args), env=launcher_env(), cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

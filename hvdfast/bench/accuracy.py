@@ -93,8 +93,13 @@ def measure(recipe: str | Path, formats: list[dict[str, str]], *, workers: int, 
             "cost_pt": cost, "settings": settings}
 
 
-def unavailable(recipe: str | Path, overrides: list[str], epochs: float | None) -> str | None:
-    """Why the accuracy runs could not train (checked before any timed run, not after them), or None."""
+def unavailable(recipe: str | Path, overrides: list[str], seeds: int, epochs: float | None) -> str | None:
+    """Why the accuracy runs could not train (checked before any timed run, not after them), or None. No runs
+    (seeds 0) need nothing."""
+    if seeds < 0:
+        return f"--accuracy-seeds must be >= 0 (0 skips the accuracy runs), got {seeds}"
+    if not seeds:
+        return None
     if epochs is not None and epochs <= 0:
         return f"--accuracy-epochs must be > 0, got {epochs:g}"
     data_dir = Path(config.load(recipe, overrides).data.dir)

@@ -225,8 +225,8 @@ def run(args) -> int:
         for _, overrides in settings.values():
             config.load(recipe, [*args.overrides, *overrides])
         # the accuracy runs' data, checked now rather than after the timed runs
-        why = args.accuracy_seeds and accuracy.unavailable(recipe, [*args.overrides, f"model.name={args.model}"],
-                                                           args.accuracy_epochs)
+        why = accuracy.unavailable(recipe, [*args.overrides, f"model.name={args.model}"], args.accuracy_seeds,
+                                   args.accuracy_epochs)
     except config.ConfigError as exc:
         raise SystemExit(f"hvdfast bench cluster: {exc}") from None
     if why:

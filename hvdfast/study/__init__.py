@@ -74,8 +74,8 @@ def train_cells(spec: grid.Spec, todo: list[grid.Cell], out: Path, target: str =
                 extra: list[str] = ()) -> dict[str, str]:
     """Train `todo` one after another, each through `hvdfast launch TARGET` into out/cells/<cell id>/ (its command
     and output in launch.log there), one line per cell; returns {cell id: the last error line} of the cells that
-    failed. The study's loop, and `hvdfast bench cluster`'s accuracy runs. Ctrl-C: says which cell it stopped in
-    and raises KeyboardInterrupt."""
+    failed. The study's loop, and `hvdfast bench cluster`'s accuracy runs. Ctrl-C: KeyboardInterrupt(the cell's
+    id), its folder left as it was."""
     if todo:
         _ensure_data(spec)
     failed: dict[str, str] = {}
@@ -93,10 +93,8 @@ def train_cells(spec: grid.Spec, todo: list[grid.Cell], out: Path, target: str =
             log.flush()
             try:
                 rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-            except KeyboardInterrupt:
-                print(f"hvdfast: interrupted in cell {cell.id}; the same command trains it again and then the "
-                      f"rest ({i - 1} of {len(todo)} trained)", file=sys.stderr, flush=True)
-                raise
+            except KeyboardInterrupt:  # Ctrl-C reaches the launcher too (same process group)
+                raise KeyboardInterrupt(cell.id) from None
         r = report.row(cell, run_dir, "done" if rc == 0 else f"failed (exit {rc})")
         if rc != 0 or r["status"] != "done":
             failed[cell.id] = _last_error(run_dir / "launch.log")
@@ -138,7 +136,10 @@ def main(argv=None) -> int:
               flush=True)
         try:
             failed = train_cells(spec, todo, out, args.target, extra)
-        except KeyboardInterrupt:  # Ctrl-C reaches the launcher too (same process group); train_cells said where
+        except KeyboardInterrupt as stop:
+            done = sum(_done(spec, c, out / "cells" / c.id) for c in cells)
+            print(f"hvdfast study: interrupted in cell {stop}; the same command trains it again and then the rest "
+                  f"({done} of {len(cells)} cells are done)", file=sys.stderr, flush=True)
             return 130
     rows = []
     for c in cells:
