@@ -25,6 +25,10 @@ communication between them (what the hosts' shared memory system leaves of the l
 it). Also reported: bytes each worker sends per step (the namespace's interface counters), peak memory per
 worker, and whether the ranks' final parameters agree.
 
+After the timed runs, the accuracy cost of every lossy wire format an hvdfast row sent (accuracy.py): the recipe
+trained on real images (the digits by default) on this host with that format and uncompressed, same seeds
+(--accuracy-seeds, 0 skips), each row's final top-1 against uncompressed in "top-1 cost, pt".
+
 Each worker host gets cores / hosts cores of its own (taskset on its sshd; the login host, which only launches,
 shares them all) and a worker of that many threads, as hosts of a real cluster do not share cores; the one-host
 runs of the compute limit run on the first worker host, so on the same cores. Without that (`--shared-cores`, or
