@@ -52,15 +52,17 @@ def measure(recipe: str | Path, formats: list[dict[str, str]], *, workers: int, 
             overrides: list[str], say=print) -> dict:
     """Train `recipe` uncompressed and with each of `formats` (settings from wire_settings), seeds 0..seeds-1,
     `workers` workers on this host. Returns {"recipe", "epochs", "seeds", "workers", "runs": {label: [run, ...]},
-    "cost_pt": {label: {"best", "final"}}, "settings": {label: settings}}: each run's best and final top-1 and the
-    compression it trained with (read back from its config.yaml); a format's cost is its mean over the seeds minus
-    uncompressed's, in points."""
+    "mean_top1": {label: {"best", "final"}}, "cost_pt": {label: {"best", "final"}}, "settings": {label: settings}}:
+    each run's best and final top-1 and the compression it trained with (read back from its config.yaml); a
+    format's cost is its mean over the seeds minus uncompressed's, in points."""
     cfg = config.load(recipe, overrides)
     data_set = Path(cfg.data.dir).name
     settings = {LOSSLESS: {}} | {label(f, formats): f for f in formats}
     names = list(settings)
-    variants = {f"f{i}-s{seed}": [*(f"{k}={v}" for k, v in settings[name].items()), f"train.seed={seed}"]
-                for i, name in enumerate(names) for seed in range(seeds)}
+    # each run, as the study variant that trains it -> (its format, its seed)
+    runs_of = {f"f{i}-s{seed}": (name, seed) for i, name in enumerate(names) for seed in range(seeds)}
+    variants = {v: [*(f"{k}={x}" for k, x in settings[name].items()), f"train.seed={seed}"]
+                for v, (name, seed) in runs_of.items()}
     spec = grid.Spec(recipe=str(recipe), epochs=epochs if epochs is not None else cfg.train.epochs,
                      target_top1=cfg.train.target_top1, workers=workers,
                      batch=cfg.data.batch_size * workers * cfg.horovod.backward_passes_per_step,
@@ -83,14 +85,14 @@ def measure(recipe: str | Path, formats: list[dict[str, str]], *, workers: int, 
         for c in cells:
             run_dir = Path(tmp) / "cells" / c.id
             s = report.summary(run_dir)
-            i, seed = (int(x) for x in c.variant[1:].split("-s"))
-            runs[names[i]].append({"seed": seed, "best_top1": s["best_top1"], "final_top1": s["final_top1"],
+            name, seed = runs_of[c.variant]
+            runs[name].append({"seed": seed, "best_top1": s["best_top1"], "final_top1": s["final_top1"],
                                    "compression": config.load(run_dir / "config.yaml").horovod.compression})
-    ref = runs[LOSSLESS]
-    cost = {name: {k: statistics.mean(r[f"{k}_top1"] for r in rs) - statistics.mean(r[f"{k}_top1"] for r in ref)
-                   for k in ("best", "final")} for name, rs in runs.items() if name != LOSSLESS}
+    mean = {name: {k: statistics.mean(r[f"{k}_top1"] for r in rs) for k in ("best", "final")}
+            for name, rs in runs.items()}
+    cost = {name: {k: m[k] - mean[LOSSLESS][k] for k in m} for name, m in mean.items() if name != LOSSLESS}
     return {"recipe": str(recipe), "epochs": spec.epochs, "seeds": seeds, "workers": workers, "runs": runs,
-            "cost_pt": cost, "settings": settings}
+            "mean_top1": mean, "cost_pt": cost, "settings": settings}
 
 
 def unavailable(recipe: str | Path, overrides: list[str], seeds: int, epochs: float | None) -> str | None:
@@ -115,10 +117,9 @@ def table(acc: dict) -> str:
     from .report import markdown_table
     rows = []
     for name, runs in acc["runs"].items():
-        cost = acc["cost_pt"].get(name)
+        cost, mean = acc["cost_pt"].get(name), acc["mean_top1"][name]
         rows.append({"format": name, "seeds": ", ".join(str(r["seed"]) for r in runs),
-                     "best": f"{statistics.mean(r['best_top1'] for r in runs):.2f}",
-                     "final": f"{statistics.mean(r['final_top1'] for r in runs):.2f}",
+                     "best": f"{mean['best']:.2f}", "final": f"{mean['final']:.2f}",
                      "cost_best": f"{cost['best']:+.2f}" if cost else "reference",
                      "cost_final": f"{cost['final']:+.2f}" if cost else "reference"})
     return (f"Accuracy of the wire formats ({acc['recipe']}, {acc['epochs']:g} epochs, {acc['workers']} workers on "
