@@ -67,8 +67,8 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
     return best, why
 
 
-# Across hosts: the gradient's wire format decides more than any Horovod knob. Each candidate is (compression,
-# bucket MiB), all measured and kept with HOST_CYCLE_MS. PowerSGD with 2, 6, 8 and 25 MiB buckets measured
+# Across hosts: the gradient's wire format decides more than any Horovod knob. Every format is measured with
+# HOST_BUCKET_MB buckets and HOST_CYCLE_MS, and kept with them. PowerSGD with 2, 6, 8 and 25 MiB buckets measured
 # within noise of each other at 100 Mbit/s and 1 Gbit/s (ResNet-50, 2 emulated hosts), 25 MiB at the top or tied:
 # fewer, larger buckets cost fewer calls. Every bucket's allreduce waits for a cycle of Horovod's background thread
 # (PowerSGD's two rounds wait twice): across hosts a 5 ms cycle beat the CPU recipe's 20 ms, which was chosen on one
@@ -76,7 +76,8 @@ def choose(rows: list[dict]) -> tuple[dict, list[str]]:
 # to 0.015-0.026 s per step, 1.6% faster over 12 pairs of runs; uncompressed at 10 Gbit/s: 0.019-0.027 to
 # 0.009-0.013 s, 2.3% faster over 2 pairs (2026-11-26, 2 emulated hosts).
 HOST_CYCLE_MS = 5.0
-HOST_CANDIDATES = (("none", 25.0), ("fp16", 25.0), ("powersgd", 25.0))
+HOST_BUCKET_MB = 25.0
+HOST_COMPRESSIONS = ("none", "fp16", "powersgd")
 # PowerSGD sends an approximation of each weight's gradient (error feedback carries the rest into later steps);
 # it must be this much faster than the best format that sends the whole gradient (none, or fp16-rounded) to win.
 APPROX_MARGIN = 1.05
@@ -98,39 +99,44 @@ def transport(controller: str, mpi_allreduce: str | None) -> str:
     return controller + (f" ({mpi_allreduce})" if mpi_allreduce not in (None, "auto") else "")
 
 
-def host_overrides(compression: str, bucket_mb: float, mpi_allreduce: str = "auto") -> list[str]:
-    """The settings a wire format is timed with across the hosts (and kept with when chosen)."""
-    return [f"horovod.compression={compression}", f"horovod.bucket_mb={bucket_mb:g}", "horovod.op=prescaled",
-            f"horovod.cycle_time_ms={HOST_CYCLE_MS:g}", f"horovod.mpi_allreduce={mpi_allreduce}",
-            "horovod.tuned=never"]
+def host_overrides(mpi_allreduce: str = "auto") -> list[str]:
+    """The settings every wire format is timed with across the hosts (and kept with when chosen)."""
+    return [f"horovod.bucket_mb={HOST_BUCKET_MB:g}", "horovod.op=prescaled", f"horovod.cycle_time_ms={HOST_CYCLE_MS:g}",
+            f"horovod.mpi_allreduce={mpi_allreduce}", "horovod.tuned=never"]
 
 
 def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
     """Train a few synthetic steps across the hosts with each controller (under MPI, each of MPI_ALGORITHMS) and
-    candidate wire format and keep the fastest (PowerSGD only when it beats the whole-gradient formats, on any
-    controller, by APPROX_MARGIN). measure(overrides, steps, controller) runs `hvdfast bench train`'s worker across
-    the hosts under horovodrun with that controller and returns its per-rank results.
+    wire format and keep the fastest (PowerSGD only when it beats the whole-gradient formats, on any controller, by
+    APPROX_MARGIN). measure(overrides, steps, controller, compressions) runs `hvdfast bench train`'s worker across
+    the hosts under horovodrun with that controller, once, timing each wire format in turn in the same processes
+    (a launch per transport, not per candidate), and returns {format: per-rank results}.
 
     The controller is measured, not assumed: over TCP Open MPI's allreduce reached 0.55 of the line rate where
     Horovod's Gloo controller reached 0.95 (uncompressed at 1 Gbit/s Gloo was 1.6x faster), yet at 10 Gbit/s MPI was
     1.16x faster (2 emulated hosts, 2026-11-25/26): which one wins depends on the link and the wire format."""
     rows = []
-    for ctl in controllers:
-        for algo in (MPI_ALGORITHMS if ctl == "mpi" else ("auto",)):  # Gloo's allreduce is Gloo's own
-            for comp, mb in HOST_CANDIDATES:
-                ranks = measure(host_overrides(comp, mb, algo), steps, ctl)
-                rate = sum(r["img_s"] for r in ranks)
-                rows.append({"controller": ranks[0]["controller"], "mpi_allreduce": algo, "compression": comp,
-                             "bucket_mb": mb, "img_s": rate, "timings": [rate],
-                             "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
+    paths = [(ctl, algo) for ctl in controllers
+             for algo in (MPI_ALGORITHMS if ctl == "mpi" else ("auto",))]  # Gloo's allreduce is Gloo's own
+    for ctl, algo in paths:
+        by = measure(host_overrides(algo), steps, ctl, HOST_COMPRESSIONS)
+        for comp in HOST_COMPRESSIONS:
+            ranks = by[comp]
+            rate = sum(r["img_s"] for r in ranks)
+            rows.append({"controller": ranks[0]["controller"], "mpi_allreduce": algo, "compression": comp,
+                         "bucket_mb": HOST_BUCKET_MB, "img_s": rate, "timings": [rate],
+                         "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
     lead = max(r["img_s"] for r in rows)
     close = [r for r in rows if r["img_s"] * RUNOFF >= lead]
-    if len(close) > 1:
-        for r in reversed(close):
-            ranks = measure(host_overrides(r["compression"], r["bucket_mb"], r["mpi_allreduce"]), steps,
-                            r["controller"])
-            r["timings"].append(sum(x["img_s"] for x in ranks))
-            r["img_s"] = sum(r["timings"]) / len(r["timings"])
+    if len(close) > 1:  # again, in the reverse order: the last transport first, its formats last to first
+        for ctl, algo in reversed(paths):
+            again = [r for r in reversed(close) if (r["controller"], r["mpi_allreduce"]) == (ctl, algo)]
+            if not again:
+                continue
+            by = measure(host_overrides(algo), steps, ctl, [r["compression"] for r in again])
+            for r in again:
+                r["timings"].append(sum(x["img_s"] for x in by[r["compression"]]))
+                r["img_s"] = sum(r["timings"]) / len(r["timings"])
     whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["img_s"])
     fastest = max(rows, key=lambda r: r["img_s"])
     best = fastest if fastest["img_s"] > APPROX_MARGIN * whole["img_s"] else whole
@@ -168,15 +174,15 @@ def _main_hosts(args) -> int:
                               controller=None, timeout=args.timeout)
     n = sum(int(h.split(":")[1]) if ":" in h else 1 for h in args.hosts.split(","))
 
-    def measure(overrides, steps, controller):
+    def measure(overrides, steps, controller, compressions):
         run = argparse.Namespace(**vars(spec), steps=steps)
         run.overrides = spec.overrides + overrides
         run.controller = controller
+        algo = next(o.partition("=")[2] for o in overrides if o.startswith("horovod.mpi_allreduce="))
         with tempfile.TemporaryDirectory() as tmp:
-            shown = [o for o in overrides if o.startswith(("horovod.compression=", "horovod.bucket_mb="))
-                     or (o.startswith("horovod.mpi_allreduce=") and not o.endswith("=auto"))]
-            print(f"  {controller}: {' '.join(shown)} ...", file=sys.stderr, flush=True)
-            return train._launch("hvdfast", run, n, Path(tmp) / "out.json", hosts=args.hosts, nic=args.nic)
+            print(f"  {transport(controller, algo)}: {', '.join(compressions)} ...", file=sys.stderr, flush=True)
+            return train.by_format(train._launch("hvdfast", run, n, Path(tmp) / "out.json", hosts=args.hosts,
+                                                 nic=args.nic, compressions=compressions))
 
     doc = tune_hosts(measure, args.steps, allreduce.controllers(args.controllers))
     hw = hardware()

@@ -10,14 +10,15 @@ from hvdfast.bench import allreduce
 def pick(img_s: dict, controllers=("mpi",)) -> dict:
     """img_s: by compression, or by (path, compression) where a path (the controller, and under MPI Open MPI's
     algorithm: "mpi", "mpi (recursive_doubling)", "gloo") differs; a forced algorithm not given runs as "mpi"."""
-    def measure(overrides, steps, controller):
-        comp = overrides[0].split("=")[1]
+    def measure(overrides, steps, controller, compressions):
         algo = next(o.split("=")[1] for o in overrides if o.startswith("horovod.mpi_allreduce="))
-        assert "horovod.cycle_time_ms=5" in overrides  # every candidate measured with the cycle it would keep
+        # every format measured with the buckets and cycle it would keep, in one launch per transport
+        assert {"horovod.cycle_time_ms=5", "horovod.bucket_mb=25"} <= set(overrides)
+        assert set(compressions) <= {"none", "fp16", "powersgd"}
         assert controller == "mpi" or algo == "auto"   # Open MPI's algorithm only matters under MPI
         path = controller + ("" if algo == "auto" else f" ({algo})")
-        rate = img_s.get((path, comp)) or img_s.get((controller, comp)) or img_s[comp]
-        return [{"img_s": rate / 2, "wire_mb_per_step": 1.0, "controller": controller}] * 2
+        return {comp: [{"img_s": (img_s.get((path, comp)) or img_s.get((controller, comp)) or img_s[comp]) / 2,
+                        "wire_mb_per_step": 1.0, "controller": controller}] * 2 for comp in compressions}
     return tune.tune_hosts(measure, steps=2, controllers=controllers)
 
 
@@ -60,14 +61,15 @@ def test_close_candidates_are_timed_again_in_reverse_and_chosen_by_their_mean():
                "rd none": [16.0], "rd fp16": [17.0], "rd powersgd": [14.0]}
     calls = []
 
-    def measure(overrides, steps, controller):
-        comp = overrides[0].split("=")[1]
-        key = ("rd " if "horovod.mpi_allreduce=recursive_doubling" in overrides else "") + comp
-        calls.append(key)
-        rate = timings[key][sum(c == key for c in calls) - 1]  # a third timing of anything raises IndexError
-        return [{"img_s": rate / 2, "wire_mb_per_step": 1.0, "controller": controller}] * 2
+    def measure(overrides, steps, controller, compressions):
+        rd = "rd " if "horovod.mpi_allreduce=recursive_doubling" in overrides else ""
+        calls.append([rd + comp for comp in compressions])  # one launch: its formats in the order timed
+        done = [k for launch in calls for k in launch]
+        # a third timing of anything raises IndexError
+        return {comp: [{"img_s": timings[rd + comp][done.count(rd + comp) - 1] / 2, "wire_mb_per_step": 1.0,
+                        "controller": controller}] * 2 for comp in compressions}
     doc = tune.tune_hosts(measure, steps=2)
-    assert calls == ["none", "fp16", "powersgd", "rd none", "rd fp16", "rd powersgd", "fp16", "none"]
+    assert calls == [["none", "fp16", "powersgd"], ["rd none", "rd fp16", "rd powersgd"], ["fp16", "none"]]
     assert doc["horovod"]["compression"] == "fp16" and doc["horovod"]["mpi_allreduce"] == "auto"  # 19.7 vs 19.0
     got = {(c["mpi_allreduce"], c["compression"]): (c["img_s"], c["timings"]) for c in doc["candidates"]}
     assert got == {("auto", "none"): (19.0, [20.0, 18.0]), ("auto", "fp16"): (19.7, [19.5, 19.9]),
@@ -80,7 +82,7 @@ def test_close_candidates_are_timed_again_in_reverse_and_chosen_by_their_mean():
     timings.update({"none": [5.0], "fp16": [9.0], "powersgd": [18.0], "rd none": [6.0], "rd fp16": [10.0],
                     "rd powersgd": [17.0]})
     assert tune.tune_hosts(measure, steps=2)["horovod"]["compression"] == "powersgd"
-    assert calls == ["none", "fp16", "powersgd", "rd none", "rd fp16", "rd powersgd"]
+    assert calls == [["none", "fp16", "powersgd"], ["rd none", "rd fp16", "rd powersgd"]]
 
 
 def test_open_mpis_algorithm_is_chosen_with_the_wire_format_and_applied_from_the_file(tmp_path):

@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 from ..launch import commands
 from ..tune import transport
@@ -95,26 +96,36 @@ class Bench:
                                   warmup=a.warmup, baseline_threads=str(self.threads), controller=a.controller)
 
     def _horovod_cmd(self, variant: str, overrides: list[str], on: list[str], steps: int | None,
-                     controller: str | None) -> tuple[list[str], Path]:
+                     controller: str | None, compressions: Sequence[str] = ()) -> tuple[list[str], Path]:
         """horovodrun, as the login host starts it, of the hvdfast or baseline worker of `hvdfast bench train`
-        with one worker on each host of `on`; and the file the workers' results go to."""
+        with one worker on each host of `on` (timing each of `compressions` in turn, where given); and the file the
+        workers' results go to."""
         from . import train
         targs = self._train_args(overrides)
         targs.steps = steps or targs.steps
         targs.controller = controller or targs.controller
         out = self._out(variant)
-        program = train.worker_program("hvdfast" if variant == "hvdfast" else "baseline", targs, out, self.threads)
+        program = train.worker_program("hvdfast" if variant == "hvdfast" else "baseline", targs, out, self.threads,
+                                       compressions)
         return train.launcher_cmd(variant, targs, len(on), program, hosts=",".join(f"{h}:1" for h in on),
                                   nic="hvd0"), out
 
     def horovod(self, variant: str, overrides: list[str], n: int | None = None, steps: int | None = None,
-                controller: str | None = None) -> list[dict]:
-        """One horovodrun job over the first `n` worker hosts (default: all), from the login host."""
+                controller: str | None = None, compressions: Sequence[str] = ()) -> list:
+        """One horovodrun job over the first `n` worker hosts (default: all), from the login host: per-rank
+        results (with `compressions`, per rank one per format)."""
         from . import train
         on = self.workers[:n or len(self.workers)]
-        cmd, out = self._horovod_cmd(variant, overrides, on, steps, controller)
+        cmd, out = self._horovod_cmd(variant, overrides, on, steps, controller, compressions)
         proc = self.cluster.ssh("login", shlex.join(cmd), self.env, ROOT, timeout=self.args.timeout)
         return train.read_result(variant, len(on), proc, out)
+
+    def formats(self, overrides: list[str], steps: int, controller: str, compressions: Sequence[str]) -> dict:
+        """One hvdfast job over every worker host timing each wire format in turn: {format: per-rank results}
+        (tune.tune_hosts' `measure`)."""
+        from . import train
+        return train.by_format(self.horovod("hvdfast", overrides, steps=steps, controller=controller,
+                                            compressions=compressions))
 
     def apart(self, variant: str, overrides: list[str]) -> list[dict]:
         """A one-worker horovodrun job on every worker host at the same time: the workers compute side by side
@@ -268,9 +279,7 @@ def run(args) -> int:
                         name, overrides = settings[v]
                         if name == "hvdfast":
                             if link not in tuned_docs:  # hvdfast tune --hosts on this link, once
-                                doc = tune.tune_hosts(
-                                    lambda o, steps, ctl: bench.horovod("hvdfast", o, steps=steps, controller=ctl),
-                                    args.tune_steps, tune_controllers)
+                                doc = tune.tune_hosts(bench.formats, args.tune_steps, tune_controllers)
                                 tune.save(doc, Path(tmp) / f"tuned-{link}.yaml")
                                 tuned_docs[link] = doc
                             # the settings of an A/B variant come after the tuned file, and a setting the

@@ -14,6 +14,7 @@ waiting for the gradient allreduce after backward, and the optimizer update.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -65,8 +67,10 @@ def cpus() -> str:
 
 
 def _worker(args) -> None:
-    from .. import config, dist, engine, models, tuned
-    from ..run.summary import param_digest
+    """One variant's run on this rank; with --compressions, one run per wire format in this process (the model and
+    optimizer built anew for each, each with its warm-up), as `hvdfast tune --hosts` times the formats: one launch
+    per controller instead of one per format, the launch (seconds on a laptop, a minute at scale) paid once."""
+    from .. import dist, engine, tuned
     cfg, _ = tuned.load_config(args.config, args.overrides)  # as `hvdfast train` resolves it
     baseline = args.variant == "baseline"
     if baseline:
@@ -74,13 +78,34 @@ def _worker(args) -> None:
         if args.baseline_threads != "default":
             torch.set_num_threads(int(args.baseline_threads))
         prec = engine.precision_for("fp32", info.device)
-        hcfg = config.HorovodConfig()
     else:
         info = dist.init(cfg.horovod)
         if args.threads:
             torch.set_num_threads(args.threads)  # scaling: the same cores per worker at every worker count
         prec = engine.precision_for(cfg.train.precision, info.device)
-        hcfg = cfg.horovod
+    if args.compressions:  # each format resolved as `hvdfast train` would (a format needing buckets refused)
+        runs = []
+        for i, c in enumerate(args.compressions.split(",")):
+            gc.collect()  # the previous format's model and optimizer (a cycle: its gradient hooks hold it)
+            # the first format warms the process too (one more untimed step): of four fp16 timings in one process
+            # across 2 emulated hosts the first was 5% below the others (10.49 against 10.95-11.13 img/s)
+            runs.append(_timed_run(args, tuned.load_config(args.config, [*args.overrides,
+                                                                         f"horovod.compression={c}"])[0],
+                                   info, prec, baseline, warmup=args.warmup + (i == 0)))
+    else:
+        runs = [_timed_run(args, cfg, info, prec, baseline, args.warmup)]
+    gathered = dist.allgather_object(runs if args.compressions else runs[0], name="bench.gather")
+    if info.rank == 0:
+        Path(args.out).write_text(json.dumps(gathered))
+    dist.shutdown()
+
+
+def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
+    """`warmup` untimed and STEPS timed steps of a freshly built model under the variant's settings: this rank's
+    medians, bytes sent per step, and parameter digest."""
+    from .. import config, dist, engine, models
+    from ..run.summary import param_digest
+    hcfg = config.HorovodConfig() if baseline else cfg.horovod
     model = models.build(args.model, 1000, zero_init_residual=not baseline).to(info.device)
     dist.broadcast_model(model)
     channels_last = not baseline and cfg.model.channels_last
@@ -93,47 +118,47 @@ def _worker(args) -> None:
     sent = {0: net_bytes_sent()}
 
     def on_step(step: int) -> None:
-        if step == args.warmup:
+        if step == warmup:
             sent[0] = net_bytes_sent()
         collect(step)
 
     # The training engine's own step (what `hvdfast train` runs), timed per phase: forward+backward, the wait
     # for the allreduces backward did not hide, and the update.
     step_times: list = []
-    total = args.warmup + args.steps
+    total = warmup + args.steps
     # the baseline: Python's collector as Horovod's example leaves it; hvdfast: as `hvdfast train` schedules it
     with engine.scheduled_gc(0 if baseline else cfg.train.gc_every) as collect:
         engine.train_epoch(forward, opt, itertools.repeat(batch, total), steps=total, first_step=0,
                            lr_fn=lambda step: 0.01, criterion=torch.nn.CrossEntropyLoss(), prec=prec,
                            loss_divisor=divisor, log_every=total, on_step=on_step, step_times=step_times)
-    times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in step_times[args.warmup:]]
+    times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in step_times[warmup:]]
     wire = (net_bytes_sent() - sent[0]) / args.steps
-    per_rank = {"rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(), "controller": info.controller,
-                "mpi_allreduce": hcfg.mpi_allreduce if info.controller == "mpi" else None,
-                "wire_mb_per_step": wire / 1e6, "peak_rss_mb": peak_rss_mb(), "params_sha256": param_digest(model),
-                "compute_s": statistics.median(t[0] for t in times),
-                "comm_wait_s": statistics.median(t[1] for t in times),
-                "optimizer_s": statistics.median(t[2] for t in times),
-                "step_s": statistics.median(t[3] for t in times),
-                "img_s": args.batch / statistics.median(t[3] for t in times),
-                "precision": prec.name, "channels_last": channels_last, "compression": hcfg.compression,
-                "compiled": forward is not model, "device": str(info.device),
-                "gpu": torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else None}
-    gathered = dist.allgather_object(per_rank, name="bench.gather")
-    if info.rank == 0:
-        Path(args.out).write_text(json.dumps(gathered))
-    dist.shutdown()
+    return {"rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(), "controller": info.controller,
+            "mpi_allreduce": hcfg.mpi_allreduce if info.controller == "mpi" else None,
+            # the process's peak so far: with --compressions, a later format's includes the earlier ones'
+            "wire_mb_per_step": wire / 1e6, "peak_rss_mb": peak_rss_mb(), "params_sha256": param_digest(model),
+            "compute_s": statistics.median(t[0] for t in times),
+            "comm_wait_s": statistics.median(t[1] for t in times),
+            "optimizer_s": statistics.median(t[2] for t in times),
+            "step_s": statistics.median(t[3] for t in times),
+            "img_s": args.batch / statistics.median(t[3] for t in times),
+            "precision": prec.name, "channels_last": channels_last, "compression": hcfg.compression,
+            "compiled": forward is not model, "device": str(info.device),
+            "gpu": torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else None}
 
 
 # ------------------------------------------------------------------------------------------------- driver side
-def worker_program(variant: str, args, out: Path, threads: int = 0) -> list[str]:
-    """The worker command line of one variant (what the launcher starts on every rank)."""
+def worker_program(variant: str, args, out: Path, threads: int = 0, compressions: Sequence[str] = ()) -> list[str]:
+    """The worker command line of one variant (what the launcher starts on every rank); with `compressions`, one
+    timed run per wire format in the same processes (by_format reads the result)."""
     cmd = [sys.executable, "-m", "hvdfast.bench.train", "--worker", "--variant", variant, "--out", str(out),
            "--model", args.model, "--batch", str(args.batch), "--image-size", str(args.image_size),
            "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--baseline-threads", str(args.baseline_threads), "--threads", str(threads)]
     if args.config:
         cmd += ["--config", args.config]
+    if compressions:
+        cmd += ["--compressions", ",".join(compressions)]
     return cmd + list(args.overrides)
 
 
@@ -154,10 +179,15 @@ def read_result(variant: str, np_: int, proc: subprocess.CompletedProcess, out: 
     return json.loads(out.read_text())
 
 
+def by_format(ranks: list[list[dict]]) -> dict[str, list[dict]]:
+    """A --compressions run's result (per rank, one entry per format) as {format: per-rank results}."""
+    return {runs[0]["compression"]: list(runs) for runs in zip(*ranks)}
+
+
 def _launch(variant: str, args, np_: int, out: Path, threads: int = 0, hosts: str | None = None,
-            nic: str | None = None) -> list[dict]:
+            nic: str | None = None, compressions: Sequence[str] = ()) -> list:
     root = Path(__file__).resolve().parents[2]
-    cmd = launcher_cmd(variant, args, np_, worker_program(variant, args, out, threads), hosts, nic)
+    cmd = launcher_cmd(variant, args, np_, worker_program(variant, args, out, threads, compressions), hosts, nic)
     from ..launch import commands
     proc = subprocess.run(cmd, env=commands.process_env(), cwd=root, capture_output=True, text=True,
                           timeout=args.timeout)
@@ -318,6 +348,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--variant", default="hvdfast", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--compressions", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         _worker(args)
