@@ -60,8 +60,9 @@ def check_stopped_and_resume(out: str, rc: int, run: Path, cmd: list, reference:
     assert_same_parameters(params(run), reference)
 
 
-@pytest.mark.parametrize("launcher,sig", [("gloo", signal.SIGUSR1), ("gloo", signal.SIGTERM),
-                                          ("mpirun", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
+# Each launcher and each signal once (pairwise; ~32 s a case): gloo with SIGTERM is what Ctrl-C gives the ranks
+# (test_ctrl_c_...), mpirun with SIGUSR1 what mpirun forwards from a batch script's trap (test_pbs_...).
+@pytest.mark.parametrize("launcher,sig", [("gloo", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
 def test_signal_to_one_rank_stops_all_at_one_step_and_resumes_bit_identical(short_digits_dir, tmp_path, reference,
                                                                             launcher, sig):
     run = tmp_path / "run"
@@ -74,8 +75,9 @@ def test_signal_to_one_rank_stops_all_at_one_step_and_resumes_bit_identical(shor
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, sig.name, horovodrun=launcher == "gloo")
 
 
-@pytest.mark.parametrize("target,sig", [("local", signal.SIGUSR1), ("local", signal.SIGTERM),
-                                        ("mpirun", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
+# `hvdfast launch` handles both signals in one handler (launch.supervise); what differs is the target: SIGUSR1 as
+# SLURM's --signal sends it (horovodrun would die of it) and SIGTERM as PBS sends it (mpirun would kill the ranks).
+@pytest.mark.parametrize("target,sig", [("local", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
 def test_signal_to_the_launcher_has_the_same_effect(short_digits_dir, tmp_path, reference, target, sig):
     """As SLURM signals the batch step: `hvdfast launch` passes the warning on (horovodrun itself would die of
     SIGUSR1, and kill the ranks 5 s after SIGTERM), and exits 75 although horovodrun reports 1."""
