@@ -74,6 +74,23 @@ def _ssh_remedy(host: str, said: str) -> str:
     return f"Check that {host} is up and that sshd listens on it (port 22 unless ~/.ssh/config says otherwise)."
 
 
+def _probe_output(p: subprocess.CompletedProcess) -> dict | None:
+    for line in p.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    return None
+
+
+def _local() -> dict:
+    """This host's probe, in a process of its own as on every other host: it runs beside the remote ones, and the
+    launcher itself never imports torch, Horovod or DALI (seconds, and their memory, before the job starts)."""
+    p = subprocess.run([sys.executable, "-m", "hvdfast.preflight", "--probe"], capture_output=True, text=True,
+                       timeout=180, stdin=subprocess.DEVNULL)
+    said = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    return _probe_output(p) or {"error": f"this host's own probe failed (exit {p.returncode}: {said}); run "
+                                         f"`hvdfast doctor` here to see why."}
+
+
 def _remote(host: str, python: str, data: str | None, ssh: str) -> dict:
     cmd = [python, "-m", "hvdfast.preflight", "--probe"] + (["--data", data] if data else [])
     try:
@@ -81,9 +98,9 @@ def _remote(host: str, python: str, data: str | None, ssh: str) -> dict:
                            text=True, timeout=180, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return {"error": f"{host}: ssh did not answer within 180 s; check that the host is up and reachable."}
-    for line in p.stdout.splitlines():
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
+    out = _probe_output(p)
+    if out is not None:
+        return out
     said = (p.stderr.strip().splitlines() or ["no output"])[-1]
     if p.returncode == 255:
         return {"error": f"{host}: not reachable over ssh without a password ({said}). {_ssh_remedy(host, said)}"}
@@ -98,9 +115,11 @@ def check(hosts: list[str], nic: str | None = None, data: str | None = None, pyt
           ssh: str = "ssh") -> tuple[dict, list[str]]:
     """(reports by host, problems): every problem is one line naming the host and the remedy."""
     python = python or sys.executable
-    with ThreadPoolExecutor(max_workers=min(32, max(1, len(hosts)))) as pool:
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts) + 1)) as pool:
+        mine = pool.submit(_local)
         reports = dict(zip(hosts, pool.map(lambda h: _remote(h, python, data, ssh), hosts)))
-    problems = [r["error"] for r in reports.values() if "error" in r]
+        here = mine.result()
+    problems = [r["error"] for r in [*reports.values(), here] if "error" in r]
     ok = {h: r for h, r in reports.items() if "error" not in r}
     by_name: dict[str, list[str]] = {}
     for h, r in ok.items():
@@ -111,9 +130,8 @@ def check(hosts: list[str], nic: str | None = None, data: str | None = None, pyt
                             f"and Open MPI tell nodes apart by hostname, so their ranks would share local ranks. "
                             f"Give each node a unique hostname (hostnamectl set-hostname), or list each machine "
                             f"once.")
-    here = probe()
     for h, r in ok.items():
-        for k in COMPARED:
+        for k in COMPARED if "error" not in here else ():
             if r.get(k) != here.get(k):
                 problems.append(f"{h}: {k} {r.get(k)} but this host ({here['hostname']}) has {here.get(k)}; "
                                 f"install the same versions everywhere (launch/install.sh on every node).")
