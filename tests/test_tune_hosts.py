@@ -70,6 +70,8 @@ def test_close_candidates_are_timed_again_in_reverse_and_chosen_by_their_mean():
                         "controller": controller}] * 2 for comp in compressions}
     doc = tune.tune_hosts(measure, steps=2)
     assert calls == [["none", "fp16", "powersgd"], ["rd none", "rd fp16", "rd powersgd"], ["fp16", "none"]]
+    assert doc["launches"] == 3 and doc["why"][-2].startswith(
+        "measured in 3 launches (2 transports, every format in turn in each, then the close ones again), ")
     assert doc["horovod"]["compression"] == "fp16" and doc["horovod"]["mpi_allreduce"] == "auto"  # 19.7 vs 19.0
     got = {(c["mpi_allreduce"], c["compression"]): (c["img_s"], c["timings"]) for c in doc["candidates"]}
     assert got == {("auto", "none"): (19.0, [20.0, 18.0]), ("auto", "fp16"): (19.7, [19.5, 19.9]),
@@ -81,8 +83,11 @@ def test_close_candidates_are_timed_again_in_reverse_and_chosen_by_their_mean():
     calls.clear()
     timings.update({"none": [5.0], "fp16": [9.0], "powersgd": [18.0], "rd none": [6.0], "rd fp16": [10.0],
                     "rd powersgd": [17.0]})
-    assert tune.tune_hosts(measure, steps=2)["horovod"]["compression"] == "powersgd"
+    doc = tune.tune_hosts(measure, steps=2)
+    assert doc["horovod"]["compression"] == "powersgd"
     assert calls == [["none", "fp16", "powersgd"], ["rd none", "rd fp16", "rd powersgd"]]
+    assert doc["launches"] == 2 and doc["why"][-1].startswith(
+        "measured in 2 launches (2 transports, every format in turn in each), ")
 
 
 def test_open_mpis_algorithm_is_chosen_with_the_wire_format_and_applied_from_the_file(tmp_path):
