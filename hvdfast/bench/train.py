@@ -69,7 +69,7 @@ def cpus() -> str:
 def _worker(args) -> None:
     """One variant's run on this rank; with --compressions, one run per wire format in this process (the model and
     optimizer built anew for each, each with its warm-up), as `hvdfast tune --hosts` times the formats: one launch
-    per controller instead of one per format, the launch (seconds on a laptop, a minute at scale) paid once."""
+    per transport instead of one per format, the launch (seconds on a laptop, a minute at scale) paid once."""
     from .. import dist, engine, tuned
     cfg, _ = tuned.load_config(args.config, args.overrides)  # as `hvdfast train` resolves it
     baseline = args.variant == "baseline"
