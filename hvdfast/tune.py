@@ -116,16 +116,11 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
     The controller is measured, not assumed: over TCP Open MPI's allreduce reached 0.55 of the line rate where
     Horovod's Gloo controller reached 0.95 (uncompressed at 1 Gbit/s Gloo was 1.6x faster), yet at 10 Gbit/s MPI was
     1.16x faster (2 emulated hosts, 2026-11-25/26): which one wins depends on the link and the wire format."""
-    rows, launches, t0 = [], [], time.monotonic()
-
-    def timed(overrides, ctl, compressions):  # one launch; the tuned file records how many, and how long in all
-        launches.append(list(compressions))
-        return measure(overrides, steps, ctl, compressions)
-
+    rows, t0 = [], time.monotonic()
     paths = [(ctl, algo) for ctl in controllers
              for algo in (MPI_ALGORITHMS if ctl == "mpi" else ("auto",))]  # Gloo's allreduce is Gloo's own
     for ctl, algo in paths:
-        by = timed(host_overrides(algo), ctl, HOST_COMPRESSIONS)
+        by = measure(host_overrides(algo), steps, ctl, HOST_COMPRESSIONS)
         for comp in HOST_COMPRESSIONS:
             ranks = by[comp]
             rate = sum(r["img_s"] for r in ranks)
@@ -134,15 +129,18 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
                          "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
     lead = max(r["img_s"] for r in rows)
     close = [r for r in rows if r["img_s"] * RUNOFF >= lead]
+    launches = len(paths)  # one per transport, and the runoff's one per transport it times again
     if len(close) > 1:  # again, in the reverse order: the last transport first, its formats last to first
         for ctl, algo in reversed(paths):
             again = [r for r in reversed(close) if (r["controller"], r["mpi_allreduce"]) == (ctl, algo)]
             if not again:
                 continue
-            by = timed(host_overrides(algo), ctl, [r["compression"] for r in again])
+            by = measure(host_overrides(algo), steps, ctl, [r["compression"] for r in again])
+            launches += 1
             for r in again:
                 r["timings"].append(sum(x["img_s"] for x in by[r["compression"]]))
                 r["img_s"] = sum(r["timings"]) / len(r["timings"])
+    seconds = time.monotonic() - t0
     whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["img_s"])
     fastest = max(rows, key=lambda r: r["img_s"])
     best = fastest if fastest["img_s"] > APPROX_MARGIN * whole["img_s"] else whole
@@ -158,16 +156,16 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
            f"({best['wire_mb']:.1f} MB sent per step per worker)"]
     why += [f"{name(r)}: {r['img_s']:.2f} img/s ({best['img_s'] / r['img_s']:.2f}x slower, "
             f"{r['wire_mb']:.1f} MB/step)" for r in rows if r is not best]
-    n, k = len(launches), len(paths)
+    n, k = launches, len(paths)
     why.append(f"measured in {n} launch{'es' * (n != 1)} ({k} transport{'s' * (k != 1)}, every format in turn in "
-               f"each{', then the close ones again' if n > k else ''}), {time.monotonic() - t0:.0f} s")
+               f"each{', then the close ones again' if n > k else ''}), {seconds:.0f} s")
     if len(close) > 1:
         why.append(f"timed twice, being within {RUNOFF - 1:.0%} of the fastest at first (means above): "
                    + "; ".join(f"{name(r)} " + " then ".join(f"{t:.2f}" for t in r["timings"]) for r in close))
     return {"horovod": {"compression": best["compression"], "bucket_mb": best["bucket_mb"], "op": "prescaled",
                         "cycle_time_ms": HOST_CYCLE_MS, "mpi_allreduce": best["mpi_allreduce"]},
             "launcher": {"controller": best["controller"], "env": {}}, "why": why, "candidates": rows,
-            "launches": len(launches), "seconds": round(time.monotonic() - t0, 1)}
+            "launches": launches, "seconds": round(seconds, 1)}
 
 
 def save(doc: dict, path: Path) -> None:

@@ -89,9 +89,8 @@ def _worker(args) -> None:
             gc.collect()  # the previous format's model and optimizer (a cycle: its gradient hooks hold it)
             # the first format warms the process too (one more untimed step): of four fp16 timings in one process
             # across 2 emulated hosts the first was 5% below the others (10.49 against 10.95-11.13 img/s)
-            runs.append(_timed_run(args, tuned.load_config(args.config, [*args.overrides,
-                                                                         f"horovod.compression={c}"])[0],
-                                   info, prec, baseline, warmup=args.warmup + (i == 0)))
+            fmt_cfg, _ = tuned.load_config(args.config, [*args.overrides, f"horovod.compression={c}"])
+            runs.append(_timed_run(args, fmt_cfg, info, prec, baseline, warmup=args.warmup + (i == 0)))
     else:
         runs = [_timed_run(args, cfg, info, prec, baseline, args.warmup)]
     gathered = dist.allgather_object(runs if args.compressions else runs[0], name="bench.gather")
