@@ -1,7 +1,8 @@
 """`hvdfast bench cluster` end to end on 2 emulated hosts with a 1 Gbit/s link: the hvdfast variant (tuned on the
 link, through horovodrun over ssh) and torchrun + DDP, a few steps of a small model each. Timing is the
 benchmark's business; this checks that every variant ran across the hosts, that each one's ranks agree, that the
-report has every column, that the bytes each worker sent match its wire format, that the tuning measured every
+report has every column (the limit and the floor timed inside each run too), that the bytes each worker sent match
+its wire format, that the tuning measured every
 format under both controllers (and both of MPI's algorithms), that each host ran on cores of its own, and that
 every lossy format an hvdfast row sent was trained on real digits beside uncompressed, its cost in the rows."""
 import statistics
@@ -16,7 +17,7 @@ from hvdfast.bench import hosts
 
 COLUMNS = {"link", "variant", "settings", "img_s", "efficiency", "comm_share", "comm_wait_s", "wire_mb_per_step",
            "peak_rss_mb", "vs_best_ddp", "vs_ddp_default", "ranks_agree", "alone_img_s", "floor_img_s", "vs_floor",
-           "efficiency_rounds", "top1_cost_pt"}
+           "efficiency_rounds", "top1_cost_pt", "efficiency_in_run", "vs_floor_in_run"}
 
 
 def test_two_hosts_on_a_shaped_link(tmp_path, short_digits_dir):
@@ -42,6 +43,7 @@ def test_two_hosts_on_a_shaped_link(tmp_path, short_digits_dir):
     assert ab["vs_hvdfast_rounds"] == [ab["vs_hvdfast"]]
     assert "vs_hvdfast" not in rows["hvdfast"]
     assert "x hvdfast, each round" in next(tmp_path.glob("cluster-*.md")).read_text()
+    assert "efficiency, limit in the run" in next(tmp_path.glob("cluster-*.md")).read_text()
     for r in rows.values():
         assert COLUMNS <= set(r), COLUMNS - set(r)
         assert r["link"] == "1gbit" and r["ranks_agree"] is True and r["img_s"] > 0
@@ -87,6 +89,12 @@ def test_two_hosts_on_a_shaped_link(tmp_path, short_digits_dir):
     for r in rows.values():
         assert r["efficiency"] == r["img_s"] / limit and r["vs_floor"] == r["img_s"] / floor
         assert r["efficiency_rounds"] == [r["efficiency"]]  # one round: its run against its own limit
+        # the limit and the floor timed inside the run too, between its steps (one cycle per timed step): the
+        # Horovod workers and the DDP peer alike
+        assert r["efficiency_in_run"] == r["img_s"] / r["limit_in_run_img_s"], r["variant"]
+        assert r["vs_floor_in_run"] == r["img_s"] / r["floor_in_run_img_s"], r["variant"]
+        assert r["efficiency_in_run_rounds"] == [r["efficiency_in_run"]]
+        assert len(r["efficiency_in_run_cycles"]) == 2
     # the accuracy cost: every lossy format of the hvdfast rows (the A/B's fp16, and the tuned choice if lossy)
     # trained on the digits with that format, beside uncompressed, seed 0; each row's cost is its final top-1 minus
     # uncompressed's

@@ -22,7 +22,12 @@ measured again just before each link's runs, in every round, and each link's row
 measured beside them: this machine's speed drifts by ~10% within an hour, which a limit measured once at the
 start mixes into every efficiency. Beside it, the floor: every worker host's worker alone at the same time, no
 communication between them (what the hosts' shared memory system leaves of the limit; "x floor" compares with
-it). Also reported: bytes each worker sends per step (the namespace's interface counters), peak memory per
+it). Both are also timed inside every run, between its steps ("efficiency, limit in the run", "x floor in the
+run"; bench/train.py's `interleaved`): each cycle is every host's worker alone in turn while the others wait at a
+barrier, then every worker alone at once, then one step of the run, so both sides of the ratio are timed seconds
+apart on the same cores. The workers of the run keep their communication library's background threads alive
+meanwhile (Horovod's coordination cycles, Gloo's), which a worker alone in a launch of its own does not have.
+Also reported: bytes each worker sends per step (the namespace's interface counters), peak memory per
 worker, and whether the ranks' final parameters agree.
 
 After the timed runs, the accuracy cost of every lossy wire format an hvdfast row sent (accuracy.py): the recipe
@@ -96,27 +101,28 @@ class Bench:
                                   warmup=a.warmup, baseline_threads=str(self.threads), controller=a.controller)
 
     def _horovod_cmd(self, variant: str, overrides: list[str], on: list[str], steps: int | None,
-                     controller: str | None, compressions: Sequence[str] = ()) -> tuple[list[str], Path]:
+                     controller: str | None, compressions: Sequence[str] = (),
+                     interleave: bool = False) -> tuple[list[str], Path]:
         """horovodrun, as the login host starts it, of the hvdfast or baseline worker of `hvdfast bench train`
-        with one worker on each host of `on` (timing each of `compressions` in turn, where given); and the file the
-        workers' results go to."""
+        with one worker on each host of `on` (timing each of `compressions` in turn, where given; with
+        `interleave`, the limit and the floor between the run's steps); and the file the workers' results go to."""
         from . import train
         targs = self._train_args(overrides)
         targs.steps = steps or targs.steps
         targs.controller = controller or targs.controller
         out = self._out(variant)
         program = train.worker_program("hvdfast" if variant == "hvdfast" else "baseline", targs, out, self.threads,
-                                       compressions)
+                                       compressions, interleave)
         return train.launcher_cmd(variant, targs, len(on), program, hosts=",".join(f"{h}:1" for h in on),
                                   nic="hvd0"), out
 
     def horovod(self, variant: str, overrides: list[str], n: int | None = None, steps: int | None = None,
-                controller: str | None = None, compressions: Sequence[str] = ()) -> list:
+                controller: str | None = None, compressions: Sequence[str] = (), interleave: bool = False) -> list:
         """One horovodrun job over the first `n` worker hosts (default: all), from the login host: per-rank
         results (with `compressions`, per rank one per format)."""
         from . import train
         on = self.workers[:n or len(self.workers)]
-        cmd, out = self._horovod_cmd(variant, overrides, on, steps, controller, compressions)
+        cmd, out = self._horovod_cmd(variant, overrides, on, steps, controller, compressions, interleave)
         proc = self.cluster.ssh("login", shlex.join(cmd), self.env, ROOT, timeout=self.args.timeout)
         return train.read_result(variant, len(on), proc, out)
 
@@ -147,7 +153,7 @@ class Bench:
             log = logs[next((i for i, c in enumerate(codes) if c), 0)].read_text()[-3000:]
             raise SystemExit(f"hvdfast bench cluster: {what} failed (exit codes {codes}):\n{log}")
 
-    def ddp(self, hook: str) -> list[dict]:
+    def ddp(self, hook: str, interleave: bool = False) -> list[dict]:
         """torchrun on every host (as a user starts a multi-node DDP job), rendezvous at the first host."""
         out = self._out(f"ddp-{hook}")
         n = len(self.workers)
@@ -161,6 +167,7 @@ class Bench:
                    "--model", self.args.model, "--batch", str(self.args.batch),
                    "--image-size", str(self.args.image_size), "--steps", str(self.args.steps),
                    "--warmup", str(self.args.warmup), "--threads", str(self.threads), "--out", str(out)]
+            cmd += ["--interleave"] if interleave else []
             env = dict(self.env, GLOO_SOCKET_IFNAME="hvd0", OMP_NUM_THREADS=str(self.threads))
             procs.append(self.cluster.ssh_start(host, shlex.join(cmd), env, ROOT, out.with_suffix(f".{rank}.log")))
         self._wait(procs, [out], [out.with_suffix(f".{rank}.log") for rank in range(n)], f"DDP ({hook})")
@@ -203,7 +210,7 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floo
     # moved between rounds (a partial round, where a run failed, gets none)
     each = ([x / (hosts_n * a["img_s"]) for x, a in zip(rounds, alone["runs"])]
             if len(alone["runs"]) == len(repeats) else [])
-    return {"link": link, "variant": name, "img_s": img_s, "img_s_rounds": rounds, "step_s": step,
+    return {**in_run(repeats), "link": link, "variant": name, "img_s": img_s, "img_s_rounds": rounds, "step_s": step,
             "efficiency": img_s / (hosts_n * alone["img_s"]), "efficiency_rounds": each,
             "floor_img_s": floor["img_s"] if floor else None, "vs_floor": img_s / floor["img_s"] if floor else None,
             "comm_share": max(0.0, 1 - alone["step_s"] / step),
@@ -214,6 +221,25 @@ def summarise(name: str, link: str, repeats: list[list[dict]], alone: dict, floo
             "settings": ranks[0].get("compression", ranks[0].get("hook", "")), "alone_img_s": alone["img_s"],
             "controller": controller, "mpi_allreduce": algorithm, "transport": transport(controller, algorithm),
             "cpus": [r.get("cpus") for r in repeats[0]], "runs": len(repeats)}
+
+
+def in_run(repeats: list[list[dict]]) -> dict:
+    """Efficiency and x floor against the limit and the floor timed inside each run, between its steps (bench
+    train's `interleaved`): per round, and per cycle (each of a round's steps against the limit timed just before
+    it: how steady the ratio was). Empty where the runs did not interleave."""
+    if not all("alone_img_s" in r for run in repeats for r in run):
+        return {}
+    rounds = [sum(r["img_s"] for r in run) / sum(r["alone_img_s"] for r in run) for run in repeats]
+    cycles = [sum(1 / s for s in steps) / sum(1 / a for a in alone)
+              for run in repeats
+              for steps, alone in zip(zip(*(r["cycles"]["step_s"] for r in run)),
+                                      zip(*(r["cycles"]["alone_s"] for r in run)))]
+    return {"efficiency_in_run": statistics.mean(rounds), "efficiency_in_run_rounds": rounds,
+            "efficiency_in_run_cycles": cycles,
+            "limit_in_run_img_s": statistics.mean(sum(r["alone_img_s"] for r in run) for run in repeats),
+            "floor_in_run_img_s": statistics.mean(sum(r["floor_img_s"] for r in run) for run in repeats),
+            "vs_floor_in_run": statistics.mean(sum(r["img_s"] for r in run) / sum(r["floor_img_s"] for r in run)
+                                               for run in repeats)}
 
 
 def mean_alone(runs: list[dict]) -> dict:
@@ -286,14 +312,17 @@ def run(args) -> int:
                             # user gives wins over the tuned file's (tuned.py)
                             ranks = bench.horovod("hvdfast", [f"horovod.tuned={Path(tmp) / f'tuned-{link}.yaml'}",
                                                               *overrides],
-                                                  controller=tuned_docs[link]["launcher"]["controller"])
+                                                  controller=tuned_docs[link]["launcher"]["controller"],
+                                                  interleave=not args.no_interleave)
                         elif name == "horovod":
-                            ranks = bench.horovod("horovod", [])
+                            ranks = bench.horovod("horovod", [], interleave=not args.no_interleave)
                         else:
-                            ranks = bench.ddp(DDP_HOOKS[v])
+                            ranks = bench.ddp(DDP_HOOKS[v], interleave=not args.no_interleave)
                         results.setdefault((link, v), []).append(ranks)
                         say(f"  {sum(r['img_s'] for r in ranks):.2f} img/s, "
-                            f"{statistics.mean(r['wire_mb_per_step'] for r in ranks):.1f} MB sent per step per worker")
+                            f"{statistics.mean(r['wire_mb_per_step'] for r in ranks):.1f} MB sent per step per worker"
+                            + (f", efficiency {in_run([ranks])['efficiency_in_run']:.3f} against the limit in the run"
+                               if not args.no_interleave else ""))
             alone_by_link = {link: {k: mean_alone(v) for k, v in d.items() if v} for link, d in alone_runs.items()}
             floor = {link: mean_floor(v) for link, v in floor_runs.items() if v}
             # every run of the limit, all links together (what `bench model` takes as the compute time)
@@ -318,10 +347,12 @@ def run(args) -> int:
     acc = accuracy_of_rows(args, recipe, rows, tuned_docs, say)
     cols = [("link", "link"), ("variant", "variant"), ("settings", "compression / hook"), ("transport", "transport"),
             ("img_s", "img/s"),
-            ("efficiency", "efficiency"), ("efficiency_rounds", "each round"), ("comm_share", "comm share of step"),
+            ("efficiency", "efficiency"), ("efficiency_rounds", "each round"),
+            ("efficiency_in_run", "efficiency, limit in the run"), ("efficiency_in_run_rounds", "each round"),
+            ("comm_share", "comm share of step"),
             ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
-            ("vs_floor", "x floor"), ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"),
+            ("vs_floor", "x floor"), ("vs_floor_in_run", "x floor in the run"), ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"),
             ("top1_cost_pt", "top-1 cost, pt"), ("ranks_agree", "ranks agree")]
     if any("vs_hvdfast" in r for r in rows):
         cols[-1:-1] = [("vs_hvdfast", "x hvdfast"), ("vs_hvdfast_rounds", "x hvdfast, each round")]
@@ -342,7 +373,10 @@ def run(args) -> int:
                if bench.cpus else "the hosts sharing every core") + f", median of {args.steps} steps after "
             f"{args.warmup}, mean of {args.repeat} round(s); compute limit (one worker alone x {args.hosts}), "
             f"measured before each link in every round: {limit:.2f} img/s over all, each link's efficiency against "
-            f"its own (second table); the bridge between the hosts "
+            f"its own (second table)"
+            + ("" if args.no_interleave else ", and against the limit and the floor timed inside each run between "
+               "its steps (each host's worker alone in turn, then all alone at once, then one step of the run)")
+            + f"; the bridge between the hosts "
             f"{'without' if bench.cluster.switch_filtering_off else 'WITH'} the machine's netfilter hooks\n\n{table}")
     if acc:
         text += "\n\n" + accuracy.table(acc)
@@ -438,6 +472,10 @@ def parser() -> argparse.ArgumentParser:
                         "alternating order (A B, B A, ...); figures are means over rounds")
     p.add_argument("--no-floor", action="store_true",
                    help="skip the floor (every host's worker alone at the same time) beside each link")
+    p.add_argument("--no-interleave", action="store_true",
+                   help="skip timing the limit and the floor inside every run, between its steps (each cycle: "
+                        "every host's worker alone in turn, then all alone at once, then one step of the run; "
+                        "hosts + 2 steps for each step of the run)")
     p.add_argument("--tune-steps", type=int, default=2, help="timed steps per candidate when tuning on a link")
     p.add_argument("--tune-controllers",
                    help="Horovod controllers the tuning on each link measures every wire format with, comma "

@@ -45,7 +45,7 @@ def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter
 def main(argv=None) -> int:
     from .. import engine, models
     from ..train import param_digest
-    from .train import cpus, net_bytes_sent, peak_rss_mb, synthetic_batch
+    from .train import cpus, interleaved, net_bytes_sent, peak_rss_mb, synthetic_batch
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
@@ -57,6 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / local workers)")
+    p.add_argument("--interleave", action="store_true",
+                   help="time this worker alone and every worker alone at once between the run's steps")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -74,26 +76,48 @@ def main(argv=None) -> int:
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
     x, y = synthetic_batch(args, rank, device, channels_last=True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            sent0 = net_bytes_sent()
+
+    def one_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, prec=prec) -> float:
         t0 = time.perf_counter()
         with prec.autocast():
-            loss = torch.nn.functional.cross_entropy(ddp(x), y)
+            loss = torch.nn.functional.cross_entropy(net(x), y)
         if prec.scaler is not None:
             prec.scaler.scale(loss).backward()  # DDP: returns once every bucket's allreduce has finished
-            prec.scaler.step(opt)
+            prec.scaler.step(optimizer)
             prec.scaler.update()
         else:
             loss.backward()
-            opt.step()
-        opt.zero_grad()
+            optimizer.step()
+        optimizer.zero_grad()
         sync()
-        times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    times = [one_step(ddp, opt) for _ in range(args.warmup)]
+    sent0 = net_bytes_sent()
+    lone = {}
+    if not args.interleave:
+        times += [one_step(ddp, opt) for _ in range(args.steps)]
+        sent = net_bytes_sent() - sent0
+    else:  # the worker alone and the floor between the run's steps (bench/train.py): a model of its own
+        solo = models.to_channels_last(models.build(args.model, 1000).to(device))
+        solo_opt = torch.optim.SGD(solo.parameters(), lr=0.01, momentum=0.9)
+        solo_prec = engine.precision_for("auto", device)  # a loss scaler of its own (fp16 on a GPU)
+        one_step(solo, solo_opt, solo_prec)  # its warm-up, every rank at once
+        sent = 0
+
+        def together() -> float:
+            nonlocal sent
+            before = net_bytes_sent()  # the run's steps only: not the barriers' bytes between them
+            times.append(one_step(ddp, opt))
+            sent += net_bytes_sent() - before
+            return times[-1]
+
+        cycles = interleaved(args.steps, rank, size, tdist.barrier, together, lambda: one_step(solo, solo_opt, solo_prec))
+        lone = {"alone_img_s": args.batch / statistics.median(cycles["alone_s"]),
+                "floor_img_s": args.batch / statistics.median(cycles["floor_s"]), "cycles": cycles}
     step = statistics.median(times[args.warmup:])
-    mine = {"rank": rank, "threads": torch.get_num_threads(), "cpus": cpus(), "step_s": step,
-            "img_s": args.batch / step, "wire_mb_per_step": (net_bytes_sent() - sent0) / args.steps / 1e6,
+    mine = {**lone, "rank": rank, "threads": torch.get_num_threads(), "cpus": cpus(), "step_s": step,
+            "img_s": args.batch / step, "wire_mb_per_step": sent / args.steps / 1e6,
             "peak_rss_mb": peak_rss_mb(),
             "precision": prec.name, "hook": args.hook, "params_sha256": param_digest(model), "device": str(device)}
     ranks: list = [None] * size

@@ -14,6 +14,7 @@ waiting for the gradient allreduce after backward, and the optimizer update.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import json
@@ -66,6 +67,48 @@ def cpus() -> str:
     return ",".join(runs)
 
 
+class PlainOptimizer:
+    """A torch optimizer behind the interface the training engine drives Horovod's through, with nothing to
+    synchronise: the worker's own step with no communication at all (`interleaved`'s compute limit)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.param_groups = optimizer.param_groups
+
+    def synchronize(self) -> None:
+        pass
+
+    def skip_synchronize(self):
+        return contextlib.nullcontext()
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+
+def interleaved(cycles: int, rank: int, size: int, barrier, together, alone) -> dict[str, list[float]]:
+    """A run's own steps with its compute limit and its floor timed between them, step by step, in the same
+    processes: each cycle is every rank's step alone in turn (the others wait at a barrier on cores of their own:
+    the limit, as one worker alone on one host), then every rank's step alone at the same time (the floor: what
+    the hosts' shared memory system leaves), then one step together (the run). `together()` and `alone()` run one
+    step and return its seconds. Limit and run measured seconds apart instead of minutes: this machine's speed
+    moved by up to 25% between separate launches a few minutes apart, which no number of rounds averages away
+    from a ratio whose two sides were timed at different moments."""
+    times: dict[str, list[float]] = {"alone_s": [], "floor_s": [], "step_s": []}
+    for _ in range(cycles):
+        for r in range(size):
+            barrier()
+            if r == rank:
+                times["alone_s"].append(alone())
+        barrier()
+        times["floor_s"].append(alone())
+        barrier()
+        times["step_s"].append(together())
+    return times
+
+
 def _worker(args) -> None:
     """One variant's run on this rank; with --compressions, one run per wire format in this process (the model and
     optimizer built anew for each, each with its warm-up), as `hvdfast tune --hosts` times the formats: one launch
@@ -114,25 +157,55 @@ def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
     forward = models.compiled(model, not baseline and cfg.model.compile)
     divisor = dist.loss_divisor(hcfg)  # op=prescaled: Horovod sums gradients already divided by the worker count
     batch = synthetic_batch(args, info.rank, info.device, channels_last)
-    sent = {0: net_bytes_sent()}
+    sent = {0: net_bytes_sent(), "timed": 0}
 
     def on_step(step: int) -> None:
         if step == warmup:
             sent[0] = net_bytes_sent()
         collect(step)
 
-    # The training engine's own step (what `hvdfast train` runs), timed per phase: forward+backward, the wait
-    # for the allreduces backward did not hide, and the update.
+    def steps(net, optimizer, n: int, times: list, on_step=on_step, divisor: int = divisor, prec=prec) -> None:
+        """n steps of the training engine's own step (what `hvdfast train` runs), each timed per phase:
+        forward+backward, the wait for the allreduces backward did not hide, and the update."""
+        engine.train_epoch(net, optimizer, itertools.repeat(batch, n), steps=n, first_step=0,
+                           lr_fn=lambda step: 0.01, criterion=torch.nn.CrossEntropyLoss(), prec=prec,
+                           loss_divisor=divisor, log_every=n, on_step=on_step, step_times=times)
+
     step_times: list = []
-    total = warmup + args.steps
+    cycles = None
     # the baseline: Python's collector as Horovod's example leaves it; hvdfast: as `hvdfast train` schedules it
     with engine.scheduled_gc(0 if baseline else cfg.train.gc_every) as collect:
-        engine.train_epoch(forward, opt, itertools.repeat(batch, total), steps=total, first_step=0,
-                           lr_fn=lambda step: 0.01, criterion=torch.nn.CrossEntropyLoss(), prec=prec,
-                           loss_divisor=divisor, log_every=total, on_step=on_step, step_times=step_times)
+        if not args.interleave:
+            steps(forward, opt, warmup + args.steps, step_times)
+            sent["timed"] = net_bytes_sent() - sent[0]
+        else:  # the same worker's step without communication between the run's steps: a model of its own
+            lone = models.build(args.model, 1000, zero_init_residual=not baseline).to(info.device)
+            if channels_last:
+                models.to_channels_last(lone)
+            lone_forward = models.compiled(lone, forward is not model)
+            plain = PlainOptimizer(torch.optim.SGD(lone.parameters(), lr=0.01, momentum=0.9))
+            lone_prec = engine.precision_for(prec.name, info.device)  # a loss scaler of its own (fp16 on a GPU)
+            steps(forward, opt, warmup, step_times)
+            steps(lone_forward, plain, 1, [], on_step=lambda step: None, divisor=1, prec=lone_prec)  # all at once
+
+            def together() -> float:
+                before = net_bytes_sent()  # the run's steps only: not the barriers' bytes between them
+                steps(forward, opt, 1, step_times, on_step=lambda step: collect(len(step_times)))
+                sent["timed"] += net_bytes_sent() - before
+                return step_times[-1].step_s
+
+            def alone() -> float:
+                mine: list = []
+                steps(lone_forward, plain, 1, mine, on_step=lambda step: None, divisor=1, prec=lone_prec)
+                return mine[0].step_s
+
+            cycles = interleaved(args.steps, info.rank, info.size, dist.barrier, together, alone)
     times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in step_times[warmup:]]
-    wire = (net_bytes_sent() - sent[0]) / args.steps
-    return {"rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(), "controller": info.controller,
+    wire = sent["timed"] / args.steps
+    lone_figures = {} if cycles is None else {
+        "alone_img_s": args.batch / statistics.median(cycles["alone_s"]),
+        "floor_img_s": args.batch / statistics.median(cycles["floor_s"]), "cycles": cycles}
+    return {**lone_figures, "rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(), "controller": info.controller,
             "mpi_allreduce": hcfg.mpi_allreduce if info.controller == "mpi" else None,
             # the process's peak so far: with --compressions, a later format's includes the earlier ones'
             "wire_mb_per_step": wire / 1e6, "peak_rss_mb": peak_rss_mb(), "params_sha256": param_digest(model),
@@ -147,9 +220,11 @@ def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- driver side
-def worker_program(variant: str, args, out: Path, threads: int = 0, compressions: Sequence[str] = ()) -> list[str]:
+def worker_program(variant: str, args, out: Path, threads: int = 0, compressions: Sequence[str] = (),
+                   interleave: bool = False) -> list[str]:
     """The worker command line of one variant (what the launcher starts on every rank); with `compressions`, one
-    timed run per wire format in the same processes (by_format reads the result)."""
+    timed run per wire format in the same processes (by_format reads the result); with `interleave`, the worker
+    alone and the floor timed between the run's steps (`interleaved`)."""
     cmd = [sys.executable, "-m", "hvdfast.bench.train", "--worker", "--variant", variant, "--out", str(out),
            "--model", args.model, "--batch", str(args.batch), "--image-size", str(args.image_size),
            "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -158,6 +233,8 @@ def worker_program(variant: str, args, out: Path, threads: int = 0, compressions
         cmd += ["--config", args.config]
     if compressions:
         cmd += ["--compressions", ",".join(compressions)]
+    if interleave:
+        cmd.append("--interleave")
     return cmd + list(args.overrides)
 
 
@@ -348,6 +425,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="hvdfast", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--compressions", help=argparse.SUPPRESS)
+    p.add_argument("--interleave", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         _worker(args)
