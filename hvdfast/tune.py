@@ -9,8 +9,9 @@ bench train` apply (recipe < tuned file < command-line overrides) while `horovod
 and the file exists.
 
 With --hosts it measures where the job will run instead: a few synthetic training steps across those hosts for
-each controller (and Open MPI allreduce algorithm) and gradient wire format (`tune_hosts`), and `hvdfast launch
-hosts` passes the chosen controller on.
+each controller (and Open MPI allreduce algorithm) and gradient wire format (`tune_hosts`), each step timed beside
+a step of every host's worker alone at once (the floor) and the candidates ranked by img/s against it, and
+`hvdfast launch hosts` passes the chosen controller on.
 """
 from __future__ import annotations
 
@@ -88,6 +89,21 @@ APPROX_MARGIN = 1.05
 # runs (PowerSGD at 1 Gbit/s: 17.97 and 19.84 img/s, 2 emulated hosts, 2026-11-26); on a slow link one format is
 # far ahead and nothing is timed twice.
 RUNOFF = 1.05
+# Where the measure times the floor beside every step (every host's worker alone at once, seconds away: bench
+# train's `interleaved`), candidates are ranked by img/s against it rather than by raw img/s: the two sides of a
+# ratio timed together, where candidates timed a minute apart differ by the machine's drift too (the same format
+# moved 15.69 -> 11.20 img/s within one process here, 2026-12-06). The floor costs one step per timed step at any
+# worker count, and measured 0.98-1.01 of the limit (each worker alone in turn) on the emulated hosts.
+
+
+def score(ranks: list[dict]) -> tuple[float, float | None]:
+    """A candidate's img/s summed over the workers, and that against the floor timed beside its steps (None where
+    the measure timed no floor)."""
+    rate = sum(r["img_s"] for r in ranks)
+    floor = sum(r["floor_img_s"] for r in ranks) if all("floor_img_s" in r for r in ranks) else None
+    return rate, (rate / floor if floor else None)
+
+
 # Open MPI's allreduce algorithms timed under the MPI controller (horovod.mpi_allreduce): its own choice, and
 # recursive doubling. At 2 ranks over TCP its choice for buffers >= 256 KB (Rabenseifner's) took about twice the
 # wire time of the bytes and recursive doubling the wire time; a ring took as long as Rabenseifner's (README,
@@ -109,7 +125,8 @@ def host_overrides(mpi_allreduce: str = "auto") -> list[str]:
 def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
     """Train a few synthetic steps across the hosts with each controller (under MPI, each of MPI_ALGORITHMS) and
     wire format and keep the fastest (PowerSGD only when it beats the whole-gradient formats, on any controller, by
-    APPROX_MARGIN). measure(overrides, steps, controller, compressions) runs `hvdfast bench train`'s worker across
+    APPROX_MARGIN), by img/s against the floor timed beside its steps where the measure times one (`score`).
+    measure(overrides, steps, controller, compressions) runs `hvdfast bench train`'s worker across
     the hosts under horovodrun with that controller, once, timing each wire format in turn in the same processes
     (a launch per transport, not per candidate), and returns {format: per-rank results}.
 
@@ -123,12 +140,15 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
         by = measure(host_overrides(algo), steps, ctl, HOST_COMPRESSIONS)
         for comp in HOST_COMPRESSIONS:
             ranks = by[comp]
-            rate = sum(r["img_s"] for r in ranks)
+            rate, vs_floor = score(ranks)
             rows.append({"controller": ranks[0]["controller"], "mpi_allreduce": algo, "compression": comp,
                          "bucket_mb": HOST_BUCKET_MB, "img_s": rate, "timings": [rate],
+                         "vs_floor": vs_floor, "scores": [rate if vs_floor is None else vs_floor],
                          "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
-    lead = max(r["img_s"] for r in rows)
-    close = [r for r in rows if r["img_s"] * RUNOFF >= lead]
+            rows[-1]["score"] = rows[-1]["scores"][0]
+    floors = all(r["vs_floor"] is not None for r in rows)  # ranked against the floor timed beside each candidate
+    lead = max(r["score"] for r in rows)
+    close = [r for r in rows if r["score"] * RUNOFF >= lead]
     launches = len(paths)  # one per transport, and the runoff's one per transport it times again
     if len(close) > 1:  # again, in the reverse order: the last transport first, its formats last to first
         for ctl, algo in reversed(paths):
@@ -138,12 +158,16 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
             by = measure(host_overrides(algo), steps, ctl, [r["compression"] for r in again])
             launches += 1
             for r in again:
-                r["timings"].append(sum(x["img_s"] for x in by[r["compression"]]))
+                rate, vs_floor = score(by[r["compression"]])
+                r["timings"].append(rate)
+                r["scores"].append(rate if vs_floor is None else vs_floor)
                 r["img_s"] = sum(r["timings"]) / len(r["timings"])
+                r["score"] = sum(r["scores"]) / len(r["scores"])
+                r["vs_floor"] = r["score"] if vs_floor is not None else None
     seconds = time.monotonic() - t0
-    whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["img_s"])
-    fastest = max(rows, key=lambda r: r["img_s"])
-    best = fastest if fastest["img_s"] > APPROX_MARGIN * whole["img_s"] else whole
+    whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["score"])
+    fastest = max(rows, key=lambda r: r["score"])
+    best = fastest if fastest["score"] > APPROX_MARGIN * whole["score"] else whole
     several = len({(r["controller"], r["mpi_allreduce"]) for r in rows}) > 1
 
     def path(r):
@@ -151,17 +175,23 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
 
     def name(r):
         return f"{path(r)} + {r['compression']}" if several else r["compression"]
-    why = [f"fastest across the hosts: {'controller ' + path(best) + ', ' if several else ''}compression "
-           f"{best['compression']} with {best['bucket_mb']:g} MiB buckets, {best['img_s']:.2f} img/s "
+
+    def against(r):  # what the ranking compared: img/s against the floor timed beside it, or img/s
+        return f", {r['vs_floor']:.3f} of the floor beside it" if floors else ""
+    why = [f"fastest across the hosts{' (img/s against the floor timed beside each)' if floors else ''}: "
+           f"{'controller ' + path(best) + ', ' if several else ''}compression "
+           f"{best['compression']} with {best['bucket_mb']:g} MiB buckets, {best['img_s']:.2f} img/s{against(best)} "
            f"({best['wire_mb']:.1f} MB sent per step per worker)"]
-    why += [f"{name(r)}: {r['img_s']:.2f} img/s ({best['img_s'] / r['img_s']:.2f}x slower, "
+    why += [f"{name(r)}: {r['img_s']:.2f} img/s{against(r)} ({best['score'] / r['score']:.2f}x slower, "
             f"{r['wire_mb']:.1f} MB/step)" for r in rows if r is not best]
     n, k = launches, len(paths)
     why.append(f"measured in {n} launch{'es' * (n != 1)} ({k} transport{'s' * (k != 1)}, every format in turn in "
                f"each{', then the close ones again' if n > k else ''}), {seconds:.0f} s")
     if len(close) > 1:
         why.append(f"timed twice, being within {RUNOFF - 1:.0%} of the fastest at first (means above): "
-                   + "; ".join(f"{name(r)} " + " then ".join(f"{t:.2f}" for t in r["timings"]) for r in close))
+                   + "; ".join(f"{name(r)} " + " then ".join(f"{t:.2f}" for t in r["timings"])
+                               + (" img/s, " + " then ".join(f"{v:.3f}" for v in r["scores"]) + " of the floor"
+                                  if floors else "") for r in close))
     return {"horovod": {"compression": best["compression"], "bucket_mb": best["bucket_mb"], "op": "prescaled",
                         "cycle_time_ms": HOST_CYCLE_MS, "mpi_allreduce": best["mpi_allreduce"]},
             "launcher": {"controller": best["controller"], "env": {}}, "why": why, "candidates": rows,
@@ -190,7 +220,7 @@ def _main_hosts(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"  {transport(controller, algo)}: {', '.join(compressions)} ...", file=sys.stderr, flush=True)
             return train.by_format(train._launch("hvdfast", run, n, Path(tmp) / "out.json", hosts=args.hosts,
-                                                 nic=args.nic, compressions=compressions))
+                                                 nic=args.nic, compressions=compressions, interleave="floor"))
 
     doc = tune_hosts(measure, args.steps, allreduce.controllers(args.controllers))
     hw = hardware()

@@ -139,7 +139,10 @@ def test_tune_across_hosts_writes_the_wire_format_that_launch_applies(hosts, tmp
     sent = {c["compression"]: c["wire_mb"] for c in doc["candidates"]}
     assert 0.4 < sent["fp16"] / sent["none"] < 0.6 and sent["powersgd"] < 0.1 * sent["none"]
     assert doc["horovod"]["compression"] in sent and doc["launcher"]["controller"] == "gloo"
-    assert doc["why"][0].startswith("fastest across the hosts: compression ")
+    # ranked by img/s against the floor (both hosts' workers alone at once) timed beside each candidate's steps
+    assert doc["why"][0].startswith("fastest across the hosts (img/s against the floor timed beside each): "
+                                    "compression ")
+    assert all(0 < c["vs_floor"] == c["score"] for c in doc["candidates"])
     # hvdfast train reads it like any tuned file (recipe < tuned file < overrides)
     cfg, _ = tuned.load_config(ROOT / "launch/configs/digits-cpu.yaml", [f"horovod.tuned={out}"])
     assert cfg.horovod.compression == doc["horovod"]["compression"] and cfg.horovod.bucket_mb == 25.0

@@ -55,6 +55,26 @@ def test_the_controller_is_chosen_with_the_wire_format():
     assert (doc["launcher"]["controller"], doc["horovod"]["compression"]) == ("gloo", "powersgd")
 
 
+def test_candidates_timed_beside_a_floor_are_ranked_against_it():
+    # fp16 was timed while the machine ran at half speed (its floor too): 9 img/s against a floor of 10 is 0.9,
+    # ahead of none's 12 against 16 (0.75) although slower in img/s; PowerSGD's 0.93 is not 5% ahead of 0.9
+    measured = {"none": (12.0, 16.0), "fp16": (9.0, 10.0), "powersgd": (15.0, 16.2)}
+
+    def measure(overrides, steps, controller, compressions):
+        return {c: [{"img_s": measured[c][0] / 2, "floor_img_s": measured[c][1] / 2, "wire_mb_per_step": 1.0,
+                     "controller": controller}] * 2 for c in compressions}
+    doc = tune.tune_hosts(measure, steps=2)
+    assert doc["horovod"]["compression"] == "fp16"
+    got = {(c["mpi_allreduce"], c["compression"]): (c["img_s"], c["vs_floor"], c["scores"])
+           for c in doc["candidates"]}
+    assert got[("auto", "fp16")] == (9.0, 0.9, [0.9, 0.9])  # within 5% of PowerSGD's 0.926: timed again
+    assert got[("auto", "none")] == (12.0, 0.75, [0.75])
+    assert doc["why"][0] == ("fastest across the hosts (img/s against the floor timed beside each): controller mpi, "
+                             "compression fp16 with 25 MiB buckets, 9.00 img/s, 0.900 of the floor beside it "
+                             "(1.0 MB sent per step per worker)")
+    assert "of the floor" in doc["why"][-1] and doc["why"][-1].startswith("timed twice")
+
+
 def test_close_candidates_are_timed_again_in_reverse_and_chosen_by_their_mean():
     # first pass: none leads fp16 by 2.5% and the rest are 15-25% behind; the second timings reverse none and fp16
     timings = {"none": [20.0, 18.0], "fp16": [19.5, 19.9], "powersgd": [15.0],

@@ -102,10 +102,11 @@ class Bench:
 
     def _horovod_cmd(self, variant: str, overrides: list[str], on: list[str], steps: int | None,
                      controller: str | None, compressions: Sequence[str] = (),
-                     interleave: bool = False) -> tuple[list[str], Path]:
+                     interleave: str | None = None) -> tuple[list[str], Path]:
         """horovodrun, as the login host starts it, of the hvdfast or baseline worker of `hvdfast bench train`
         with one worker on each host of `on` (timing each of `compressions` in turn, where given; with
-        `interleave`, the limit and the floor between the run's steps); and the file the workers' results go to."""
+        `interleave`, the limit and the floor or the floor only between the run's steps: bench train's
+        `interleaved`); and the file the workers' results go to."""
         from . import train
         targs = self._train_args(overrides)
         targs.steps = steps or targs.steps
@@ -117,7 +118,8 @@ class Bench:
                                   nic="hvd0"), out
 
     def horovod(self, variant: str, overrides: list[str], n: int | None = None, steps: int | None = None,
-                controller: str | None = None, compressions: Sequence[str] = (), interleave: bool = False) -> list:
+                controller: str | None = None, compressions: Sequence[str] = (),
+                interleave: str | None = None) -> list:
         """One horovodrun job over the first `n` worker hosts (default: all), from the login host: per-rank
         results (with `compressions`, per rank one per format)."""
         from . import train
@@ -127,11 +129,11 @@ class Bench:
         return train.read_result(variant, len(on), proc, out)
 
     def formats(self, overrides: list[str], steps: int, controller: str, compressions: Sequence[str]) -> dict:
-        """One hvdfast job over every worker host timing each wire format in turn: {format: per-rank results}
-        (tune.tune_hosts' `measure`)."""
+        """One hvdfast job over every worker host timing each wire format in turn, each step beside a floor step
+        (tune.tune_hosts ranks by the ratio): {format: per-rank results} (tune.tune_hosts' `measure`)."""
         from . import train
         return train.by_format(self.horovod("hvdfast", overrides, steps=steps, controller=controller,
-                                            compressions=compressions))
+                                            compressions=compressions, interleave="floor"))
 
     def apart(self, variant: str, overrides: list[str]) -> list[dict]:
         """A one-worker horovodrun job on every worker host at the same time: the workers compute side by side
@@ -279,6 +281,7 @@ def run(args) -> int:
     hw = hardware()
     rows, tuned_docs = [], {}
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    interleave = None if args.no_interleave else "limit"  # the limit and the floor between every run's steps
     with tempfile.TemporaryDirectory(prefix="hvdfast-cluster-") as tmp:
         bench = Bench(args, Path(tmp))
         try:
@@ -313,9 +316,9 @@ def run(args) -> int:
                             ranks = bench.horovod("hvdfast", [f"horovod.tuned={Path(tmp) / f'tuned-{link}.yaml'}",
                                                               *overrides],
                                                   controller=tuned_docs[link]["launcher"]["controller"],
-                                                  interleave=not args.no_interleave)
+                                                  interleave=interleave)
                         elif name == "horovod":
-                            ranks = bench.horovod("horovod", [], interleave=not args.no_interleave)
+                            ranks = bench.horovod("horovod", [], interleave=interleave)
                         else:
                             ranks = bench.ddp(DDP_HOOKS[v], interleave=not args.no_interleave)
                         results.setdefault((link, v), []).append(ranks)

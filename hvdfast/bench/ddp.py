@@ -45,7 +45,7 @@ def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter
 def main(argv=None) -> int:
     from .. import engine, models
     from ..train import param_digest
-    from .train import cpus, interleaved, net_bytes_sent, peak_rss_mb, synthetic_batch
+    from .train import cpus, interleaved, lone_figures, net_bytes_sent, peak_rss_mb, synthetic_batch
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
@@ -112,9 +112,8 @@ def main(argv=None) -> int:
             sent += net_bytes_sent() - before
             return times[-1]
 
-        cycles = interleaved(args.steps, rank, size, tdist.barrier, together, lambda: one_step(solo, solo_opt, solo_prec))
-        lone = {"alone_img_s": args.batch / statistics.median(cycles["alone_s"]),
-                "floor_img_s": args.batch / statistics.median(cycles["floor_s"]), "cycles": cycles}
+        lone = lone_figures(interleaved(args.steps, rank, size, tdist.barrier, together,
+                                        lambda: one_step(solo, solo_opt, solo_prec)), args.batch)
     step = statistics.median(times[args.warmup:])
     mine = {**lone, "rank": rank, "threads": torch.get_num_threads(), "cpus": cpus(), "step_s": step,
             "img_s": args.batch / step, "wire_mb_per_step": sent / args.steps / 1e6,

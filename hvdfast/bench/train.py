@@ -88,17 +88,22 @@ class PlainOptimizer:
         self.optimizer.zero_grad()
 
 
-def interleaved(cycles: int, rank: int, size: int, barrier, together, alone) -> dict[str, list[float]]:
+INTERLEAVE = ("limit", "floor")
+
+
+def interleaved(cycles: int, rank: int, size: int, barrier, together, alone,
+                mode: str = "limit") -> dict[str, list[float]]:
     """A run's own steps with its compute limit and its floor timed between them, step by step, in the same
     processes: each cycle is every rank's step alone in turn (the others wait at a barrier on cores of their own:
-    the limit, as one worker alone on one host), then every rank's step alone at the same time (the floor: what
-    the hosts' shared memory system leaves), then one step together (the run). `together()` and `alone()` run one
-    step and return its seconds. Limit and run measured seconds apart instead of minutes: this machine's speed
-    moved by up to 25% between separate launches a few minutes apart, which no number of rounds averages away
-    from a ratio whose two sides were timed at different moments."""
+    the limit, as one worker alone on one host; mode "limit" only), then every rank's step alone at the same time
+    (the floor: what the hosts' shared memory system leaves), then one step together (the run). `together()` and
+    `alone()` run one step and return its seconds. Limit and run measured seconds apart instead of minutes: this
+    machine's speed moved by up to 25% between separate launches a few minutes apart, which no number of rounds
+    averages away from a ratio whose two sides were timed at different moments. Mode "floor" costs one step per
+    step at any worker count (the limit's turns cost one per worker: `hvdfast tune --hosts` uses the floor)."""
     times: dict[str, list[float]] = {"alone_s": [], "floor_s": [], "step_s": []}
     for _ in range(cycles):
-        for r in range(size):
+        for r in range(size if mode == "limit" else 0):
             barrier()
             if r == rank:
                 times["alone_s"].append(alone())
@@ -107,6 +112,15 @@ def interleaved(cycles: int, rank: int, size: int, barrier, together, alone) -> 
         barrier()
         times["step_s"].append(together())
     return times
+
+
+def lone_figures(cycles: dict | None, batch: int) -> dict:
+    """A worker's result's part from `interleaved`: its img/s alone (the limit's turns) and at the floor, medians
+    over the cycles, and every cycle's seconds."""
+    if cycles is None:
+        return {}
+    alone = {"alone_img_s": batch / statistics.median(cycles["alone_s"])} if cycles["alone_s"] else {}
+    return {**alone, "floor_img_s": batch / statistics.median(cycles["floor_s"]), "cycles": cycles}
 
 
 def _worker(args) -> None:
@@ -199,13 +213,11 @@ def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
                 steps(lone_forward, plain, 1, mine, on_step=lambda step: None, divisor=1, prec=lone_prec)
                 return mine[0].step_s
 
-            cycles = interleaved(args.steps, info.rank, info.size, dist.barrier, together, alone)
+            cycles = interleaved(args.steps, info.rank, info.size, dist.barrier, together, alone, args.interleave)
     times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in step_times[warmup:]]
     wire = sent["timed"] / args.steps
-    lone_figures = {} if cycles is None else {
-        "alone_img_s": args.batch / statistics.median(cycles["alone_s"]),
-        "floor_img_s": args.batch / statistics.median(cycles["floor_s"]), "cycles": cycles}
-    return {**lone_figures, "rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(), "controller": info.controller,
+    return {**lone_figures(cycles, args.batch), "rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(),
+            "controller": info.controller,
             "mpi_allreduce": hcfg.mpi_allreduce if info.controller == "mpi" else None,
             # the process's peak so far: with --compressions, a later format's includes the earlier ones'
             "wire_mb_per_step": wire / 1e6, "peak_rss_mb": peak_rss_mb(), "params_sha256": param_digest(model),
@@ -221,10 +233,10 @@ def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------- driver side
 def worker_program(variant: str, args, out: Path, threads: int = 0, compressions: Sequence[str] = (),
-                   interleave: bool = False) -> list[str]:
+                   interleave: str | None = None) -> list[str]:
     """The worker command line of one variant (what the launcher starts on every rank); with `compressions`, one
     timed run per wire format in the same processes (by_format reads the result); with `interleave`, the worker
-    alone and the floor timed between the run's steps (`interleaved`)."""
+    alone and the floor ("limit") or the floor only ("floor") timed between the run's steps (`interleaved`)."""
     cmd = [sys.executable, "-m", "hvdfast.bench.train", "--worker", "--variant", variant, "--out", str(out),
            "--model", args.model, "--batch", str(args.batch), "--image-size", str(args.image_size),
            "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -234,7 +246,7 @@ def worker_program(variant: str, args, out: Path, threads: int = 0, compressions
     if compressions:
         cmd += ["--compressions", ",".join(compressions)]
     if interleave:
-        cmd.append("--interleave")
+        cmd += ["--interleave", interleave]
     return cmd + list(args.overrides)
 
 
@@ -261,9 +273,10 @@ def by_format(ranks: list[list[dict]]) -> dict[str, list[dict]]:
 
 
 def _launch(variant: str, args, np_: int, out: Path, threads: int = 0, hosts: str | None = None,
-            nic: str | None = None, compressions: Sequence[str] = ()) -> list:
+            nic: str | None = None, compressions: Sequence[str] = (), interleave: str | None = None) -> list:
     root = Path(__file__).resolve().parents[2]
-    cmd = launcher_cmd(variant, args, np_, worker_program(variant, args, out, threads, compressions), hosts, nic)
+    cmd = launcher_cmd(variant, args, np_, worker_program(variant, args, out, threads, compressions, interleave),
+                       hosts, nic)
     from ..launch import commands
     proc = subprocess.run(cmd, env=commands.process_env(), cwd=root, capture_output=True, text=True,
                           timeout=args.timeout)
@@ -425,7 +438,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="hvdfast", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--compressions", help=argparse.SUPPRESS)
-    p.add_argument("--interleave", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--interleave", choices=INTERLEAVE, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         _worker(args)
