@@ -320,12 +320,12 @@ def run(args) -> int:
                         elif name == "horovod":
                             ranks = bench.horovod("horovod", [], interleave=interleave)
                         else:
-                            ranks = bench.ddp(DDP_HOOKS[v], interleave=not args.no_interleave)
+                            ranks = bench.ddp(DDP_HOOKS[v], interleave=interleave is not None)
                         results.setdefault((link, v), []).append(ranks)
                         say(f"  {sum(r['img_s'] for r in ranks):.2f} img/s, "
                             f"{statistics.mean(r['wire_mb_per_step'] for r in ranks):.1f} MB sent per step per worker"
                             + (f", efficiency {in_run([ranks])['efficiency_in_run']:.3f} against the limit in the run"
-                               if not args.no_interleave else ""))
+                               if interleave else ""))
             alone_by_link = {link: {k: mean_alone(v) for k, v in d.items() if v} for link, d in alone_runs.items()}
             floor = {link: mean_floor(v) for link, v in floor_runs.items() if v}
             # every run of the limit, all links together (what `bench model` takes as the compute time)
@@ -355,7 +355,8 @@ def run(args) -> int:
             ("comm_share", "comm share of step"),
             ("comm_wait_s", "comm wait s"),
             ("wire_mb_per_step", "MB sent/step/worker"), ("peak_rss_mb", "peak RSS MB"),
-            ("vs_floor", "x floor"), ("vs_floor_in_run", "x floor in the run"), ("vs_best_ddp", "x best DDP"), ("vs_ddp_default", "x DDP default"),
+            ("vs_floor", "x floor"), ("vs_floor_in_run", "x floor in the run"), ("vs_best_ddp", "x best DDP"),
+            ("vs_ddp_default", "x DDP default"),
             ("top1_cost_pt", "top-1 cost, pt"), ("ranks_agree", "ranks agree")]
     if any("vs_hvdfast" in r for r in rows):
         cols[-1:-1] = [("vs_hvdfast", "x hvdfast"), ("vs_hvdfast_rounds", "x hvdfast, each round")]
