@@ -109,12 +109,13 @@ def main(argv=None) -> int:
             nonlocal sent
             before = net_bytes_sent()  # the run's steps only: not the barriers' bytes between them
             times.append(one_step(ddp, opt))
-            sent += net_bytes_sent() - before
+            if len(times) > args.warmup + 1:  # interleaved's first cycle is untimed
+                sent += net_bytes_sent() - before
             return times[-1]
 
         lone = lone_figures(interleaved(args.steps, rank, size, tdist.barrier, together,
                                         lambda: one_step(solo, solo_opt, solo_prec)), args.batch)
-    step = statistics.median(times[args.warmup:])
+    step = statistics.median(times[args.warmup + args.interleave:])  # interleaved's first cycle untimed
     mine = {**lone, "rank": rank, "threads": torch.get_num_threads(), "cpus": cpus(), "step_s": step,
             "img_s": args.batch / step, "wire_mb_per_step": sent / args.steps / 1e6,
             "peak_rss_mb": peak_rss_mb(),
