@@ -104,6 +104,17 @@ def score(ranks: list[dict]) -> tuple[float, float | None]:
     return rate, (rate / floor if floor else None)
 
 
+def _add_timing(row: dict, ranks: list[dict]) -> None:
+    """One more timing of a candidate: its img/s and, where a floor was timed, its ratio to it; img_s and score (what
+    the ranking compares: the ratio, else img/s) are the means so far."""
+    rate, vs_floor = score(ranks)
+    row["timings"].append(rate)
+    row["scores"].append(rate if vs_floor is None else vs_floor)
+    row["img_s"] = sum(row["timings"]) / len(row["timings"])
+    row["score"] = sum(row["scores"]) / len(row["scores"])
+    row["vs_floor"] = None if vs_floor is None else row["score"]
+
+
 # Open MPI's allreduce algorithms timed under the MPI controller (horovod.mpi_allreduce): its own choice, and
 # recursive doubling. At 2 ranks over TCP its choice for buffers >= 256 KB (Rabenseifner's) took about twice the
 # wire time of the bytes and recursive doubling the wire time; a ring took as long as Rabenseifner's (README,
@@ -140,12 +151,10 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
         by = measure(host_overrides(algo), steps, ctl, HOST_COMPRESSIONS)
         for comp in HOST_COMPRESSIONS:
             ranks = by[comp]
-            rate, vs_floor = score(ranks)
             rows.append({"controller": ranks[0]["controller"], "mpi_allreduce": algo, "compression": comp,
-                         "bucket_mb": HOST_BUCKET_MB, "img_s": rate, "timings": [rate],
-                         "vs_floor": vs_floor, "scores": [rate if vs_floor is None else vs_floor],
+                         "bucket_mb": HOST_BUCKET_MB, "timings": [], "scores": [],
                          "wire_mb": max(r["wire_mb_per_step"] for r in ranks)})
-            rows[-1]["score"] = rows[-1]["scores"][0]
+            _add_timing(rows[-1], ranks)
     floors = all(r["vs_floor"] is not None for r in rows)  # ranked against the floor timed beside each candidate
     lead = max(r["score"] for r in rows)
     close = [r for r in rows if r["score"] * RUNOFF >= lead]
@@ -158,12 +167,7 @@ def tune_hosts(measure, steps: int, controllers=("mpi",)) -> dict:
             by = measure(host_overrides(algo), steps, ctl, [r["compression"] for r in again])
             launches += 1
             for r in again:
-                rate, vs_floor = score(by[r["compression"]])
-                r["timings"].append(rate)
-                r["scores"].append(rate if vs_floor is None else vs_floor)
-                r["img_s"] = sum(r["timings"]) / len(r["timings"])
-                r["score"] = sum(r["scores"]) / len(r["scores"])
-                r["vs_floor"] = r["score"] if vs_floor is not None else None
+                _add_timing(r, by[r["compression"]])
     seconds = time.monotonic() - t0
     whole = max((r for r in rows if r["compression"] in ("none", "fp16")), key=lambda r: r["score"])
     fastest = max(rows, key=lambda r: r["score"])
