@@ -116,15 +116,17 @@ def test_ctrl_c_in_a_terminal_checkpoints_and_stops(short_digits_dir, tmp_path, 
 
 def test_max_time_stops_before_the_budget_with_a_checkpoint(short_digits_dir, tmp_path):
     run = tmp_path / "run"
-    budget = 14.0  # start-up takes ~5 s here and the whole run ~20 s
+    budget = 14.0  # start-up takes ~5 s here; 50 epochs (1,000 steps) outlast it on any machine (2 epochs took 8 s)
+    epochs = 50
     t0 = time.time()
-    p = subprocess.run(launch_cmd("gloo", 2, train_args(short_digits_dir, run, f"train.max_time={budget:g}s")),
+    p = subprocess.run(launch_cmd("gloo", 2, train_args(short_digits_dir, run, f"train.epochs={epochs}",
+                                                        f"train.max_time={budget:g}s")),
                        env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     took = time.time() - t0
     assert p.returncode == 1 and f"Exit code: {EXIT_STOPPED}" in p.stdout + p.stderr  # horovodrun's report
     record = json.loads((run / "stopped.json").read_text())
     assert record["reason"] == "train.max_time" and record["rank_steps"][0] == record["rank_steps"][1]
-    assert 0 < record["step"] < STEPS and checkpoint.load(Path(record["checkpoint"]))["step"] == record["step"]
+    assert 0 < record["step"] < epochs * STEPS_PER_EPOCH and checkpoint.load(Path(record["checkpoint"]))["step"] == record["step"]
     assert took < budget + 5, took  # the ranks started after the launcher; horovodrun then exits in ~1 s
     assert "stopped on train.max_time" in p.stdout
 
