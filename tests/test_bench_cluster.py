@@ -97,6 +97,15 @@ def test_two_hosts_on_a_shaped_link(tmp_path, short_digits_dir):
         assert r["vs_floor_in_run"] == r["img_s"] / r["floor_in_run_img_s"], r["variant"]
         assert r["efficiency_in_run_rounds"] == [r["efficiency_in_run"]]
         assert len(r["efficiency_in_run_cycles"]) == 2
+    # the Horovod workers split the run's steps and the floor's alike: the loss against the floor, per phase, adds
+    # up to the step's (to rounding); DDP's step is not split
+    for r in [rows["hvdfast"], ab]:
+        run, fl = r["phases_in_run"]["run"], r["phases_in_run"]["floor"]
+        assert r["lost_s"] == run["step_s"] - fl["step_s"]
+        assert r["lost_s"] == pytest.approx(r["lost_compute_s"] + r["lost_wait_s"] + r["lost_update_s"], rel=1e-9)
+        assert r["fwd_bwd_vs_floor"] == run["compute_s"] / fl["compute_s"]
+    assert "lost_s" not in rows["ddp"]
+    assert "Where each step lost time against the floor" in next(tmp_path.glob("cluster-*.md")).read_text()
     # the accuracy cost: every lossy format of the hvdfast rows (the A/B's fp16, and the tuned choice if lossy)
     # trained on the digits with that format, beside uncompressed, seed 0; each row's cost is its final top-1 minus
     # uncompressed's

@@ -236,12 +236,49 @@ def in_run(repeats: list[list[dict]]) -> dict:
               for run in repeats
               for steps, alone in zip(zip(*(r["cycles"]["step_s"] for r in run)),
                                       zip(*(r["cycles"]["alone_s"] for r in run)))]
-    return {"efficiency_in_run": statistics.mean(rounds), "efficiency_in_run_rounds": rounds,
+    return {**against_floor(repeats), "efficiency_in_run": statistics.mean(rounds),
+            "efficiency_in_run_rounds": rounds,
             "efficiency_in_run_cycles": cycles,
             "limit_in_run_img_s": statistics.mean(sum(r["alone_img_s"] for r in run) for run in repeats),
             "floor_in_run_img_s": statistics.mean(sum(r["floor_img_s"] for r in run) for run in repeats),
             "vs_floor_in_run": statistics.mean(sum(r["img_s"] for r in run) / sum(r["floor_img_s"] for r in run)
                                                for run in repeats)}
+
+
+def against_floor(repeats: list[list[dict]]) -> dict:
+    """Where a run's step lost time against the floor's step timed beside it (the Horovod workers split both into
+    phases; bench train's `lone_figures`): per phase, the run's mean minus the floor's, averaged over the ranks and
+    rounds, in seconds per step. The parts add up to the step's loss: forward+backward slower (the communication
+    running beside backward, on the same cores), the wait after backward for what it did not hide, and the update
+    slower (its own part of the wire format's work: PowerSGD's last round, fp16's decompression). Empty for the
+    DDP peer (its step is not split) and where the runs did not interleave."""
+    ranks = [r for run in repeats for r in run]
+    if not ranks or not all("phases" in r for r in ranks):
+        return {}
+
+    def mean(side, k):
+        return statistics.mean(r["phases"][side][k] for r in ranks)
+    run, floor = ({k: mean(side, k) for k in ranks[0]["phases"][side]} for side in ("run", "floor"))
+    return {"phases_in_run": {"run": run, "floor": floor},
+            "run_step_s": run["step_s"], "floor_step_s": floor["step_s"], "lost_s": run["step_s"] - floor["step_s"],
+            "lost_compute_s": run["compute_s"] - floor["compute_s"],
+            "lost_wait_s": run["comm_wait_s"] - floor["comm_wait_s"],
+            "lost_update_s": run["update_s"] - floor["update_s"],
+            "fwd_bwd_vs_floor": run["compute_s"] / floor["compute_s"]}
+
+
+def phase_table(rows: list[dict]) -> str:
+    """The second look at the rows that split their steps: where each one's step went against the floor's."""
+    from .report import markdown_table
+    split = [r for r in rows if "lost_s" in r]
+    if not split:
+        return ""
+    return ("Where each step lost time against the floor's step timed beside it (seconds per step, means over the "
+            "cycles and workers; the parts add up to the loss)\n\n" + markdown_table(split, [
+                ("link", "link"), ("variant", "variant"), ("settings", "compression"), ("run_step_s", "run step s"),
+                ("floor_step_s", "floor step s"), ("lost_s", "lost s"), ("lost_compute_s", "fwd+bwd slower s"),
+                ("fwd_bwd_vs_floor", "fwd+bwd x floor"), ("lost_wait_s", "wait after backward s"),
+                ("lost_update_s", "update slower s")]))
 
 
 def mean_alone(runs: list[dict]) -> dict:
@@ -382,6 +419,9 @@ def run(args) -> int:
                "its steps (each host's worker alone in turn, then all alone at once, then one step of the run)")
             + f"; the bridge between the hosts "
             f"{'without' if bench.cluster.switch_filtering_off else 'WITH'} the machine's netfilter hooks\n\n{table}")
+    split = phase_table(rows)
+    if split:
+        text += "\n\n" + split
     if acc:
         text += "\n\n" + accuracy.table(acc)
     for link, doc in tuned_docs.items():

@@ -92,7 +92,7 @@ INTERLEAVE = ("limit", "floor")
 
 
 def interleaved(cycles: int, rank: int, size: int, barrier, together, alone,
-                mode: str = "limit") -> dict[str, list[float]]:
+                mode: str = "limit", floor=None) -> dict[str, list[float]]:
     """A run's own steps with its compute limit and its floor timed between them, step by step, in the same
     processes: each cycle is every rank's step alone in turn (the others wait at a barrier on cores of their own:
     the limit, as one worker alone on one host; mode "limit" only), then every rank's step alone at the same time
@@ -100,7 +100,8 @@ def interleaved(cycles: int, rank: int, size: int, barrier, together, alone,
     `alone()` run one step and return its seconds. Limit and run measured seconds apart instead of minutes: this
     machine's speed moved by up to 25% between separate launches a few minutes apart, which no number of rounds
     averages away from a ratio whose two sides were timed at different moments. Mode "floor" costs one step per
-    step at any worker count (the limit's turns cost one per worker: `hvdfast tune --hosts` uses the floor)."""
+    step at any worker count (the limit's turns cost one per worker: `hvdfast tune --hosts` uses the floor).
+    `floor()`, where given, runs the floor's steps instead of `alone()` (a worker keeping their phases)."""
     times: dict[str, list[float]] = {"alone_s": [], "floor_s": [], "step_s": []}
     for _ in range(cycles + 1):
         for r in range(size if mode == "limit" else 0):
@@ -108,7 +109,7 @@ def interleaved(cycles: int, rank: int, size: int, barrier, together, alone,
             if r == rank:
                 times["alone_s"].append(alone())
         barrier()
-        times["floor_s"].append(alone())
+        times["floor_s"].append((floor or alone)())
         barrier()
         times["step_s"].append(together())
     # the first cycle untimed: after a run of another wire format in the same process (`hvdfast tune --hosts`), its
@@ -116,13 +117,23 @@ def interleaved(cycles: int, rank: int, size: int, barrier, together, alone,
     return {k: v[1:] for k, v in times.items()}
 
 
-def lone_figures(cycles: dict | None, batch: int) -> dict:
+PHASES = ("compute_s", "comm_wait_s", "update_s", "step_s")
+
+
+def phase_means(times: list) -> dict[str, float]:
+    """Each phase of engine.StepTimes averaged over steps (means, not medians: the phases add up to the step)."""
+    return {k: statistics.mean(getattr(t, k) for t in times) for k in PHASES}
+
+
+def lone_figures(cycles: dict | None, batch: int, run: list | None = None, floor: list | None = None) -> dict:
     """A worker's result's part from `interleaved`: its img/s alone (the limit's turns) and at the floor, medians
-    over the cycles, and every cycle's seconds."""
+    over the cycles, and every cycle's seconds; given the run's and the floor's steps' phases (engine.StepTimes
+    of the timed cycles), both averaged per phase ("phases"): where the run's step lost time against the floor's."""
     if cycles is None:
         return {}
     alone = {"alone_img_s": batch / statistics.median(cycles["alone_s"])} if cycles["alone_s"] else {}
-    return {**alone, "floor_img_s": batch / statistics.median(cycles["floor_s"]), "cycles": cycles}
+    phases = {"phases": {"run": phase_means(run), "floor": phase_means(floor)}} if run and floor else {}
+    return {**alone, "floor_img_s": batch / statistics.median(cycles["floor_s"]), "cycles": cycles, **phases}
 
 
 def _worker(args) -> None:
@@ -189,6 +200,7 @@ def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
 
     step_times: list = []
     cycles = None
+    floor_times: list = []  # with interleave: the floor's steps, each split into phases as the run's are
     # the baseline: Python's collector as Horovod's example leaves it; hvdfast: as `hvdfast train` schedules it
     with engine.scheduled_gc(0 if baseline else cfg.train.gc_every) as collect:
         if not args.interleave:
@@ -211,16 +223,19 @@ def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
                     sent["timed"] += net_bytes_sent() - before
                 return step_times[-1].step_s
 
-            def alone() -> float:
-                mine: list = []
+            def alone(kept: list | None = None) -> float:
+                mine: list = [] if kept is None else kept
                 steps(lone_forward, plain, 1, mine, on_step=lambda step: None, divisor=1, prec=lone_prec)
-                return mine[0].step_s
+                return mine[-1].step_s
 
-            cycles = interleaved(args.steps, info.rank, info.size, dist.barrier, together, alone, args.interleave)
+            cycles = interleaved(args.steps, info.rank, info.size, dist.barrier, together, alone, args.interleave,
+                                 floor=lambda: alone(floor_times))
+            del floor_times[0]  # interleaved's first cycle is untimed
     timed = step_times[warmup + (cycles is not None):]  # interleaved's first cycle is untimed
     times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in timed]
     wire = sent["timed"] / args.steps
-    return {**lone_figures(cycles, args.batch), "rank": info.rank, "threads": torch.get_num_threads(), "cpus": cpus(),
+    return {**lone_figures(cycles, args.batch, timed, floor_times), "rank": info.rank,
+            "threads": torch.get_num_threads(), "cpus": cpus(),
             "controller": info.controller,
             "mpi_allreduce": hcfg.mpi_allreduce if info.controller == "mpi" else None,
             # the process's peak so far: with --compressions, a later format's includes the earlier ones'
