@@ -249,9 +249,10 @@ def against_floor(repeats: list[list[dict]]) -> dict:
     """Where a run's step lost time against the floor's step timed beside it (the Horovod workers split both into
     phases; bench train's `lone_figures`): per phase, the run's mean minus the floor's, averaged over the ranks and
     rounds, in seconds per step. The parts add up to the step's loss: forward+backward slower (the communication
-    running beside backward, on the same cores), the wait after backward for what it did not hide, and the update
-    slower (its own part of the wire format's work: PowerSGD's last round, fp16's decompression). Empty for the
-    DDP peer (its step is not split) and where the runs did not interleave."""
+    running beside backward on the same cores, and whatever the gradient hooks do: PowerSGD's first products), the
+    wait after backward (what backward did not hide, the rounds and decompression it leaves), and the update slower
+    (the optimizer after it). Empty for the DDP peer (its step is not split) and where the runs did not
+    interleave."""
     ranks = [r for run in repeats for r in run]
     if not ranks or not all("phases" in r for r in ranks):
         return {}
