@@ -45,7 +45,7 @@ def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter
 def main(argv=None) -> int:
     from .. import engine, models
     from ..train import param_digest
-    from .train import cpus, interleaved, lone_figures, net_bytes_sent, peak_rss_mb, synthetic_batch
+    from .train import UNTIMED_CYCLES, cpus, interleaved, lone_figures, net_bytes_sent, peak_rss_mb, synthetic_batch
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
@@ -109,13 +109,13 @@ def main(argv=None) -> int:
             nonlocal sent
             before = net_bytes_sent()  # the run's steps only: not the barriers' bytes between them
             times.append(one_step(ddp, opt))
-            if len(times) > args.warmup + 1:  # interleaved's first cycle is untimed
+            if len(times) > args.warmup + UNTIMED_CYCLES:
                 sent += net_bytes_sent() - before
             return times[-1]
 
         lone = lone_figures(interleaved(args.steps, rank, size, tdist.barrier, together,
                                         lambda: one_step(solo, solo_opt, solo_prec)), args.batch)
-    step = statistics.median(times[args.warmup + args.interleave:])  # interleaved's first cycle untimed
+    step = statistics.median(times[args.warmup + (UNTIMED_CYCLES if args.interleave else 0):])
     mine = {**lone, "rank": rank, "threads": torch.get_num_threads(), "cpus": cpus(), "step_s": step,
             "img_s": args.batch / step, "wire_mb_per_step": sent / args.steps / 1e6,
             "peak_rss_mb": peak_rss_mb(),

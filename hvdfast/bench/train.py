@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import itertools
 import json
@@ -89,6 +90,10 @@ class PlainOptimizer:
 
 
 INTERLEAVE = ("limit", "floor")
+# interleaved's first cycles, run and dropped: after a run of another wire format in the same process (`hvdfast tune
+# --hosts`), its first floor step took 2.46 and 2.92 s where the next ones took 0.98-1.42 (PowerSGD after none and
+# fp16 at 100 Mbit/s). Callers that keep their own step records drop as many of them.
+UNTIMED_CYCLES = 1
 
 
 def interleaved(cycles: int, rank: int, size: int, barrier, together, alone,
@@ -103,7 +108,7 @@ def interleaved(cycles: int, rank: int, size: int, barrier, together, alone,
     step at any worker count (the limit's turns cost one per worker: `hvdfast tune --hosts` uses the floor).
     `floor()`, where given, runs the floor's steps instead of `alone()` (a worker keeping their phases)."""
     times: dict[str, list[float]] = {"alone_s": [], "floor_s": [], "step_s": []}
-    for _ in range(cycles + 1):
+    for _ in range(UNTIMED_CYCLES + cycles):
         for r in range(size if mode == "limit" else 0):
             barrier()
             if r == rank:
@@ -112,17 +117,12 @@ def interleaved(cycles: int, rank: int, size: int, barrier, together, alone,
         times["floor_s"].append((floor or alone)())
         barrier()
         times["step_s"].append(together())
-    # the first cycle untimed: after a run of another wire format in the same process (`hvdfast tune --hosts`), its
-    # floor step took 2.46 and 2.92 s where the next ones took 0.98-1.42 (PowerSGD after none and fp16 at 100 Mbit/s)
-    return {k: v[1:] for k, v in times.items()}
-
-
-PHASES = ("compute_s", "comm_wait_s", "update_s", "step_s")
+    return {k: v[UNTIMED_CYCLES:] for k, v in times.items()}
 
 
 def phase_means(times: list) -> dict[str, float]:
     """Each phase of engine.StepTimes averaged over steps (means, not medians: the phases add up to the step)."""
-    return {k: statistics.mean(getattr(t, k) for t in times) for k in PHASES}
+    return {f.name: statistics.mean(getattr(t, f.name) for t in times) for f in dataclasses.fields(times[0])}
 
 
 def lone_figures(cycles: dict | None, batch: int, run: list | None = None, floor: list | None = None) -> dict:
@@ -219,7 +219,7 @@ def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
             def together() -> float:
                 before = net_bytes_sent()  # the run's steps only: not the barriers' bytes between them
                 steps(forward, opt, 1, step_times, on_step=lambda step: collect(len(step_times)))
-                if len(step_times) > warmup + 1:  # interleaved's first cycle is untimed
+                if len(step_times) > warmup + UNTIMED_CYCLES:
                     sent["timed"] += net_bytes_sent() - before
                 return step_times[-1].step_s
 
@@ -230,8 +230,8 @@ def _timed_run(args, cfg, info, prec, baseline: bool, warmup: int) -> dict:
 
             cycles = interleaved(args.steps, info.rank, info.size, dist.barrier, together, alone, args.interleave,
                                  floor=lambda: alone(floor_times))
-            del floor_times[0]  # interleaved's first cycle is untimed
-    timed = step_times[warmup + (cycles is not None):]  # interleaved's first cycle is untimed
+            del floor_times[:UNTIMED_CYCLES]
+    timed = step_times[warmup + (UNTIMED_CYCLES if cycles is not None else 0):]
     times = [(t.compute_s, t.comm_wait_s, t.update_s, t.step_s) for t in timed]
     wire = sent["timed"] / args.steps
     return {**lone_figures(cycles, args.batch, timed, floor_times), "rank": info.rank,
