@@ -79,6 +79,10 @@ class HorovodConfig:
     powersgd_rank: int = 4            # rank r of compression=powersgd: each weight n x m sends (n + m) r numbers
     fusion_threshold_mb: float = 64.0  # MiB; tensor fusion buffer (HOROVOD_FUSION_THRESHOLD); 0 = no fusion
     cycle_time_ms: float = 1.0        # ms between Horovod background cycles (HOROVOD_CYCLE_TIME)
+    idle_wait_ms: float = 100.0       # ms: while nothing is queued on its rank, Horovod's background thread waits
+                                      # for the next enqueue (at most this long) instead of a coordination
+                                      # round every cycle (hvdfast's build patch, launch/install.sh); 0 = every
+                                      # cycle, as stock Horovod
     backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
     bucket_mb: float = 0.0            # MiB; > 0: gradients live in flat buckets of about this size, each one
                                       # allreduced as a single tensor when its last gradient is ready (no fusion
@@ -160,7 +164,7 @@ NON_NEGATIVE = {"horovod.fusion_threshold_mb", "horovod.bucket_mb", "optim.weigh
                 "optim.warmup_epochs", "optim.warmup_from", "optim.end_lr",
                 "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",
                 "train.hang_timeout_s", "train.threads", "train.gc_every",
-                "horovod.stall_check_warning_s",
+                "horovod.stall_check_warning_s", "horovod.idle_wait_ms",
                 "horovod.stall_check_shutdown_s"}
 
 

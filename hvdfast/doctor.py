@@ -83,7 +83,8 @@ def collect() -> tuple[dict, list[str]]:
             if not report["horovod"]["hvdfast_build_patch"]:
                 problems.append(f"Horovod {hv} was not built by launch/install.sh: without its build patch fp16 "
                                 f"sums under Gloo can come back wrong, an elastic reset with the recipe's knobs "
-                                f"crashes and horovodrun can lose a stopped run's exit status; {REMEDY_INSTALL}.")
+                                f"crashes, horovodrun can lose a stopped run's exit status and Horovod's idle "
+                                f"coordination rounds cost CPU workers ~3% of their compute; {REMEDY_INSTALL}.")
             knobs = dist.controller_problem(os.environ, c["mpi"])  # what hvd.init() would crash on
             if knobs:
                 problems.append(knobs)

@@ -282,7 +282,13 @@ def build_info() -> dict:
 
 
 def build_patched() -> bool:
-    """Whether this Horovod carries launch/install.sh's build patch (README, "The Horovod build patch"): told by the
-    function its Python part adds to horovodrun's process handling; its C++ parts are built in the same step."""
+    """Whether this Horovod carries launch/install.sh's build patch (README, "The Horovod build patch") as this
+    checkout writes it: told by the function its Python part adds to horovodrun's process handling and by the
+    newest C++ part's function in the torch extension (the idle wait: a build of an older patch lacks it)."""
+    import ctypes
+
     from horovod.runner.common.util import safe_shell_exec
-    return hasattr(safe_shell_exec, "_wait_without_reaping")
+    from horovod.torch import mpi_lib_v2
+    extension = ctypes.CDLL(mpi_lib_v2.__file__)  # loaded already by horovod.torch: the same handle
+    return (hasattr(safe_shell_exec, "_wait_without_reaping")
+            and hasattr(extension, "_ZN7horovod6common27HvdfastWakeBackgroundThreadEv"))
