@@ -151,7 +151,7 @@ def _check_extension_lambda(ext_base_name, fn, fn_desc, verbose):
             pass
     return result'
 # And Horovod's background thread while nothing is queued (horovod/common/{tensor_queue.h,tensor_queue.cc,operations.cc}):
-# it runs a coordination round every cycle (HOROVOD_CYCLE_TIME, 5 ms in the recipes) whether or not any tensor is
+# it runs a coordination round every cycle (HOROVOD_CYCLE_TIME; 5 ms as `tune --hosts` sets it) whether or not any tensor is
 # waiting, and on a worker that computes on the same cores those rounds cost compute: a ResNet-50 step with no
 # communication at all took 1.030x as long once hvd.init() had started the thread (Gloo, one rank, 5 ms cycles; 1.003x
 # with a 1,000 ms cycle; alternating init/shutdown, 6 rounds of 3 steps; Horovod issue #2804 saw the same on CPU

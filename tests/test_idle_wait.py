@@ -30,8 +30,8 @@ def test_idle_rank_runs_no_rounds_and_wakes_on_enqueue_and_shutdown(kind, tmp_pa
     ranks, cycles = run(kind, IDLE_CAP_MS, tmp_path)
     want = [[float(sum(r + i for r in range(NP)))] * 4 for i in range(5)]
     assert [r["sums"] for r in ranks] == [want] * NP
-    # rank 0's ~2.5 s: a few rounds per call (the one that finds rank 1 not ready yet, the one that performs it),
-    # none in between; every 5 ms, as below, would be hundreds
+    # rank 0's ~2.5 s: about one round per call (rank 0 waits inside it until rank 1 enqueues and joins), none in
+    # between (6 here); a round every 5 ms, as below, would be hundreds
     assert cycles < 40, cycles
     # each call returned once both ranks had enqueued (rank 0 waits ~0.1 s for rank 1), not at the 30 s cap
     assert max(max(r["calls_s"]) for r in ranks) < IDLE_CAP_MS / 1000 / 10

@@ -1,5 +1,5 @@
 """Horovod's background thread under hvdfast's idle wait (launch/install.sh, "the background thread's idle wait"):
-a warm-up allreduce, a second with nothing queued on any rank, then allreduces that rank 1 enqueues 0.1 s after
+a warm-up allreduce, one second with nothing queued on any rank, then allreduces that rank 1 enqueues 0.1 s after
 rank 0 (rank 0 waits in the round for it), then hvd.shutdown(). Each rank writes its sums and how long each call
 took to OUT/rankR.json; the test reads rank 0's Horovod timeline (HOROVOD_TIMELINE_MARK_CYCLES) for the rounds."""
 import json
