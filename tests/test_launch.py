@@ -122,7 +122,7 @@ def test_preflight_reads_hosts_and_hostfiles(tmp_path):
 
 def test_relay_condenses_horovodruns_report_of_a_worker_exit_and_keeps_other_tracebacks():
     import io
-    from hvdfast.launch import StderrRelay
+    from hvdfast.launch.supervisor import StderrRelay
     report = ["[0]<stderr>:hvdfast: error: data.dir 'x' does not exist\n", "Process 0 exit with status code 2.\n",
               "Traceback (most recent call last):\n", '  File "/venv/bin/horovodrun", line 8, in <module>\n',
               "[1]<stderr>:a worker's line still passes\n",
@@ -146,7 +146,7 @@ def test_relay_shows_what_it_holds_when_the_supervisor_stops_waiting_for_eof():
     the supervisor's finish() ends the relay then, and the held report is shown once, not lost."""
     import io
     import os
-    from hvdfast.launch import StderrRelay
+    from hvdfast.launch.supervisor import StderrRelay
     r, w = os.pipe()
     with os.fdopen(r, errors="replace") as src, os.fdopen(w, "w") as sink:
         out = io.StringIO()
@@ -176,7 +176,7 @@ def test_a_stopped_run_exits_75_whatever_the_launcher_reports(tmp_path, capsys, 
     launcher here is a stand-in (a Python one-liner) that writes the record as rank 0 does and exits with what
     horovodrun would."""
     import sys
-    from hvdfast.launch import supervise
+    from hvdfast.launch.supervisor import supervise
     from hvdfast.run import stop
     write = (f"import json, time; open({str(tmp_path / stop.RECORD)!r}, 'w').write(json.dumps("
              f"{{'time': time.time(), 'step': 3, 'exit_code': 75}}))")

@@ -75,7 +75,7 @@ def test_signal_to_one_rank_stops_all_at_one_step_and_resumes_bit_identical(shor
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, sig.name, horovodrun=launcher == "gloo")
 
 
-# `hvdfast launch` handles both signals in one handler (launch.supervise); what differs is the target: SIGUSR1 as
+# `hvdfast launch` handles both signals in one handler (launch/supervisor.py); what differs is the target: SIGUSR1 as
 # SLURM's --signal sends it (horovodrun would die of it) and SIGTERM as PBS sends it (mpirun would kill the ranks).
 @pytest.mark.parametrize("target,sig", [("local", signal.SIGUSR1), ("mpirun", signal.SIGTERM)])
 def test_signal_to_the_launcher_has_the_same_effect(short_digits_dir, tmp_path, reference, target, sig):
@@ -107,7 +107,7 @@ def test_ctrl_c_in_a_terminal_checkpoints_and_stops(short_digits_dir, tmp_path, 
     out, _ = job.communicate(timeout=300)
     assert "Traceback" not in out, out[-4000:]
     # horovodrun's report condensed to one line, or, where horovodrun lost the workers' exit status and reported
-    # nothing (it reaps their shells from two threads, see launch.supervise), hvdfast launch's line saying so
+    # nothing (it reaps their shells from two threads, see launch/supervisor.py), hvdfast launch's line saying so
     reported = re.search(rf"hvdfast launch: worker \S+ exited with code {EXIT_STOPPED}; horovodrun ended the job", out)
     lost = f"hvdfast launch: the workers stopped with exit code {EXIT_STOPPED}; horovodrun lost" in out
     assert bool(reported) != lost, out[-4000:]  # one of the two lines, never both

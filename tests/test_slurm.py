@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hvdfast import checkpoint
-from hvdfast.launch import slurm_job
+from hvdfast.launch.batch import slurm_job
 
 from conftest import (ROOT, SIGNAL_AFTER_STEP, STEPS, STEPS_PER_EPOCH, TRAIN, assert_same_parameters, hvdfast_cmd,
                       launcher_env, params, skip_unless_root_with, trained_step)

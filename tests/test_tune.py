@@ -106,7 +106,7 @@ def test_a_tuned_setting_never_invalidates_what_the_user_chose(tmp_path, monkeyp
 
 def test_launch_takes_the_controller_from_the_tuned_file_the_config_uses(tmp_path, monkeypatch):
     import argparse
-    from hvdfast import launch
+    from hvdfast.launch import job
     default, other = tmp_path / "default.yaml", tmp_path / "other.yaml"
     default.write_text(yaml.safe_dump({"launcher": {"controller": "gloo"}}))
     other.write_text(yaml.safe_dump({"launcher": {"controller": "mpi"}}))
@@ -114,7 +114,7 @@ def test_launch_takes_the_controller_from_the_tuned_file_the_config_uses(tmp_pat
 
     def controller(*overrides):
         args = argparse.Namespace(config=None, overrides=list(overrides), controller="auto")
-        return launch._controller(args)
+        return job.controller(args)
     assert controller() == "gloo"
     assert controller("horovod.tuned=never") == "mpi"          # Horovod's default, not the default file's
     assert controller(f"horovod.tuned={other}") == "mpi"

@@ -1,0 +1,66 @@
+"""One `hvdfast launch` request (its parsed arguments) -> the resolved training config, the Horovod environment
+every rank must get, and the launcher's command line (through commands.py, the one builder). `hvdfast launch`'s
+targets and the benchmarks' workers start from here."""
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+from .. import config, tuned
+from ..knobs import horovod_env
+from . import commands
+
+
+def train_args(args) -> list[str]:
+    out = ["hvdfast", "train"]
+    if args.config:
+        out += ["--config", args.config]
+    return out + list(args.overrides)
+
+
+def resolved(args) -> config.Config:
+    """The resolved training config (recipe < tuned file < overrides), loaded once per command."""
+    if getattr(args, "resolved", None) is None:
+        args.resolved, _ = tuned.load_config(args.config, args.overrides)
+    return args.resolved
+
+
+def knobs(args) -> dict:
+    """The environment every rank gets: HOROVOD_*/NCCL_* from this shell, the recipe's Horovod knobs over them, the
+    tuned file's launcher environment over both."""
+    cfg = resolved(args)
+    env = horovod_env(cfg.horovod)
+    prefixed = {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_", "NCCL_")) and k not in env}
+    return {**prefixed, **env, **tuned.launcher_env(tuned.for_config(cfg))}
+
+
+def controller(args) -> str:
+    """horovodrun's controller: --controller, or with auto the one the config's tuned file chose, else mpi."""
+    if args.controller != "auto":
+        return args.controller
+    return tuned.controller(resolved(args)) or "mpi"  # the file this config uses, not always the default one
+
+
+def quote(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def horovodrun_cmd(args, hosts: str | None, program: list[str] | None = None, tuned_env: bool = True) -> list[str]:
+    """horovodrun for args (np, hostfile, nic, controller, config, overrides) running `program` (default: hvdfast
+    train with the recipe); bench runs its workers through it too."""
+    # horovodrun hands its own environment to every rank (local and over ssh): start it with the tuned settings.
+    env = tuned.launcher_env(tuned.for_config(resolved(args))) if tuned_env else {}
+    return commands.horovodrun(args.np, program or train_args(args), hosts=hosts, hostfile=args.hostfile,
+                               nic=args.nic, controller=controller(args), env=env)
+
+
+def mpirun_cmd(args, np_expr: str | None = None, hostfile: str | None = None) -> list[str]:
+    """mpirun for args running hvdfast train with the recipe, every rank given `knobs` explicitly (-x)."""
+    return commands.mpirun(np_expr or args.np, train_args(args), hosts=args.hosts,
+                           hostfile=hostfile or args.hostfile, nic=args.nic, env=knobs(args))
+
+
+def script_path(args) -> Path:
+    """Where a batch target's script is written: --script, else hvdfast-<target>.sh here."""
+    return Path(args.script or f"hvdfast-{args.target}.sh")
