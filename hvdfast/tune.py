@@ -89,8 +89,8 @@ APPROX_MARGIN = 1.05
 # runs (PowerSGD at 1 Gbit/s: 17.97 and 19.84 img/s, 2 emulated hosts, 2026-11-26); on a slow link one format is
 # far ahead and nothing is timed twice.
 RUNOFF = 1.05
-# Where the measure times the floor beside every step (every host's worker alone at once, seconds away: bench
-# train's `interleaved`), candidates are ranked by img/s against it rather than by raw img/s: the two sides of a
+# Where the measure times the floor beside every step (every host's worker alone at once, seconds away: bench/
+# worker.py's `interleaved`), candidates are ranked by img/s against it rather than by raw img/s: the two sides of a
 # ratio timed together, where candidates timed a minute apart differ by the machine's drift too (the same format
 # moved 15.69 -> 11.20 img/s within one process here, 2026-12-06). The floor costs one step per timed step at any
 # worker count, and measured 0.98-1.01 of the limit (each worker alone in turn) on the emulated hosts.

@@ -45,7 +45,7 @@ def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter
 def main(argv=None) -> int:
     from .. import engine, models
     from ..train import param_digest
-    from .train import UNTIMED_CYCLES, cpus, interleaved, lone_figures, net_bytes_sent, peak_rss_mb, synthetic_batch
+    from .worker import UNTIMED_CYCLES, cpus, interleaved, lone_figures, net_bytes_sent, peak_rss_mb, synthetic_batch
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     if not args.interleave:
         times += [one_step(ddp, opt) for _ in range(args.steps)]
         sent = net_bytes_sent() - sent0
-    else:  # the worker alone and the floor between the run's steps (bench/train.py): a model of its own
+    else:  # the worker alone and the floor between the run's steps (bench/worker.py): a model of its own
         solo = models.to_channels_last(models.build(args.model, 1000).to(device))
         solo_opt = torch.optim.SGD(solo.parameters(), lr=0.01, momentum=0.9)
         solo_prec = engine.precision_for("auto", device)  # a loss scaler of its own (fp16 on a GPU)
