@@ -1,9 +1,9 @@
 """`hvdfast bench train`: synthetic training throughput under the real launcher, hvdfast vs plain Horovod.
 
 The driver (no launcher) starts `horovodrun -np N` once per variant, side by side in one command, and prints one
-table with the hardware. A variant's worker (bench/worker.py, on every rank) runs WARMUP untimed steps, then STEPS timed ones, through the training
-engine's own engine.train_epoch (the code `hvdfast train` runs), which splits each step into forward+backward,
-waiting for the gradient allreduce after backward, and the optimizer update.
+table with the hardware. A variant's worker (bench/worker.py, on every rank) runs WARMUP untimed steps, then STEPS
+timed ones, through the training engine's own engine.train_epoch (the code `hvdfast train` runs), which splits
+each step into forward+backward, waiting for the gradient allreduce after backward, and the optimizer update.
 
 * baseline: what Horovod's examples/pytorch/pytorch_synthetic_benchmark.py does — fp32, NCHW, SGD(lr=0.01),
   DistributedOptimizer with no compression, Horovod's default knobs, and `--baseline-threads` torch threads.
