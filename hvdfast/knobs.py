@@ -20,11 +20,11 @@ def horovod_env(cfg: HorovodConfig) -> dict:
         # Horovod: how often the background thread checks which tensors are ready on every rank.
         "HOROVOD_CYCLE_TIME": str(cfg.cycle_time_ms),
         "HOROVOD_STALL_CHECK_TIME_SECONDS": str(cfg.stall_check_warning_s),
-    }
-    if cfg.idle_wait_ms > 0:
         # Horovod (hvdfast's build patch): no coordination rounds while this rank has nothing queued; on CPU
-        # workers those rounds took 3% of the compute they share cores with (launch/install.sh).
-        env["HVDFAST_IDLE_WAIT_MS"] = str(cfg.idle_wait_ms)
+        # workers those rounds took 3% of the compute they share cores with (launch/install.sh). Always set, 0
+        # included (Horovod's own cycle), so a value inherited from the launching shell never overrides the config.
+        "HVDFAST_IDLE_WAIT_MS": str(cfg.idle_wait_ms),
+    }
     if cfg.stall_check_shutdown_s > 0:
         env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(cfg.stall_check_shutdown_s)
     if cfg.timeline:
