@@ -88,6 +88,10 @@ class HorovodConfig:
                                       # allreduced as a single tensor when its last gradient is ready (no fusion
                                       # copies, few calls; hvdfast/dist/buckets.py); 0: Horovod's per-tensor hooks.
                                       # With buckets the fusion threshold is capped at bucket_mb / 2
+    last_bucket_mb: float = 0.0       # MiB; with buckets, > 0: the gradients backward produces last (the first
+                                      # layers') get a bucket of their own of at most this size, so little is left to
+                                      # send once backward ends (ResNet-50: 1 MiB instead of 8.3); 0: the last bucket
+                                      # is what the others leave (no faster on one-core emulated hosts: README)
     gradient_predivide_factor: float = 1.0  # divide before the sum and after it (average only)
     op: str = "average"               # average | prescaled | adasum. prescaled: the same average, with the 1/N
                                       # taken on the loss before backward and a plain Sum on the wire (saves
@@ -160,8 +164,8 @@ CHOICES = {
 POSITIVE = {"data.image_size", "data.val_resize", "data.batch_size", "horovod.backward_passes_per_step",
             "train.log_every", "train.eval_every", "train.keep_checkpoints", "optim.lr", "optim.lr_batch",
             "train.epochs", "horovod.cycle_time_ms", "horovod.gradient_predivide_factor", "horovod.powersgd_rank"}
-NON_NEGATIVE = {"horovod.fusion_threshold_mb", "horovod.bucket_mb", "optim.weight_decay", "optim.momentum",
-                "optim.warmup_epochs", "optim.warmup_from", "optim.end_lr",
+NON_NEGATIVE = {"horovod.fusion_threshold_mb", "horovod.bucket_mb", "horovod.last_bucket_mb", "optim.weight_decay",
+                "optim.momentum", "optim.warmup_epochs", "optim.warmup_from", "optim.end_lr",
                 "optim.clip_grad_norm", "train.checkpoint_every", "train.checkpoint_every_steps",
                 "train.hang_timeout_s", "train.threads", "train.gc_every",
                 "horovod.stall_check_warning_s", "horovod.idle_wait_ms",

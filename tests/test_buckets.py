@@ -12,6 +12,16 @@ def test_plan_fills_buckets_last_parameter_first_and_gives_a_big_tensor_its_own(
     assert sorted(i for b in plan([3, 7, 2, 9, 1, 5], 20) for i in b) == list(range(6))  # every parameter once
 
 
+def test_plan_gives_the_first_parameters_a_last_bucket_of_their_own():
+    # last_bytes: the gradients backward produces last (the first parameters) in a last bucket of at most that size
+    # (fp32: 64-byte buckets hold 16 elements, a 16-byte last bucket 4)
+    assert plan([4, 4, 30, 8, 8], bucket_bytes=64, last_bytes=16) == [[4, 3], [2], [1], [0]]
+    assert plan([2, 2, 4, 8, 8], bucket_bytes=64, last_bytes=16) == [[4, 3], [2], [1, 0]]
+    assert plan([40, 4, 8], bucket_bytes=64, last_bytes=16) == [[2, 1], [0]]  # the first parameter, however big
+    assert plan([1] * 5, bucket_bytes=1 << 20, last_bytes=1 << 20) == [[4, 3, 2, 1, 0]]  # all fit: one bucket
+    assert plan([4, 4, 30, 8, 8], bucket_bytes=64, last_bytes=0) == plan([4, 4, 30, 8, 8], bucket_bytes=64)
+
+
 def test_views_share_the_flat_buffer_and_keep_channels_last_strides():
     weight = torch.empty(8, 3, 3, 3).contiguous(memory_format=torch.channels_last)
     bias = torch.empty(8)

@@ -65,11 +65,12 @@ def test_compiled_model_still_allreduces_every_gradient(short_digits_dir, tmp_pa
 
 @pytest.mark.parametrize("how", [["horovod.op=prescaled", "horovod.bucket_mb=0"],
                                  ["horovod.bucket_mb=4", "horovod.op=average"],
-                                 ["horovod.bucket_mb=4", "horovod.op=prescaled"]])
+                                 ["horovod.bucket_mb=4", "horovod.op=prescaled"],
+                                 ["horovod.bucket_mb=4", "horovod.op=prescaled", "horovod.last_bucket_mb=0.25"]])
 def test_faster_averaging_trains_the_same_model_as_horovods_average(trained, short_digits_dir, tmp_path, how):
     # op=prescaled divides the loss by the worker count and lets Horovod sum. With 2 workers the division is by a
     # power of two, exact in binary floating point; buckets reduce the same numbers elementwise, only grouped into
-    # fewer tensors. Each must reproduce op=average's parameters bit for bit.
+    # fewer tensors (with a small last bucket too). Each must reproduce op=average's parameters bit for bit.
     proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/train_ranks.py"), str(tmp_path),
                                     str(short_digits_dir), "none", *how], timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

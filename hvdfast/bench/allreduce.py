@@ -85,8 +85,9 @@ def _worker(args) -> None:
     cases = []
     for bucket_mb in [float(b) for b in args.buckets_mb.split(",")]:
         tensors = grads if bucket_mb <= 0 else [  # what horovod.bucket_mb hands Horovod: a few flat buffers
-            torch.cat([grads[i].reshape(-1) for i in idx]) for idx in plan([t.numel() for t in grads],
-                                                                            int(bucket_mb * 2 ** 20))]
+            torch.cat([grads[i].reshape(-1) for i in idx])
+            for idx in plan([t.numel() for t in grads], int(bucket_mb * 2 ** 20),
+                            last_bytes=int(hcfg.last_bucket_mb * 2 ** 20))]
         cases += [(bucket_mb, tensors, op, name)
                   for op, name in itertools.product(args.ops.split(","), args.compressions.split(","))]
     for bucket_mb, tensors, op, name in cases:

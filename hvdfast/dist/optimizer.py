@@ -15,7 +15,8 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, cfg
         # Horovod: the same averaged gradients, reduced as a few flat buckets instead of one call per tensor.
         return BucketedOptimizer(optimizer, model, bucket_mb=cfg.bucket_mb, compression_name=cfg.compression,
                                  op=cfg.op, backward_passes_per_step=cfg.backward_passes_per_step,
-                                 powersgd_rank=cfg.powersgd_rank, workers=_h().size())
+                                 powersgd_rank=cfg.powersgd_rank, workers=_h().size(),
+                                 last_bucket_mb=cfg.last_bucket_mb)
     hvd = _h()
     # Horovod: allreduce gradients as backward produces them (hooks), fused and compressed.
     return hvd.DistributedOptimizer(

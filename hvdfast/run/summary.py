@@ -61,7 +61,10 @@ def announce(job: Job, st: FitState, rep: Reporter, resumed_from) -> None:
              f"{cfg.data.batch_size} x {p.accum} = global batch {p.global_batch}, {cfg.optim.name} peak lr "
              f"{peak_lr:.4g}, {job.prec.name}, compression {cfg.horovod.compression}, {info.controller}, "
              f"op {cfg.horovod.op}"
-             f"{f', gradient buckets {cfg.horovod.bucket_mb:g} MiB' if cfg.horovod.bucket_mb > 0 else ''}, "
+             + (f", gradient buckets {cfg.horovod.bucket_mb:g} MiB (the last {cfg.horovod.last_bucket_mb:g})"
+                if cfg.horovod.bucket_mb > 0 and cfg.horovod.last_bucket_mb > 0 else
+                f", gradient buckets {cfg.horovod.bucket_mb:g} MiB" if cfg.horovod.bucket_mb > 0 else "")
+             + f", "
              f"{info.cores_per_rank} core(s)/worker, {p.steps_per_epoch} steps/epoch, {p.total_steps} steps"
              + (", elastic" if cfg.train.elastic else ""))
     if resumed_from is not None:
