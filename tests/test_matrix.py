@@ -155,7 +155,7 @@ def test_the_cells_cover_every_pair_and_the_config_refuses_the_rest():
              for va in FACTORS[a] for vb in FACTORS[b]}
     covered = set().union(*map(pairs, CELLS))
     assert covered | set(REJECTED) == every and not covered & set(REJECTED)
-    assert len(CELLS) <= 16  # a covering set, not the 9,216 cells of the full product
+    assert len(CELLS) <= 16  # a covering set, not the 18,432 cells of the full product
     for ((a, va), (b, vb)), message in REJECTED.items():
         with pytest.raises(config.ConfigError) as e:
             config.load(None, overrides({a: va, b: vb}))
