@@ -27,16 +27,16 @@ def plan(sizes: list[int], bucket_bytes: int, element_bytes: int = 4, last_bytes
     """Group parameter indices, last parameter first, into buckets of at most `bucket_bytes` (a bigger tensor gets
     a bucket of its own). last_bytes > 0: the first parameters (the gradients backward produces last) go in a last
     bucket of at most that size (at least the first parameter), the others as above."""
-    tail: list[int] = []
-    if last_bytes > 0:
-        used = 0
-        while len(tail) < len(sizes) and (not tail or used + sizes[len(tail)] * element_bytes <= last_bytes):
-            used += sizes[len(tail)] * element_bytes
-            tail.append(len(tail))
+    first = 0  # parameters 0 .. first-1 form the last bucket
+    if last_bytes > 0 and sizes:
+        first, used = 1, sizes[0] * element_bytes
+        while first < len(sizes) and used + sizes[first] * element_bytes <= last_bytes:
+            used += sizes[first] * element_bytes
+            first += 1
     buckets: list[list[int]] = []
     current: list[int] = []
     used = 0
-    for i in reversed(range(len(tail), len(sizes))):
+    for i in reversed(range(first, len(sizes))):
         nbytes = sizes[i] * element_bytes
         if current and used + nbytes > bucket_bytes:
             buckets.append(current)
@@ -45,8 +45,8 @@ def plan(sizes: list[int], bucket_bytes: int, element_bytes: int = 4, last_bytes
         used += nbytes
     if current:
         buckets.append(current)
-    if tail:
-        buckets.append(tail[::-1])
+    if first:
+        buckets.append(list(reversed(range(first))))
     return buckets
 
 

@@ -56,15 +56,16 @@ def announce(job: Job, st: FitState, rep: Reporter, resumed_from) -> None:
     for note in job.notes:
         rep.line(note)
     peak_lr = optim.schedule.peak_lr(cfg.optim, p.global_batch)
+    h, buckets = cfg.horovod, ""
+    if h.bucket_mb > 0:
+        buckets = f", gradient buckets {h.bucket_mb:g} MiB" + (f" (the last {h.last_bucket_mb:g})"
+                                                               if h.last_bucket_mb > 0 else "")
     rep.line(f"hvdfast train: {cfg.model.name} on {p.data.backend} data ({p.data.train.images} train / "
              f"{p.data.val.images} val images, {p.data.num_classes} classes), {info.size} worker(s) x "
              f"{cfg.data.batch_size} x {p.accum} = global batch {p.global_batch}, {cfg.optim.name} peak lr "
              f"{peak_lr:.4g}, {job.prec.name}, compression {cfg.horovod.compression}, {info.controller}, "
              f"op {cfg.horovod.op}"
-             + (f", gradient buckets {cfg.horovod.bucket_mb:g} MiB (the last {cfg.horovod.last_bucket_mb:g})"
-                if cfg.horovod.bucket_mb > 0 and cfg.horovod.last_bucket_mb > 0 else
-                f", gradient buckets {cfg.horovod.bucket_mb:g} MiB" if cfg.horovod.bucket_mb > 0 else "")
-             + f", "
+             f"{buckets}, "
              f"{info.cores_per_rank} core(s)/worker, {p.steps_per_epoch} steps/epoch, {p.total_steps} steps"
              + (", elastic" if cfg.train.elastic else ""))
     if resumed_from is not None:
