@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from .argtypes import count, hosts
+
 EPILOG_TRAIN = """examples:
   hvdfast train --config launch/configs/digits-cpu.yaml                 # one worker
   horovodrun -np 2 hvdfast train --config launch/configs/digits-cpu.yaml optim.lr=0.4
@@ -51,11 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("dir", help="output folder (gets train/ and val/)")
     dph = dsub.add_parser("photos", help="write photo-like JPEGs of ImageNet-like sizes (for bench data)")
     dph.add_argument("dir", help="output folder (gets train/ and val/)")
-    dph.add_argument("--images", type=int, default=512, help="training images (default 512)")
+    dph.add_argument("--images", type=count(1), default=512, help="training images (default 512)")
     dp = dsub.add_parser("pack", help="write an ImageFolder as WebDataset tar shards with DALI index files")
     dp.add_argument("src", help="ImageFolder root with train/ and val/")
     dp.add_argument("dst", help="output folder (gets train/ and val/ shards, classes.txt)")
-    dp.add_argument("--shard-size", type=int, default=1000, help="images per tar shard (default 1000)")
+    dp.add_argument("--shard-size", type=count(1), default=1000, help="images per tar shard (default 1000)")
     dc = dsub.add_parser("check", help="count classes and images, list files that fail to decode")
     dc.add_argument("dir", help="ImageFolder root with train/ and val/")
 
@@ -66,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "preflight a multi-host launch needs (reachable without a password, unique "
                                    "hostnames, same versions, the interface and data folder present).")
     d.add_argument("--json", action="store_true", help="machine-readable output")
-    d.add_argument("--hosts", help="preflight these hosts over ssh: h1:4,h2:4 (slots are ignored)")
+    d.add_argument("--hosts", type=hosts, help="preflight these hosts over ssh: h1:4,h2:4 (slots are ignored)")
     d.add_argument("--hostfile", help="preflight the hosts of a hostfile ('h1 slots=4' lines)")
     d.add_argument("--nic", help="with --hosts: check this network interface exists on every host")
     d.add_argument("--data", help="with --hosts: check this data folder is readable on every host")
@@ -109,6 +111,15 @@ def _train(args) -> int:
 
 
 def _data(args) -> int:
+    from .data.folder import DataError
+    try:
+        return _data_tool(args)
+    except OSError as exc:  # a folder that cannot be made or written (permissions, a file in its place, disk full)
+        where = exc.filename or getattr(args, "dir", None) or getattr(args, "dst", "")
+        raise DataError(f"data {args.data_verb}: {exc.strerror or exc}: {where}") from None
+
+
+def _data_tool(args) -> int:
     if args.data_verb in ("digits", "mnist"):
         from .data import embedded
         counts = embedded.write(args.data_verb, args.dir)
@@ -180,15 +191,14 @@ def main(argv=None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    if argv[:1] == ["tune"]:
-        from . import tune
-        return tune.main(argv[1:])
-    if argv[:1] in (["launch"], ["study"]):  # verbs with their own parser
+    if argv[:1] in (["launch"], ["study"], ["tune"]):  # verbs with their own parser
         from .config import ConfigError
         if argv[0] == "launch":
             from .launch import main as verb
-        else:
+        elif argv[0] == "study":
             from .study import main as verb
+        else:
+            from .tune import main as verb
         try:
             return verb(argv[1:])
         except ConfigError as exc:

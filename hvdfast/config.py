@@ -330,13 +330,29 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]  # the hvdfast checkout, whose launch/configs/ hold the recipes
+
+
+def locate(path: str | Path) -> Path:
+    """A recipe's file as an absolute path: the path as given (relative to this folder), or, for a relative path
+    that is not there, the same path in the hvdfast checkout, so `--config launch/configs/digits-cpu.yaml` works
+    from any folder and a worker started in another folder reads the same file. Not found: the path as given (the
+    caller's error names it)."""
+    p = Path(path)
+    if p.is_file():
+        return p.resolve()
+    if not p.is_absolute() and (CHECKOUT / p).is_file():
+        return CHECKOUT / p
+    return p
+
+
 def read(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()) -> tuple[dict, str]:
     """The user's settings as a nested mapping: the YAML recipe (or nothing) with the overrides applied on top,
     and a description of where they came from (for error messages)."""
     raw: dict = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
+        p = locate(path)
         if not p.is_file():
             raise ConfigError(f"config file '{p}' not found. Recipes live in launch/configs/ "
                               f"(e.g. launch/configs/digits-cpu.yaml).")
@@ -344,7 +360,7 @@ def read(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
-        source = str(p)
+        source = str(path)  # as the user wrote it
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{p}' must be a YAML mapping of sections "
                               f"(data, model, optim, horovod, train), got {type(raw).__name__}.")

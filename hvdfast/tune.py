@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from .argtypes import count, hosts, total_slots
 from .tuned import default_path
 
 # The grid's reduction ops and the training op that averages with each: Horovod's Average, or a Sum of gradients
@@ -209,12 +210,15 @@ def save(doc: dict, path: Path) -> None:
 
 def _main_hosts(args) -> int:
     """`hvdfast tune --hosts ...`: measure across the hosts the job will run on."""
+    from . import config
     from .bench import allreduce, train
     from .bench.report import hardware
+    config.load(args.config)  # a bad recipe stops here in one line, not in every worker
+    args.config = str(config.locate(args.config))  # absolute: the workers start in the checkout
     spec = argparse.Namespace(config=args.config, overrides=["data.backend=synthetic"], model=args.model,
                               batch=args.batch, image_size=args.image_size, warmup=1, baseline_threads="1",
                               controller=None, timeout=args.timeout)
-    n = sum(int(h.split(":")[1]) if ":" in h else 1 for h in args.hosts.split(","))
+    n = total_slots(args.hosts)
 
     def measure(overrides, steps, controller, compressions):
         run = argparse.Namespace(**vars(spec), steps=steps)
@@ -247,12 +251,12 @@ def main(argv=None) -> int:
     hp = p.add_argument_group("across hosts (--hosts): a few training steps per controller (--controllers) and "
                               "gradient wire format on the hosts and link the job will use, instead of the "
                               "allreduce grid on this host")
-    hp.add_argument("--hosts", help="h1:1,h2:1 (horovodrun -H syntax)")
+    hp.add_argument("--hosts", type=hosts, help="h1:1,h2:1 (horovodrun -H syntax)")
     hp.add_argument("--nic", help="network interface between the hosts")
     hp.add_argument("--config", default="launch/configs/digits-cpu.yaml", help="recipe to start from")
-    hp.add_argument("--batch", type=int, default=8, help="images per worker per step")
-    hp.add_argument("--image-size", type=int, default=224, help="px")
-    hp.add_argument("--steps", type=int, default=3, help="timed steps per candidate")
+    hp.add_argument("--batch", type=count(1), default=8, help="images per worker per step")
+    hp.add_argument("--image-size", type=count(1), default=224, help="px")
+    hp.add_argument("--steps", type=count(1), default=3, help="timed steps per candidate")
     args = p.parse_args(argv)
     if args.hosts:
         return _main_hosts(args)

@@ -139,3 +139,54 @@ def test_settings_are_refused_before_any_host_is_built():
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_terminated_benchmark_takes_its_hosts_down(tmp_path):
+    """SIGTERM (a job's time limit, `timeout`) mid-run: one line, exit 143, and the emulated hosts gone — their
+    namespaces, bridge and every process in them (the ssh sessions and workers of the run it cut short
+    included, which sshd's process group does not hold)."""
+    import signal
+    import time
+    why = hosts.unavailable()
+    if why:
+        pytest.skip(f"emulated hosts unavailable: {why}")
+    proc = subprocess.Popen(hvdfast_cmd("bench", "cluster", "--links", "unlimited", "--variants", "ddp",
+                                        "--model", "resnet18", "--image-size", "32", "--steps", "1000",
+                                        "--accuracy-seeds", "0", "--no-floor", "--out-dir", str(tmp_path)),
+                            env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tag = f"hvdfast{proc.pid % 100000}-"  # hosts.Cluster names its namespaces after the benchmark's pid
+    seen: set[int] = set()
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            names = [line.split()[0] for line in os.popen("ip netns list").read().splitlines() if tag in line]
+            workers = set()
+            for ns in names:
+                for pid in os.popen(f"ip netns pids {ns}").read().split():
+                    seen.add(int(pid))
+                    cmdline = open(f"/proc/{pid}/cmdline", "rb").read() if os.path.exists(f"/proc/{pid}") else b""
+                    if b"hvdfast.bench." in cmdline:
+                        workers.add(int(pid))
+            if workers:  # a run is under way (the first: the worker alone, under horovodrun over ssh)
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None and workers, "no run started"
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("hvdfast bench cluster: stopped by SIGTERM; taking the emulated hosts "
+                                            "down")
+    assert not [line for line in os.popen("ip netns list").read().splitlines() if tag in line]
+    assert f"hvdbr{proc.pid % 100000}" not in os.popen("ip -o link").read()
+
+    def running(pid: int) -> bool:  # a zombie has ended; its parent (init, once ours exited) reaps it in a moment
+        try:
+            return "\tZ" not in next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("State:"))
+        except OSError:
+            return False
+    alive = [pid for pid in seen if running(pid)]
+    assert not alive, [open(f"/proc/{p}/cmdline", "rb").read() for p in alive]

@@ -32,6 +32,73 @@ def test_config_mistakes_give_one_line_and_exit_2(args, message):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("args,says", [
+    (["bench", "train", "--np", "2,0"], "argument --np: item '0' of '2,0': must be a whole number >= 1, got '0'"),
+    (["bench", "train", "--steps", "0"], "argument --steps: must be a whole number >= 1, got '0'"),
+    (["bench", "allreduce", "--buckets-mb", "25,x"], "argument --buckets-mb: item 'x' of '25,x': must be a number"),
+    (["bench", "allreduce", "--compressions", "none,fp8"], "'fp8' is not one of none, fp16, bf16"),
+    (["tune", "--repeat", "0"], "argument --repeat: must be a whole number >= 1, got '0'"),
+    (["tune", "--hosts", "a:0,b:1"], "argument --hosts: item 'a:0' of 'a:0,b:1': expected host or host:slots"),
+    (["bench", "cluster", "--hosts", "1"], "argument --hosts: must be a whole number >= 2, got '1'"),
+    (["bench", "data", "--dir", "x", "--batch", "0"], "argument --batch: must be a whole number >= 1, got '0'"),
+    (["bench", "model", "--workers", "8,0"], "argument --workers: item '0' of '8,0'"),
+    (["launch", "slurm", "--nodes", "0"], "argument --nodes: must be a whole number >= 1, got '0'"),
+    (["doctor", "--hosts", ":1"], "argument --hosts: item ':1' of ':1'"),
+    (["data", "photos", "x", "--images", "0"], "argument --images: must be a whole number >= 1, got '0'"),
+])
+def test_bad_numbers_and_lists_stop_at_the_command_line(args, says):
+    """Before anything is launched: argparse's usage and one error line (the option, the item, what it takes)."""
+    p = run(*args)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and says in errors[0], p.stderr
+
+
+def test_a_bad_override_stops_a_benchmark_before_its_workers_start():
+    p = run("bench", "train", "--steps", "1", "optim.lrr=0.1")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "running" not in p.stderr, p.stderr
+    assert p.stderr.strip() == ("hvdfast: error: unknown config key 'optim.lrr' in launch/configs/digits-cpu.yaml "
+                                "+ overrides. Did you mean 'optim.lr'?")
+
+
+def test_recipes_are_found_from_any_folder(tmp_path):
+    """launch/configs/... names the checkout's recipe from any folder (and workers started elsewhere read the
+    same file); a recipe in this folder wins; a missing one is named as written."""
+    from hvdfast import config
+    p = subprocess.run(hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml", "--print-config"),
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env=launcher_env())
+    assert p.returncode == 0 and "run_dir: runs/digits-cpu" in p.stdout, p.stderr
+    assert config.locate("launch/configs/digits-cpu.yaml") == ROOT / "launch/configs/digits-cpu.yaml"
+    (tmp_path / "launch/configs").mkdir(parents=True)
+    (tmp_path / "launch/configs/digits-cpu.yaml").write_text("optim: {lr: 0.123}\n")
+    p = subprocess.run(hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml", "--print-config"),
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env=launcher_env())
+    assert p.returncode == 0 and "lr: 0.123" in p.stdout, p.stderr
+    p = subprocess.run(hvdfast_cmd("train", "--config", "launch/configs/nope.yaml"), capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env=launcher_env())
+    assert p.returncode == 2 and p.stderr.startswith("hvdfast: error: config file 'launch/configs/nope.yaml' not "
+                                                     "found"), p.stderr
+
+
+def test_a_data_folder_that_cannot_be_written(tmp_path):
+    (tmp_path / "afile").write_text("")
+    p = run("data", "digits", str(tmp_path / "afile" / "digits"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith("hvdfast: error: data digits: Not a directory: "), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bench_model_names_a_file_that_is_not_a_cluster_report(tmp_path):
+    (tmp_path / "notes.json").write_text('{"rows": []}')
+    for path, says in [(tmp_path / "none.json", "cannot read"), (tmp_path / "notes.json", "is not an `hvdfast "
+                                                                                        "bench cluster` JSON report")]:
+        p = run("bench", "model", "--cluster", str(path))
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().startswith(f"hvdfast bench model: {path}" if "not an" in says else
+                                           "hvdfast bench model: cannot read") and says in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+
+
 def test_missing_data_folder(tmp_path):
     p = run("train", "--config", "launch/configs/digits-cpu.yaml", f"data.dir={tmp_path / 'none'}",
             f"train.run_dir={tmp_path / 'run'}")

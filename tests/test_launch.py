@@ -29,6 +29,22 @@ def test_local_and_hosts():
     assert p.returncode == 2 and "needs --hosts" in p.stderr
 
 
+def test_workers_default_to_the_hosts_slots_and_never_exceed_them(tmp_path):
+    assert dry("hosts", *CFG, "--hosts", "a:4,b:4").startswith("horovodrun -np 8 -H a:4,b:4 ")
+    assert dry("mpirun", *CFG, "--hosts", "a,b,c").startswith("mpirun -np 3 -H a,b,c ")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# two nodes\nn1 slots=3\nn2:2\n")
+    assert dry("mpirun", *CFG, "--hostfile", str(hostfile)).startswith("mpirun -np 5 -hostfile ")
+    assert dry("local", *CFG).startswith("horovodrun -np 2 -H localhost:2 ")
+    assert dry("hosts", *CFG, "--hosts", "a:4,b:4", "--np", "6").startswith("horovodrun -np 6 ")
+    for where in (["--hosts", "a:2"], ["--hostfile", str(hostfile)]):
+        p = subprocess.run(hvdfast_cmd("launch", "mpirun", *CFG, *where, "--np", "9", "--dry-run"),
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=launcher_env())
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().startswith("hvdfast: error: --np 9 is more workers than ") and \
+            "has slots" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 def test_mpirun_forwards_environment_and_horovod_knobs():
     out = dry("mpirun", *CFG, "--np", "16", "--hosts", "n1:8,n2:8", "--nic", "eth0")
     for piece in ("mpirun -np 16 -H n1:8,n2:8 -bind-to none -map-by slot", "-x PATH",

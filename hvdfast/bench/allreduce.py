@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 
+from ..argtypes import amount, count, csv, one_of
+
 COMPRESSIONS = ("none", "fp16", "bf16")
+OPS = ("average", "sum")  # Horovod's reduction ops a training step uses (tune.TRAINING_OP)
 # glibc malloc settings (GLIBC_TUNABLES, read at process start, so one launcher run each). MPI's collectives and
 # torch allocate large temporary buffers per call; glibc serves them with fresh mmap()s whose every 4 KiB page
 # faults on first touch. hugetlb=1 asks for transparent huge pages on those mappings: 512x fewer faults.
@@ -198,10 +201,7 @@ def grid(args) -> tuple[list[dict], list[dict]]:
     controllers_ = controllers(args.controllers)
     fusions = [float(x) for x in args.fusion_mb.split(",")]
     cycles = [float(x) for x in args.cycle_ms.split(",")]
-    mallocs = args.malloc.split(",")
-    unknown = set(mallocs) - set(MALLOC)
-    if unknown:
-        raise SystemExit(f"hvdfast bench allreduce: --malloc takes {', '.join(MALLOC)}; got {', '.join(unknown)}")
+    mallocs = args.malloc.split(",")  # each one of MALLOC (checked by the parser)
     cells, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (ctl, mal, fus, cyc) in enumerate(itertools.product(controllers_, mallocs, fusions, cycles)):
@@ -213,28 +213,29 @@ def grid(args) -> tuple[list[dict], list[dict]]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--np", type=int, default=2, help="ranks (default 2)")
+    p.add_argument("--np", type=count(1), default=2, help="ranks (default 2)")
     p.add_argument("--model", default="resnet50", help="whose gradient set (count and shapes) to reduce")
     p.add_argument("--controllers",
                    help="Horovod controllers to measure, comma separated: mpi, gloo (default: those this Horovod "
                         "was built with; tune --hosts: every wire format on each)")
-    p.add_argument("--fusion-mb", default="0,16,64", help="fusion thresholds in MiB, comma separated")
-    p.add_argument("--cycle-ms", default="1,5", help="cycle times in ms, comma separated")
-    p.add_argument("--compressions", default=",".join(COMPRESSIONS))
-    p.add_argument("--ops", default="average,sum",
+    p.add_argument("--fusion-mb", type=csv(amount(0)), default="0,16,64", help="fusion thresholds in MiB, comma separated")
+    p.add_argument("--cycle-ms", type=csv(amount(0, above=True)), default="1,5", help="cycle times in ms, comma separated")
+    p.add_argument("--compressions", type=csv(one_of(COMPRESSIONS)), default=",".join(COMPRESSIONS),
+                   help=f"gradient wire formats, comma separated ({', '.join(COMPRESSIONS)})")
+    p.add_argument("--ops", type=csv(one_of(OPS)), default=",".join(OPS),
                    help="reduction ops: average (horovod.op=average: Horovod sums, then scales the fused buffer "
                         "in a separate pass) and sum (what MPI_Allreduce computes, and what horovod.op=prescaled "
                         "sends: the 1/N is taken on the loss)")
-    p.add_argument("--buckets-mb", default="0,25",
+    p.add_argument("--buckets-mb", type=csv(amount(0)), default="0,25",
                    help="gradient bucket sizes in MiB, comma separated; 0 = one allreduce per gradient tensor "
                         "(Horovod's DistributedOptimizer), N = horovod.bucket_mb=N")
     p.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last",
                    help="memory format of the 4-D gradients (the recipes train channels_last)")
-    p.add_argument("--malloc", default=",".join(MALLOC),
+    p.add_argument("--malloc", type=csv(one_of(MALLOC)), default=",".join(MALLOC),
                    help="glibc malloc modes: default, hugepages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--timeout", type=int, default=600, help="seconds per launcher run")
+    p.add_argument("--warmup", type=count(0), default=2)
+    p.add_argument("--repeat", type=count(1), default=5)
+    p.add_argument("--timeout", type=count(1), default=600, help="seconds per launcher run")
     p.add_argument("--out-dir", default="runs/bench")
 
 

@@ -44,16 +44,20 @@ still share is the memory system, which the floor measures: no wire format can d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
+from ..argtypes import amount, count
 from ..launch import commands
 from . import accuracy, cluster_report, hosts
 from .cluster_report import in_run, mean_alone, mean_floor, summarise
@@ -199,6 +203,23 @@ def round_order(variants: list[str], rep: int) -> list[str]:
     return list(variants) if rep % 2 == 0 else list(reversed(variants))
 
 
+@contextlib.contextmanager
+def _taken_down_on_signals():
+    """SIGTERM or SIGHUP (a job's time limit, a closed terminal, `timeout`) ends the command the way Ctrl-C does:
+    through the `finally` that takes the emulated hosts down (their processes, namespaces and bridge), which
+    Python's default for those signals would skip, leaving the hosts and their workers behind."""
+    def stop(signum, frame):
+        print(f"hvdfast bench cluster: stopped by {signal.Signals(signum).name}; taking the emulated hosts down",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    before = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def run(args) -> int:
     from .report import hardware, header, write
     from .. import config, tune
@@ -208,7 +229,8 @@ def run(args) -> int:
     for bad in [lk for lk in links if lk not in LINKS]:
         raise SystemExit(f"hvdfast bench cluster: unknown link {bad!r} (links: {', '.join(LINKS)})")
     settings = {v: split_variant(v) for v in variants}
-    recipe = args.config if Path(args.config).is_file() else ROOT / args.config  # the workers run in ROOT
+    recipe = config.locate(args.config)  # absolute: the workers start in ROOT
+    args.config = str(recipe)
     try:  # a mistyped key or value is refused now, not after the cluster is built and a link tuned
         for _, overrides in settings.values():
             config.load(recipe, [*args.overrides, *overrides])
@@ -227,7 +249,7 @@ def run(args) -> int:
     rows, tuned_docs = [], {}
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     interleave = None if args.no_interleave else "limit"  # the limit and the floor between every run's steps
-    with tempfile.TemporaryDirectory(prefix="hvdfast-cluster-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hvdfast-cluster-") as tmp, _taken_down_on_signals():
         bench = Bench(args, Path(tmp))
         try:
             bench.cluster.start()
@@ -279,6 +301,9 @@ def run(args) -> int:
             rows = [summarise(v, link, runs, alone_by_link[link]["horovod" if v == "horovod" else "hvdfast"],
                               floor.get(link) if v != "horovod" else None, len(bench.workers))
                     for (link, v), runs in results.items()]
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"hvdfast bench cluster: a run took longer than --timeout {args.timeout} s; the "
+                             f"emulated hosts are taken down (raise --timeout for slower settings)") from None
         finally:
             bench.cluster.stop()
     acc = accuracy_of_rows(args, recipe, rows, tuned_docs, say)
@@ -326,18 +351,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help="what to run on each link, comma separated; hvdfast@section.key=value[+...] is the tuned "
                         "hvdfast with settings on top, for an A/B against hvdfast in the same rounds")
-    p.add_argument("--hosts", type=int, default=2, help="emulated hosts, one worker each")
+    p.add_argument("--hosts", type=count(2), default=2, help="emulated hosts, one worker each (at least 2)")
     p.add_argument("--shared-cores", action="store_true",
                    help="let the hosts share every core (default: each host gets cores / hosts cores of its own, "
                         "where there are at least as many cores as hosts)")
     p.add_argument("--controller", choices=["mpi", "gloo"], default="mpi",
                    help="horovodrun controller for the plain Horovod variant (its default where MPI is built)")
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch", type=int, default=8, help="images per worker per step")
-    p.add_argument("--image-size", type=int, default=224, help="px")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=1,
+    p.add_argument("--batch", type=count(1), default=8, help="images per worker per step")
+    p.add_argument("--image-size", type=count(1), default=224, help="px")
+    p.add_argument("--steps", type=count(1), default=5)
+    p.add_argument("--warmup", type=count(0), default=2)
+    p.add_argument("--repeat", type=count(1), default=1,
                    help="rounds over every link and variant (and the one-host limit), the variants in "
                         "alternating order (A B, B A, ...); figures are means over rounds")
     p.add_argument("--no-floor", action="store_true",
@@ -346,18 +371,18 @@ def parser() -> argparse.ArgumentParser:
                    help="skip timing the limit and the floor inside every run, between its steps (each cycle: "
                         "every host's worker alone in turn, then all alone at once, then one step of the run; "
                         "hosts + 2 steps for each step of the run)")
-    p.add_argument("--tune-steps", type=int, default=2, help="timed steps per candidate when tuning on a link")
+    p.add_argument("--tune-steps", type=count(1), default=2, help="timed steps per candidate when tuning on a link")
     p.add_argument("--tune-controllers",
                    help="Horovod controllers the tuning on each link measures every wire format with, comma "
                         "separated (default: those this Horovod was built with)")
-    p.add_argument("--accuracy-seeds", type=int, default=1,
+    p.add_argument("--accuracy-seeds", type=count(0), default=1,
                    help="after the timed runs: train the recipe (--config: the digits set) on this host with each "
                         "lossy wire format the hvdfast rows sent and uncompressed, seeds 0..N-1, and report each "
                         "format's top-1 cost in points (0: skip)")
-    p.add_argument("--accuracy-epochs", type=float, help="epochs of each accuracy run (default: the recipe's)")
-    p.add_argument("--powersgd-rank", type=int, default=4, help="DDP's PowerSGD hook rank (hvdfast: its recipe)")
-    p.add_argument("--ddp-bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
-    p.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    p.add_argument("--accuracy-epochs", type=amount(0, above=True), help="epochs of each accuracy run (default: the recipe's)")
+    p.add_argument("--powersgd-rank", type=count(1), default=4, help="DDP's PowerSGD hook rank (hvdfast: its recipe)")
+    p.add_argument("--ddp-bucket-mb", type=amount(0, above=True), default=25.0, help="DDP's bucket_cap_mb")
+    p.add_argument("--timeout", type=count(1), default=900, help="seconds per run")
     p.add_argument("--out-dir", default="runs/bench")
     return p
 

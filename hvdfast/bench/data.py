@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..argtypes import count, csv, one_of
+
 
 def measure(backend: str, data_dir: str, threads: int, batch: int, image_size: int, warmup: int,
             batches: int, device: str = "cpu") -> dict:
@@ -53,15 +55,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hvdfast bench data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", required=True, help="ImageFolder (e.g. from 'hvdfast data photos DIR')")
-    p.add_argument("--backend", default="dali,torchvision", help="comma-separated backends (default both)")
+    p.add_argument("--backend", type=csv(one_of(("dali", "torchvision"))), default="dali,torchvision", help="comma-separated backends (default both)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu",
                    help="where batches end up; gpu: DALI decodes JPEGs with nvJPEG (device='mixed') "
                         "(default: gpu where there is one)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="cores per backend (default: all)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=224, help="px")
-    p.add_argument("--warmup", type=int, default=3, help="untimed batches")
-    p.add_argument("--batches", type=int, default=12, help="timed batches")
+    p.add_argument("--threads", type=count(1), default=os.cpu_count(), help="cores per backend (default: all)")
+    p.add_argument("--batch", type=count(1), default=32)
+    p.add_argument("--image-size", type=count(1), default=224, help="px")
+    p.add_argument("--warmup", type=count(0), default=3, help="untimed batches")
+    p.add_argument("--batches", type=count(1), default=12, help="timed batches")
     p.add_argument("--out-dir", default="runs/bench")
     args = p.parse_args(argv)
     hw = hardware()

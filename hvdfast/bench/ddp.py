@@ -26,6 +26,8 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..argtypes import amount, count
+
 HOOKS = ("none", "fp16", "bf16", "powersgd")
 
 
@@ -49,14 +51,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
-    p.add_argument("--powersgd-rank", type=int, default=4)
-    p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket size (its default: 25)")
+    p.add_argument("--powersgd-rank", type=count(1), default=4)
+    p.add_argument("--bucket-cap-mb", type=amount(0, above=True), default=25.0, help="DDP's bucket size (its default: 25)")
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / local workers)")
+    p.add_argument("--batch", type=count(1), default=8)
+    p.add_argument("--image-size", type=count(1), default=224)
+    p.add_argument("--steps", type=count(1), default=5)
+    p.add_argument("--warmup", type=count(0), default=2)
+    p.add_argument("--threads", type=count(0), default=0, help="torch threads (0: cores / local workers)")
     p.add_argument("--interleave", action="store_true",
                    help="time this worker alone and every worker alone at once between the run's steps")
     p.add_argument("--out", required=True)

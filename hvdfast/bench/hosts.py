@@ -150,11 +150,36 @@ class Cluster:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        self._end_processes()
         for veth in self.veths:
             subprocess.run(["ip", "link", "del", veth], capture_output=True)
         for ns in self.namespaces:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    def _end_processes(self) -> None:
+        """Every process still inside a host (ssh sessions and what they started: a worker of a run that was cut
+        short). sshd's sessions are not in its process group, and deleting a namespace's name does not end what
+        runs in it: TERM, up to 5 s, then KILL."""
+        def pids() -> list[int]:
+            out = []
+            for ns in self.namespaces:
+                p = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+                out += [int(x) for x in p.stdout.split()]
+            return out
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+            left = pids()
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + wait
+            while left and time.time() < deadline:
+                time.sleep(0.1)
+                left = pids()
+            if not left:
+                return
 
     # -- use ---------------------------------------------------------------------------------------------------
     def ssh(self, host: str, command: str, env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

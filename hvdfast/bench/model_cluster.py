@@ -110,9 +110,16 @@ def points(report: dict, source: str) -> list[Point]:
 
 
 def load(paths) -> list[Point]:
+    """Every point of these reports; a file that is not a `bench cluster` JSON report stops with one line."""
     pts = []
     for p in paths:
-        pts += points(json.loads(Path(p).read_text()), Path(p).stem)
+        try:
+            pts += points(json.loads(Path(p).read_text()), Path(p).stem)
+        except OSError as exc:
+            raise SystemExit(f"hvdfast bench model: cannot read {p}: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise SystemExit(f"hvdfast bench model: {p} is not an `hvdfast bench cluster` JSON report "
+                             f"(runs/bench/cluster-*.json): {type(exc).__name__}: {exc}") from None
     return pts
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import worker
+from ..argtypes import count, csv
 
 
 # ------------------------------------------------------------------------------------------------- driver side
@@ -111,8 +112,17 @@ def _launch_ddp(args, np_: int, out: Path) -> list[dict]:
     return ranks
 
 
+def check_recipe(args) -> None:
+    """The recipe as an absolute path (the workers start in the checkout, not here) and the overrides checked now,
+    so a mistyped key stops the command in one line instead of failing in every worker."""
+    from .. import config
+    config.load(args.config, args.overrides)  # its errors name the recipe as the user wrote it
+    args.config = str(config.locate(args.config))
+
+
 def _driver(args) -> int:
     from .report import hardware, header, markdown_table, write
+    check_recipe(args)
     hw = hardware()
     nps = [int(n) for n in str(args.np).split(",")]
     variants = ([args.baseline] if args.baseline else []) + ["hvdfast"]
@@ -157,6 +167,7 @@ def scaling(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hvdfast bench scaling", description=scaling.__doc__)
     add_arguments(p)
     args = p.parse_args(argv)
+    check_recipe(args)
     nps = sorted({int(n) for n in str(args.np).split(",")} | {1})
     cores = os.cpu_count() or 1
     per_worker = max(1, cores // max(nps))
@@ -206,7 +217,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="launch/configs/digits-cpu.yaml",
                    help="recipe whose precision, channels_last and Horovod knobs the hvdfast variant uses")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    p.add_argument("--np", default="2", help="worker counts, comma separated (default 2)")
+    p.add_argument("--np", type=csv(count(1)), default="2", help="worker counts, comma separated (default 2)")
     p.add_argument("--baseline", nargs="?", const="horovod", choices=["horovod", "ddp"],
                    help="also run a peer: horovod (plain Horovod's synthetic-benchmark setup; the default) or ddp "
                         "(torchrun + DDP at its best: precision auto, channels_last, gradient_as_bucket_view; "
@@ -216,11 +227,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-threads", default="1", help="torch threads per baseline worker: N or default")
     p.add_argument("--controller", choices=["mpi", "gloo"], default="mpi")
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch", type=int, default=8, help="images per worker per step")
-    p.add_argument("--image-size", type=int, default=224, help="px")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--timeout", type=int, default=900, help="seconds per launcher run")
+    p.add_argument("--batch", type=count(1), default=8, help="images per worker per step")
+    p.add_argument("--image-size", type=count(1), default=224, help="px")
+    p.add_argument("--steps", type=count(1), default=5)
+    p.add_argument("--warmup", type=count(0), default=2)
+    p.add_argument("--timeout", type=count(1), default=900, help="seconds per launcher run")
     p.add_argument("--out-dir", default="runs/bench", help="where the JSON and markdown reports go")
 
 

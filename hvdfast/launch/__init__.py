@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .. import config
+from ..argtypes import amount, count, hosts, total_slots
 from . import job
 from .batch import pbs_script, slurm_script, submit_slurm
 from .supervisor import supervise
@@ -37,6 +38,41 @@ def _preflight(args) -> bool:
     print(f"preflight: {len(hosts)} host(s) OK ({', '.join(r['hostname'] for r in reports.values())})",
           flush=True)
     return True
+
+
+def _hostfile_slots(path: str) -> int | None:
+    """The slots a hostfile lists ('h1 slots=4' or 'h1:4' lines), or None where a line gives none or the file is
+    missing (the preflight names a missing file)."""
+    try:
+        lines = [ln.split("#", 1)[0].strip() for ln in Path(path).read_text().splitlines()]
+    except OSError:
+        return None
+    total = 0
+    for line in filter(None, lines):
+        first, *rest = line.split()
+        slots = first.partition(":")[2] or next((r.partition("=")[2] for r in rest if r.startswith("slots=")), "")
+        if not slots.isdigit():
+            return None
+        total += int(slots)
+    return total or None
+
+
+def workers(args) -> int:
+    """--np, or where it is left out every slot of --hosts / --hostfile (else 2). More workers than the hosts
+    have slots is refused here, in one line, rather than by horovodrun or mpirun after the preflight."""
+    known = None  # the hosts' slots, where every host says how many
+    if args.hosts or args.hostfile:
+        in_file = _hostfile_slots(args.hostfile) if args.hostfile else 0
+        if in_file is not None:
+            known = (total_slots(args.hosts) if args.hosts else 0) + in_file
+    if args.np is None:
+        return known or 2
+    if known is not None and args.np > known and args.target in ("hosts", "mpirun"):
+        where = " and ".join(x for x in (f"--hosts {args.hosts}" if args.hosts else "",
+                                         f"--hostfile {args.hostfile}" if args.hostfile else "") if x)
+        raise config.ConfigError(f"--np {args.np} is more workers than {where} has slots ({known}); give the hosts "
+                                 f"more slots (host:N) or lower --np.")
+    return args.np
 
 
 def build(args) -> tuple[str, list[str] | None]:
@@ -66,18 +102,19 @@ def main(argv=None) -> int:
     p.add_argument("target", choices=["local", "hosts", "mpirun", "slurm", "pbs", "ray"])
     p.add_argument("--config", "-c", help="training recipe (launch/configs/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    p.add_argument("--np", type=int, default=2, help="workers (local, hosts, mpirun)")
-    p.add_argument("--hosts", help="h1:slots,h2:slots")
+    p.add_argument("--np", type=count(1), help="workers (local, hosts, mpirun, ray; default: every slot of --hosts, "
+                                                  "else 2)")
+    p.add_argument("--hosts", type=hosts, help="h1:slots,h2:slots")
     p.add_argument("--hostfile", help="file of 'host slots=N' lines")
     p.add_argument("--nic", help="network interface for Horovod / MPI traffic (e.g. ib0, eth0)")
     p.add_argument("--controller", choices=["auto", "mpi", "gloo"], default="auto",
                    help="auto: the one `hvdfast tune` chose, else mpi")
-    p.add_argument("--nodes", type=int, default=1, help="slurm / pbs nodes")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="slurm / pbs: GPUs per node (one task each)")
+    p.add_argument("--nodes", type=count(1), default=1, help="slurm / pbs nodes")
+    p.add_argument("--gpus-per-node", type=count(1), default=8, help="slurm / pbs: GPUs per node (one task each)")
     p.add_argument("--cpu", action="store_true", help="slurm / pbs: do not request GPUs")
-    p.add_argument("--tasks-per-node", type=int, help="slurm / pbs: workers per node (default: --gpus-per-node; "
+    p.add_argument("--tasks-per-node", type=count(1), help="slurm / pbs: workers per node (default: --gpus-per-node; "
                                                       "with --cpu, 2)")
-    p.add_argument("--warn-s", type=int, default=120,
+    p.add_argument("--warn-s", type=count(0), default=120,
                    help="slurm: seconds before the time limit at which SLURM warns the job (--signal=B:USR1@N); "
                         "the run checkpoints, stops and requeues itself (default 120)")
     p.add_argument("--time", default="24:00:00", help="slurm / pbs wall time")
@@ -87,15 +124,16 @@ def main(argv=None) -> int:
     p.add_argument("--script", help="slurm / pbs: where to write the batch script (default hvdfast-<target>.sh)")
     p.add_argument("--ray-address", help="ray: address of a running Ray cluster ('auto' to join the one this "
                                          "host belongs to); default: start a local Ray instance on loopback")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="ray: CPUs reserved per worker")
+    p.add_argument("--cpus-per-worker", type=count(1), default=1, help="ray: CPUs reserved per worker")
     p.add_argument("--ray-gpus", action="store_true", help="ray: one GPU per worker")
     p.add_argument("--wait", action="store_true", help="slurm: follow the submitted job (through requeues) to its "
                                                       "end; exit with its exit code and say why it failed")
-    p.add_argument("--poll-s", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--poll-s", type=amount(0, above=True), default=5.0, help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help="print the command or script; run nothing")
     p.add_argument("--no-preflight", action="store_true",
                    help="hosts / mpirun: skip the ssh preflight (hvdfast doctor --hosts) before launching")
     args = p.parse_intermixed_args(argv)  # overrides may follow options
+    args.np = workers(args)
     text, cmd = build(args)
     if args.dry_run:
         print(text, end="" if text.endswith("\n") else "\n")
