@@ -330,6 +330,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def read_yaml(path: Path, what: str):
+    """A YAML file's content; a syntax error is one ConfigError line naming the file, line and column (PyYAML's
+    own message spans several lines with a caret drawing)."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{what} '{path}' is not valid YAML{where}: {problem}.") from None
+
+
 CHECKOUT = Path(__file__).resolve().parents[1]  # the hvdfast checkout, whose launch/configs/ hold the recipes
 
 
@@ -356,10 +368,7 @@ def read(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()
         if not p.is_file():
             raise ConfigError(f"config file '{p}' not found. Recipes live in launch/configs/ "
                               f"(e.g. launch/configs/digits-cpu.yaml).")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
+        raw = read_yaml(p, "config file") or {}
         source = str(path)  # as the user wrote it
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{p}' must be a YAML mapping of sections "

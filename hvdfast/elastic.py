@@ -77,7 +77,7 @@ def run(cfg: config.Config, notes, vote: stop.StopVote) -> dict:
     job = setup(cfg, notes, elastic=True)
     vote.size = job.plan.info.size
     st, path = resume.resume(job, broadcast=False)  # no collective before Horovod's state sync
-    summary.write_run_files(job)
+    summary.write_run_files(job, agree=False)
     info = job.plan.info
     er = ElasticRun(job=job, st=st, rep=Reporter(job.run_dir, info.is_main, "lines", job.plan.total_steps),
                     wd=Watchdog(job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s),

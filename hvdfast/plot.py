@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -14,9 +15,20 @@ def main(run_dir: str, out: str | None = None) -> Path:
     if not path.is_file():
         from .data.folder import DataError
         raise DataError(f"no metrics.jsonl in '{run_dir}'; point hvdfast plot at a run directory of hvdfast train.")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if r["kind"] == "train"]
-    val = [r for r in rows if r["kind"] == "val"]
+    rows, unreadable = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:  # a line cut short (a run killed mid-write) or not ours
+            row = None
+            unreadable += 1
+        if isinstance(row, dict):
+            rows.append(row)
+    if unreadable:
+        print(f"hvdfast plot: skipped {unreadable} unreadable line(s) of {path} (a run stopped mid-write?)",
+              file=sys.stderr)
+    train = [r for r in rows if r.get("kind") == "train"]
+    val = [r for r in rows if r.get("kind") == "val"]
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     ax[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax[0].plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val")

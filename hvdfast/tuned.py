@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
-
 from . import config
 from .config import Config, ConfigError
 
@@ -33,7 +31,10 @@ def load(path: str | Path | None = None) -> dict | None:
     p = Path(path) if path else default_path()
     if not p.is_file():
         return None
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = config.read_yaml(p, "tuned settings file") or {}
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} Run hvdfast tune again, or delete the file.") from None
     return data if isinstance(data, dict) else None
 
 

@@ -158,3 +158,33 @@ def test_horovods_files_go_where_asked_or_are_refused(digits_dir, tmp_path):
     (tmp_path / "file").write_text("")
     one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'r2'}", *SMALL,
                     f"horovod.timeline={tmp_path / 'file' / 't.json'}"), "t.json (HOROVOD_TIMELINE): File exists")
+
+
+def test_a_run_folder_rank_0_cannot_write_stops_every_rank_with_one_line(digits_dir, tmp_path):
+    """Only rank 0 writes the run folder; the others learn its answer (one broadcast) and stop with it, instead
+    of each meeting it as Horovod shutting down under them (a traceback per rank, as it was)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    p = run_launcher("mpirun", 2, hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml",
+                                              f"data.dir={digits_dir}", f"train.run_dir={blocker / 'run'}", *SMALL))
+    assert one_error(p, f"train.run_dir '{blocker / 'run'}' cannot be written: Not a directory") and \
+        "Traceback" not in p.stdout
+
+
+def test_yaml_mistakes_name_the_line_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [0.1\n")
+    for verb in ("train", "study"):
+        args = ["--config", str(bad)] if verb == "train" else [str(bad)]
+        p = subprocess.run(hvdfast_cmd(verb, *args), capture_output=True, text=True, timeout=120, cwd=ROOT,
+                           env=launcher_env())
+        what = "config file" if verb == "train" else "study spec"
+        assert one_error(p, f"{what} '{bad}' is not valid YAML (line 3, column 1): ")
+
+
+def test_a_damaged_tuned_file_is_named_with_the_remedy(tmp_path):
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("horovod: {bucket_mb: 25\n")
+    p = train(f"horovod.tuned={tuned}", "--print-config")
+    assert one_error(p, f"tuned settings file '{tuned}' is not valid YAML (line 2, column 1): ",
+                     "Run hvdfast tune again, or delete the file.")

@@ -141,3 +141,18 @@ def test_a_cli_process_ends_with_its_heap_out_of_the_exit_collection(tmp_path):
     frozen, enabled = gc.get_freeze_count(), gc.isenabled()
     assert cli.main(["data", "check", str(tree)]) == 0
     assert (gc.get_freeze_count(), gc.isenabled()) == (frozen, enabled)
+
+
+def test_plot_skips_a_line_cut_short(tmp_path):
+    """A run killed mid-write can leave half a line at the end of metrics.jsonl: the curves are drawn from the
+    rest, and the command says how many lines it skipped."""
+    import json
+    rows = [{"kind": "train", "step": s, "loss": 2.0 / s, "top1": 10.0 * s, "img_s": 100.0} for s in (1, 2, 3)]
+    rows.append({"kind": "val", "step": 3, "loss": 0.9, "top1": 55.0})
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "metrics.jsonl").write_text(text + text.splitlines()[0][:17])
+    p = run("plot", str(tmp_path))
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == f"hvdfast plot: skipped 1 unreadable line(s) of {tmp_path / 'metrics.jsonl'} " \
+                               f"(a run stopped mid-write?)"
+    assert (tmp_path / "curves.png").stat().st_size > 0

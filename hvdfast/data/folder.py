@@ -59,6 +59,9 @@ def scan_split(root: Path, classes: tuple[str, ...] | None = None) -> Split:
 
 def scan(data_dir: str | Path) -> tuple[Split, Split]:
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"data.dir '{data_dir}' is a file, not a folder: point it at an ImageFolder root "
+                        f"(train/<class>/*.jpg, val/<class>/*.jpg).")
     if not data_dir.is_dir():
         raise DataError(f"data folder '{data_dir}' does not exist. Create the embedded data set with "
                         f"'hvdfast data digits {data_dir}', or set data.dir to an ImageFolder root.")

@@ -41,12 +41,24 @@ def dali_version() -> str | None:
     return None
 
 
-def write_run_files(job: Job) -> None:
-    """The resolved config and the software versions, next to the results (rank 0)."""
+def write_run_files(job: Job, agree: bool = True) -> None:
+    """The resolved config and the software versions, next to the results (rank 0). A run folder rank 0 cannot
+    write stops the run with one line; with `agree` every rank learns it from rank 0 and stops with it, where
+    the others would otherwise meet it as Horovod shutting down under them, a traceback each (elastic runs pass
+    False: no collective before Horovod's state sync)."""
+    problem = None
     if job.plan.info.is_main:
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        (job.run_dir / "config.yaml").write_text(config.dump(job.cfg))
-        (job.run_dir / "versions.json").write_text(json.dumps(versions(job.plan.info), indent=2) + "\n")
+        try:
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            (job.run_dir / "config.yaml").write_text(config.dump(job.cfg))
+            (job.run_dir / "versions.json").write_text(json.dumps(versions(job.plan.info), indent=2) + "\n")
+        except OSError as exc:
+            problem = (f"train.run_dir '{job.run_dir}' cannot be written: {exc.strerror}. Point train.run_dir at a "
+                       f"folder this user can write.")
+    if agree:
+        problem = dist.broadcast_object(problem, name="run_dir.written")  # Horovod: rank 0's answer, everywhere
+    if problem:
+        raise config.ConfigError(problem)
 
 
 def announce(job: Job, st: FitState, rep: Reporter, resumed_from) -> None:

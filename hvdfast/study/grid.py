@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..config import ConfigError
+from ..config import ConfigError, read_yaml
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,10 @@ def load(path: str | Path) -> Spec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"study spec '{p}' not found (examples: launch/studies/*.yaml).")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = read_yaml(p, "study spec") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study spec '{p}' must be a YAML mapping (recipe, epochs, ...), got "
+                          f"{type(raw).__name__}.")
     known = set(Spec.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
