@@ -243,7 +243,7 @@ def _main_hosts(args) -> int:
 
 def main(argv=None) -> int:
     from .bench import allreduce
-    from .bench.report import hardware, header
+    from .bench.report import hardware, header, writable
     p = argparse.ArgumentParser(prog="hvdfast tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     allreduce.add_arguments(p)
@@ -258,6 +258,7 @@ def main(argv=None) -> int:
     hp.add_argument("--image-size", type=count(1), default=224, help="px")
     hp.add_argument("--steps", type=count(1), default=3, help="timed steps per candidate")
     args = p.parse_args(argv)
+    writable((Path(args.out) if args.out else default_path()).parent, "the settings file's folder")
     if args.hosts:
         return _main_hosts(args)
     args.ops = ",".join(TRAINING_OP)  # each a way training can average

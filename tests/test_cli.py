@@ -156,3 +156,16 @@ def test_plot_skips_a_line_cut_short(tmp_path):
     assert p.stderr.strip() == f"hvdfast plot: skipped 1 unreadable line(s) of {tmp_path / 'metrics.jsonl'} " \
                                f"(a run stopped mid-write?)"
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_an_output_folder_that_cannot_be_written_stops_before_measuring(tmp_path):
+    """Checked first, not when the report is written after minutes (an hour, for bench cluster) of measuring."""
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "bench"
+    for args, what in [(["tune", "--out", str(out / "tuned.yaml")], "the settings file's folder"),
+                       (["bench", "train", "--out-dir", str(out)], "--out-dir"),
+                       (["bench", "allreduce", "--out-dir", str(out)], "--out-dir"),
+                       (["bench", "cluster", "--out-dir", str(out)], "--out-dir")]:
+        p = run(*args)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and "running" not in p.stderr, p.stderr
+        assert p.stderr.strip() == f"hvdfast: cannot write {what} '{out}': Not a directory", p.stderr

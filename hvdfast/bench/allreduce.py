@@ -240,7 +240,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> int:
-    from .report import hardware, header, markdown_table, write
+    from .report import hardware, header, markdown_table, writable, write
     p = argparse.ArgumentParser(prog="hvdfast bench allreduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
@@ -251,6 +251,7 @@ def main(argv=None) -> int:
         args.fusion_mb, args.cycle_ms = float(args.fusion_mb), float(args.cycle_ms)
         _worker(args)
         return 0
+    writable(args.out_dir)
     hw = hardware()
     print(f"{args.model} gradients, {args.np} ranks, median of {args.repeat}:", file=sys.stderr)
     cells, rows = grid(args)

@@ -221,7 +221,7 @@ def _taken_down_on_signals():
 
 
 def run(args) -> int:
-    from .report import hardware, header, write
+    from .report import hardware, header, writable, write
     from .. import config, tune
     from . import allreduce
     links = args.links.split(",")
@@ -241,6 +241,7 @@ def run(args) -> int:
         raise SystemExit(f"hvdfast bench cluster: {exc}") from None
     if why:
         raise SystemExit(f"hvdfast bench cluster: {why}.")
+    writable(args.out_dir)
     why = hosts.unavailable()
     if why:
         raise SystemExit(f"hvdfast bench cluster: cannot build the emulated hosts here: {why}.")

@@ -51,7 +51,7 @@ def measure(backend: str, data_dir: str, threads: int, batch: int, image_size: i
 
 
 def main(argv=None) -> int:
-    from .report import hardware, header, markdown_table, write
+    from .report import hardware, header, markdown_table, writable, write
     p = argparse.ArgumentParser(prog="hvdfast bench data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", required=True, help="ImageFolder (e.g. from 'hvdfast data photos DIR')")
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=count(1), default=12, help="timed batches")
     p.add_argument("--out-dir", default="runs/bench")
     args = p.parse_args(argv)
+    writable(args.out_dir)
     hw = hardware()
     rows = []
     for backend in args.backend.split(","):

@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -58,6 +59,19 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
     return "" if v is None else str(v)
+
+
+def writable(folder: str | Path, what: str = "--out-dir") -> Path:
+    """`folder`, made if missing and checked writable: before a measurement that may take an hour rather than after
+    it, where the results would be lost. Stops with one line otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"hvdfast: cannot write {what} '{folder}': {exc.strerror or exc}") from None
+    return folder
 
 
 def write(out_dir: Path, name: str, result: dict, table: str) -> tuple[Path, Path]:

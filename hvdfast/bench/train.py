@@ -121,8 +121,9 @@ def check_recipe(args) -> None:
 
 
 def _driver(args) -> int:
-    from .report import hardware, header, markdown_table, write
+    from .report import hardware, header, markdown_table, writable, write
     check_recipe(args)
+    writable(args.out_dir)
     hw = hardware()
     nps = [int(n) for n in str(args.np).split(",")]
     variants = ([args.baseline] if args.baseline else []) + ["hvdfast"]
@@ -163,11 +164,12 @@ def _driver(args) -> int:
 
 def scaling(argv=None) -> int:
     """`hvdfast bench scaling --np 1,2`: the hvdfast variant at each worker count on this machine."""
-    from .report import hardware, header, markdown_table, write
+    from .report import hardware, header, markdown_table, writable, write
     p = argparse.ArgumentParser(prog="hvdfast bench scaling", description=scaling.__doc__)
     add_arguments(p)
     args = p.parse_args(argv)
     check_recipe(args)
+    writable(args.out_dir)
     nps = sorted({int(n) for n in str(args.np).split(",")} | {1})
     cores = os.cpu_count() or 1
     per_worker = max(1, cores // max(nps))
