@@ -330,16 +330,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def read_yaml(path: Path, what: str):
-    """A YAML file's content; a syntax error is one ConfigError line naming the file, line and column (PyYAML's
-    own message spans several lines with a caret drawing)."""
+def read_yaml(path: Path, what: str, shown: str | None = None):
+    """A YAML file's content; a syntax error is one ConfigError line naming the file (as `shown`, default its
+    path), line and column (PyYAML's own message spans several lines with a caret drawing)."""
     try:
         return yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{what} '{path}' is not valid YAML{where}: {problem}.") from None
+        raise ConfigError(f"{what} '{shown or path}' is not valid YAML{where}: {problem}.") from None
 
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # the hvdfast checkout, whose launch/configs/ hold the recipes
@@ -368,10 +368,10 @@ def read(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()
         if not p.is_file():
             raise ConfigError(f"config file '{p}' not found. Recipes live in launch/configs/ "
                               f"(e.g. launch/configs/digits-cpu.yaml).")
-        raw = read_yaml(p, "config file") or {}
-        source = str(path)  # as the user wrote it
+        source = str(path)  # as the user wrote it, in every message
+        raw = read_yaml(p, "config file", shown=source) or {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"config file '{p}' must be a YAML mapping of sections "
+            raise ConfigError(f"config file '{source}' must be a YAML mapping of sections "
                               f"(data, model, optim, horovod, train), got {type(raw).__name__}.")
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for text in overrides:

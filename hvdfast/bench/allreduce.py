@@ -218,8 +218,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controllers",
                    help="Horovod controllers to measure, comma separated: mpi, gloo (default: those this Horovod "
                         "was built with; tune --hosts: every wire format on each)")
-    p.add_argument("--fusion-mb", type=csv(amount(0)), default="0,16,64", help="fusion thresholds in MiB, comma separated")
-    p.add_argument("--cycle-ms", type=csv(amount(0, above=True)), default="1,5", help="cycle times in ms, comma separated")
+    p.add_argument("--fusion-mb", type=csv(amount(0)), default="0,16,64",
+                   help="fusion thresholds in MiB, comma separated")
+    p.add_argument("--cycle-ms", type=csv(amount(0, above=True)), default="1,5",
+                   help="cycle times in ms, comma separated")
     p.add_argument("--compressions", type=csv(one_of(COMPRESSIONS)), default=",".join(COMPRESSIONS),
                    help=f"gradient wire formats, comma separated ({', '.join(COMPRESSIONS)})")
     p.add_argument("--ops", type=csv(one_of(OPS)), default=",".join(OPS),

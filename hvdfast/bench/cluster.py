@@ -380,7 +380,8 @@ def parser() -> argparse.ArgumentParser:
                    help="after the timed runs: train the recipe (--config: the digits set) on this host with each "
                         "lossy wire format the hvdfast rows sent and uncompressed, seeds 0..N-1, and report each "
                         "format's top-1 cost in points (0: skip)")
-    p.add_argument("--accuracy-epochs", type=amount(0, above=True), help="epochs of each accuracy run (default: the recipe's)")
+    p.add_argument("--accuracy-epochs", type=amount(0, above=True),
+                   help="epochs of each accuracy run (default: the recipe's)")
     p.add_argument("--powersgd-rank", type=count(1), default=4, help="DDP's PowerSGD hook rank (hvdfast: its recipe)")
     p.add_argument("--ddp-bucket-mb", type=amount(0, above=True), default=25.0, help="DDP's bucket_cap_mb")
     p.add_argument("--timeout", type=count(1), default=900, help="seconds per run")

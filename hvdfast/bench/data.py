@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hvdfast bench data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", required=True, help="ImageFolder (e.g. from 'hvdfast data photos DIR')")
-    p.add_argument("--backend", type=csv(one_of(("dali", "torchvision"))), default="dali,torchvision", help="comma-separated backends (default both)")
+    p.add_argument("--backend", type=csv(one_of(("dali", "torchvision"))), default="dali,torchvision",
+                   help="comma-separated backends (default both)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu",
                    help="where batches end up; gpu: DALI decodes JPEGs with nvJPEG (device='mixed') "
                         "(default: gpu where there is one)")

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
     p.add_argument("--powersgd-rank", type=count(1), default=4)
-    p.add_argument("--bucket-cap-mb", type=amount(0, above=True), default=25.0, help="DDP's bucket size (its default: 25)")
+    p.add_argument("--bucket-cap-mb", type=amount(0, above=True), default=25.0,
+                   help="DDP's bucket size (its default: 25)")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--batch", type=count(1), default=8)
     p.add_argument("--image-size", type=count(1), default=224)

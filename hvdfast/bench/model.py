@@ -115,11 +115,13 @@ def main(argv=None) -> int:
                    help="T_c per step per worker in ms (e.g. from 'hvdfast bench train'); default: ResNet-50 "
                         "at 256 img/step on an H100-class GPU, 256/3000 s")
     p.add_argument("--grad-mb", type=amount(0), default=25.6 * 2, help="gradient MB on the wire (default RN50 fp16)")
-    p.add_argument("--workers", type=csv(count(1)), default="8,64,256,1024", help="worker counts, comma separated")
+    p.add_argument("--workers", type=csv(count(1)), default="8,64,256,1024",
+                   help="worker counts, comma separated")
     p.add_argument("--gpus-per-node", type=count(1), default=8)
     p.add_argument("--link", choices=sorted(LINKS), default="ib-ndr")
     p.add_argument("--intra-gbs", type=amount(0, above=True), default=LINKS["nvlink"][0])
-    p.add_argument("--eta", type=amount(0, above=True), default=None, help="achieved fraction of line rate (default: calibrated)")
+    p.add_argument("--eta", type=amount(0, above=True), default=None,
+                   help="achieved fraction of line rate (default: calibrated)")
     p.add_argument("--calibrate", action="store_true", help="only show the calibration against published runs")
     p.add_argument("--cluster", nargs="+", metavar="JSON",
                    help="instead: fit the model to `hvdfast bench cluster` reports (runs/bench/cluster-*.json) and "

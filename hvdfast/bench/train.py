@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from . import worker
 from ..argtypes import count, csv
+from . import worker
 
 
 # ------------------------------------------------------------------------------------------------- driver side

@@ -102,8 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("target", choices=["local", "hosts", "mpirun", "slurm", "pbs", "ray"])
     p.add_argument("--config", "-c", help="training recipe (launch/configs/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    p.add_argument("--np", type=count(1), help="workers (local, hosts, mpirun, ray; default: every slot of --hosts, "
-                                                  "else 2)")
+    p.add_argument("--np", type=count(1),
+                   help="workers (local, hosts, mpirun, ray; default: every slot of --hosts / --hostfile, else 2)")
     p.add_argument("--hosts", type=hosts, help="h1:slots,h2:slots")
     p.add_argument("--hostfile", help="file of 'host slots=N' lines")
     p.add_argument("--nic", help="network interface for Horovod / MPI traffic (e.g. ib0, eth0)")
@@ -112,8 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--nodes", type=count(1), default=1, help="slurm / pbs nodes")
     p.add_argument("--gpus-per-node", type=count(1), default=8, help="slurm / pbs: GPUs per node (one task each)")
     p.add_argument("--cpu", action="store_true", help="slurm / pbs: do not request GPUs")
-    p.add_argument("--tasks-per-node", type=count(1), help="slurm / pbs: workers per node (default: --gpus-per-node; "
-                                                      "with --cpu, 2)")
+    p.add_argument("--tasks-per-node", type=count(1),
+                   help="slurm / pbs: workers per node (default: --gpus-per-node; with --cpu, 2)")
     p.add_argument("--warn-s", type=count(0), default=120,
                    help="slurm: seconds before the time limit at which SLURM warns the job (--signal=B:USR1@N); "
                         "the run checkpoints, stops and requeues itself (default 120)")
