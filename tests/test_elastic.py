@@ -96,3 +96,25 @@ def test_horovod_initialises_again_with_the_recipes_knobs(tmp_path):
         got = json.loads((tmp_path / f"rank{r}.json").read_text())
         assert {"HOROVOD_FUSION_THRESHOLD", "HOROVOD_CYCLE_TIME"} <= set(got["env"])
         assert got["sums"] == [[float(0 + 1 + 2 * k)] * 4 for k in range(3)]
+
+
+def test_an_elastic_run_whose_folder_cannot_be_written_stops_every_worker(short_digits_dir, tmp_path):
+    """No collective may come before Horovod's state sync in an elastic run, so every rank checks the run folder
+    itself (elastic runs assume a shared file system): the job stops with one line from rank 0 and a failure,
+    instead of rank 0's host being blacklisted and the other worker training on without a run folder."""
+    discover = tmp_path / "discover.sh"
+    discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    (tmp_path / "a-file").write_text("")
+    run = tmp_path / "a-file" / "run"
+    cmd = commands.horovodrun(2, [
+        sys.executable, "-m", "hvdfast.cli", "train", "--config", str(ROOT / "launch/configs/digits-cpu.yaml"),
+        "train.elastic=true", f"data.dir={short_digits_dir}", "data.backend=torchvision", "data.workers=0",
+        "model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16", "train.epochs=1",
+        "train.threads=1", f"train.run_dir={run}"], controller="gloo", elastic=(1, 2, str(discover)), options=[])
+    p = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=240, cwd=ROOT)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "SUMMARY" not in out and "elastic: 1 worker(s)" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if "hvdfast: error" in line]
+    assert len(errors) == 1 and f"train.run_dir '{run}' cannot be written: Not a directory" in errors[0], out[-3000:]
+    assert f'File "{ROOT / "hvdfast"}' not in out, out[-3000:]  # no worker's traceback

@@ -2,6 +2,7 @@
 (the ranks must agree), the skipped files, and one SUMMARY line with accuracy and throughput."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -43,15 +44,21 @@ def dali_version() -> str | None:
 
 def write_run_files(job: Job, agree: bool = True) -> None:
     """The resolved config and the software versions, next to the results (rank 0). A run folder rank 0 cannot
-    write stops the run with one line; with `agree` every rank learns it from rank 0 and stops with it, where
-    the others would otherwise meet it as Horovod shutting down under them, a traceback each (elastic runs pass
-    False: no collective before Horovod's state sync)."""
+    write stops every rank with one line (from rank 0), where the others would otherwise meet it as Horovod shutting
+    down under them, a traceback each. With `agree` the others learn rank 0's answer (one broadcast); elastic runs
+    (agree=False: no collective before Horovod's state sync, which a joiner enters first) have every rank make and
+    check the folder itself, as they already assume a file system every rank shares (resume reads the checkpoint
+    on every rank) — else rank 0's host would be blacklisted and the others train on without it."""
+    info = job.plan.info
     problem = None
-    if job.plan.info.is_main:
+    if info.is_main or not agree:
         try:
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            (job.run_dir / "config.yaml").write_text(config.dump(job.cfg))
-            (job.run_dir / "versions.json").write_text(json.dumps(versions(job.plan.info), indent=2) + "\n")
+            if info.is_main:
+                (job.run_dir / "config.yaml").write_text(config.dump(job.cfg))
+                (job.run_dir / "versions.json").write_text(json.dumps(versions(info), indent=2) + "\n")
+            elif not os.access(job.run_dir, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(job.run_dir))
         except OSError as exc:
             problem = (f"train.run_dir '{job.run_dir}' cannot be written: {exc.strerror}. Point train.run_dir at a "
                        f"folder this user can write.")
