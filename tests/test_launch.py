@@ -201,3 +201,16 @@ def test_a_stopped_run_exits_75_whatever_the_launcher_reports(tmp_path, capsys, 
     said = "hvdfast launch: the workers stopped with exit code 75; horovodrun lost their exit status and reported 0"
     assert (said in capsys.readouterr().err) == (launcher_rc == 0)  # 1: horovodrun's own report says it
     assert supervise([sys.executable, "-c", f"raise SystemExit({launcher_rc})"], "local", tmp_path / "x") == launcher_rc
+
+
+def test_a_batch_script_without_its_scheduler_here_is_written_and_not_submitted(tmp_path):
+    import shutil
+    if shutil.which("qsub"):
+        pytest.skip("qsub is installed here: this checks a machine without PBS")
+    script = tmp_path / "job.sh"
+    p = subprocess.run(hvdfast_cmd("launch", "pbs", *CFG, "--script", str(script)), capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env=launcher_env())
+    assert p.returncode == 127 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == (f"hvdfast launch: qsub is not on PATH here, so {script} was written but not "
+                                f"submitted; submit it where PBS runs: qsub {script}")
+    assert script.read_text().startswith("#!/bin/bash")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +146,11 @@ def main(argv=None) -> int:
         path = job.script_path(args)
         path.write_text(text)
         print(f"wrote {path}", flush=True)
+        tool = "sbatch" if args.target == "slurm" else "qsub"
+        if shutil.which(tool) is None:
+            print(f"hvdfast launch: {tool} is not on PATH here, so {path} was written but not submitted; submit it "
+                  f"where {'SLURM' if tool == 'sbatch' else 'PBS'} runs: {tool} {path}", file=sys.stderr)
+            return 127
         if args.target == "slurm":
             return submit_slurm(path, args)
         return subprocess.call(["qsub", str(path)])
