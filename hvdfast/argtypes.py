@@ -25,6 +25,22 @@ def count(minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
+def count_or(word: str, minimum: int = 1) -> Callable[[str], str]:
+    """A whole number >= minimum, or `word` (e.g. "default"). Returns the text."""
+    number = count(minimum)
+
+    def parse(text: str) -> str:
+        if text == word:
+            return text
+        try:
+            return str(number(text))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum} or {word!r}, got {text!r}") \
+                from None
+    parse.__name__ = f"whole number >= {minimum} or {word}"
+    return parse
+
+
 def amount(minimum: float = 0.0, above: bool = False) -> Callable[[str], float]:
     """A number >= minimum (above=True: > minimum)."""
     bound = f"> {minimum:g}" if above else f">= {minimum:g}"

@@ -3,7 +3,7 @@ import argparse
 
 import pytest
 
-from hvdfast.argtypes import amount, count, csv, hosts, one_of, total_slots
+from hvdfast.argtypes import amount, count, count_or, csv, hosts, one_of, total_slots
 
 
 def test_count_and_amount():
@@ -11,6 +11,9 @@ def test_count_and_amount():
     for bad in ("0", "-1", "x", "1.5", ""):
         with pytest.raises(argparse.ArgumentTypeError, match=r"whole number >= 1"):
             count(1)(bad)
+    assert count_or("default")("default") == "default" and count_or("default")("2") == "2"
+    with pytest.raises(argparse.ArgumentTypeError, match=r"whole number >= 1 or 'default', got 'x'"):
+        count_or("default")("x")
     assert amount(0)("0") == 0.0 and amount(0)("2.5") == 2.5
     with pytest.raises(argparse.ArgumentTypeError, match=r"number > 0, got '0'"):
         amount(0, above=True)("0")

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from ..argtypes import count, csv
+from ..argtypes import count, count_or, csv
 from . import worker
 
 
@@ -226,7 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "bench/ddp.py)")
     p.add_argument("--ddp-hook", default="none", choices=["none", "fp16", "bf16", "powersgd"],
                    help="with --baseline ddp: DDP's communication hook")
-    p.add_argument("--baseline-threads", default="1", help="torch threads per baseline worker: N or default")
+    p.add_argument("--baseline-threads", type=count_or("default"), default="1",
+                   help="torch threads per baseline worker: N or default")
     p.add_argument("--controller", choices=["mpi", "gloo"], default="mpi")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--batch", type=count(1), default=8, help="images per worker per step")
