@@ -3,16 +3,29 @@ from __future__ import annotations
 
 import torch
 
+from .config import ConfigError
+
+
+def check_name(name: str) -> None:
+    """model.name must be one of torchvision's classification models: a ConfigError line naming the closest ones
+    otherwise (every rank meets it in setup; rank 0 says it)."""
+    import difflib
+
+    import torchvision.models as tvm
+    names = sorted(tvm.list_models(module=tvm))  # the classification models (not detection, segmentation, ...)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = (f"did you mean {', '.join(close)}?" if close else
+                f"torchvision's classification models include {', '.join(names[:8])}, ... "
+                f"(torchvision.models.list_models(module=torchvision.models))")
+        raise ConfigError(f"unknown model.name '{name}'; {hint}")
+
 
 def build(name: str, num_classes: int, zero_init_residual: bool = True) -> torch.nn.Module:
     import torchvision.models as tvm
 
-    try:
-        ctor = tvm.get_model_builder(name)
-    except ValueError:
-        options = ", ".join(sorted(tvm.list_models(module=tvm))[:12])
-        raise ValueError(f"unknown model '{name}'; torchvision classification models include {options}, ...") \
-            from None
+    check_name(name)
+    ctor = tvm.get_model_builder(name)
     kwargs = {"num_classes": num_classes, "weights": None}
     if zero_init_residual and name.startswith(("resnet", "resnext", "wide_resnet")):
         # Goyal et al. 2017: each residual block starts as identity (last BN gamma = 0).

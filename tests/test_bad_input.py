@@ -188,3 +188,8 @@ def test_a_damaged_tuned_file_is_named_with_the_remedy(tmp_path):
     p = train(f"horovod.tuned={tuned}", "--print-config")
     assert one_error(p, f"tuned settings file '{tuned}' is not valid YAML (line 2, column 1): ",
                      "Run hvdfast tune again, or delete the file.")
+
+
+def test_an_unknown_model_name_names_the_closest(digits_dir, tmp_path):
+    p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL, "model.name=resnet5")
+    assert one_error(p, "unknown model.name 'resnet5'; did you mean resnet50")

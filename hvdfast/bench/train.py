@@ -115,8 +115,9 @@ def _launch_ddp(args, np_: int, out: Path) -> list[dict]:
 def check_recipe(args) -> None:
     """The recipe as an absolute path (the workers start in the checkout, not here) and the overrides checked now,
     so a mistyped key stops the command in one line instead of failing in every worker."""
-    from .. import config
+    from .. import config, models
     config.load(args.config, args.overrides)  # its errors name the recipe as the user wrote it
+    models.check_name(args.model)
     args.config = str(config.locate(args.config))
 
 
