@@ -242,6 +242,7 @@ def _main_hosts(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import models
     from .bench import allreduce
     from .bench.report import hardware, header, writable
     p = argparse.ArgumentParser(prog="hvdfast tune", description=__doc__,
@@ -259,6 +260,7 @@ def main(argv=None) -> int:
     hp.add_argument("--steps", type=count(1), default=3, help="timed steps per candidate")
     args = p.parse_args(argv)
     writable((Path(args.out) if args.out else default_path()).parent, "the settings file's folder")
+    models.check_name(args.model)  # before any launch: a worker would meet it as a traceback
     if args.hosts:
         return _main_hosts(args)
     args.ops = ",".join(TRAINING_OP)  # each a way training can average

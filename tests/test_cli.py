@@ -61,6 +61,14 @@ def test_a_bad_override_stops_a_benchmark_before_its_workers_start():
                                 "+ overrides. Did you mean 'optim.lr'?")
 
 
+@pytest.mark.parametrize("args", [["bench", "train"], ["bench", "allreduce"], ["tune"], ["bench", "cluster"]])
+def test_a_benchmarks_model_is_checked_before_anything_starts(args):
+    p = run(*args, "--model", "resnt18")
+    assert p.returncode in (1, 2) and "Traceback" not in p.stderr and "running" not in p.stderr, p.stderr
+    assert p.stderr.strip().endswith("unknown model.name 'resnt18'; did you mean resnet18, resnet152, resnet101?")
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
 def test_recipes_are_found_from_any_folder(tmp_path):
     """launch/configs/... names the checkout's recipe from any folder (and workers started elsewhere read the
     same file); a recipe in this folder wins; a missing one is named as written."""

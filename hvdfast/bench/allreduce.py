@@ -242,6 +242,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> int:
+    from .. import models
     from .report import hardware, header, markdown_table, writable, write
     p = argparse.ArgumentParser(prog="hvdfast bench allreduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,6 +254,7 @@ def main(argv=None) -> int:
         args.fusion_mb, args.cycle_ms = float(args.fusion_mb), float(args.cycle_ms)
         _worker(args)
         return 0
+    models.check_name(args.model)  # before any launch: a worker would meet it as a traceback
     writable(args.out_dir)
     hw = hardware()
     print(f"{args.model} gradients, {args.np} ranks, median of {args.repeat}:", file=sys.stderr)

@@ -222,7 +222,7 @@ def _taken_down_on_signals():
 
 def run(args) -> int:
     from .report import hardware, header, writable, write
-    from .. import config, tune
+    from .. import config, models, tune
     from . import allreduce
     links = args.links.split(",")
     variants = args.variants.split(",")
@@ -232,6 +232,7 @@ def run(args) -> int:
     recipe = config.locate(args.config)  # absolute: the workers start in ROOT
     args.config = str(recipe)
     try:  # a mistyped key or value is refused now, not after the cluster is built and a link tuned
+        models.check_name(args.model)
         for _, overrides in settings.values():
             config.load(recipe, [*args.overrides, *overrides])
         # the accuracy runs' data, checked now rather than after the timed runs
