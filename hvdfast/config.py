@@ -291,6 +291,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'optim.label_smoothing' must be in [0, 1), got {cfg.optim.label_smoothing}.")
     if not cfg.optim.momentum < 1:  # >= 0 above; 1 or more makes the velocity grow without bound
         raise ConfigError(f"config key 'optim.momentum' must be in [0, 1), got {cfg.optim.momentum}.")
+    if not 0 <= cfg.train.seed < 2 ** 32:  # what numpy's and DALI's seeds take
+        raise ConfigError(f"config key 'train.seed' must be in [0, 2**32), got {cfg.train.seed}.")
+    if cfg.data.workers < -1:
+        raise ConfigError(f"config key 'data.workers' must be -1 (the cores the worker owns) or >= 0, got "
+                          f"{cfg.data.workers}.")
 
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

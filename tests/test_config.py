@@ -62,6 +62,12 @@ def test_choices_and_ranges():
     assert config.load(None, ["data.hw_decoder_load=1"]).data.hw_decoder_load == 1.0  # an int is the float
     with pytest.raises(ConfigError, match=r"'optim.momentum' must be in \[0, 1\), got 1.5"):
         config.load(None, ["optim.momentum=1.5"])
+    for seed in ("-1", str(2 ** 32)):  # numpy's and DALI's seeds take [0, 2**32): a ValueError in setup before
+        with pytest.raises(ConfigError, match=rf"'train.seed' must be in \[0, 2\*\*32\), got {seed}"):
+            config.load(None, [f"train.seed={seed}"])
+    assert config.load(None, ["train.seed=4294967295"]).train.seed == 2 ** 32 - 1
+    with pytest.raises(ConfigError, match=r"'data.workers' must be -1 \(the cores the worker owns\) or >= 0"):
+        config.load(None, ["data.workers=-2"])
 
 
 def test_yaml_that_is_not_a_mapping(tmp_path):
