@@ -291,7 +291,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'optim.label_smoothing' must be in [0, 1), got {cfg.optim.label_smoothing}.")
     if not cfg.optim.momentum < 1:  # >= 0 above; 1 or more makes the velocity grow without bound
         raise ConfigError(f"config key 'optim.momentum' must be in [0, 1), got {cfg.optim.momentum}.")
-    if not 0 <= cfg.train.seed < 2 ** 32:  # what numpy's and DALI's seeds take
+    if not 0 <= cfg.train.seed < 2 ** 32:  # what numpy's global seed takes (run.setup.seed_everything)
         raise ConfigError(f"config key 'train.seed' must be in [0, 2**32), got {cfg.train.seed}.")
     if cfg.data.workers < -1:
         raise ConfigError(f"config key 'data.workers' must be -1 (the cores the worker owns) or >= 0, got "

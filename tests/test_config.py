@@ -62,7 +62,7 @@ def test_choices_and_ranges():
     assert config.load(None, ["data.hw_decoder_load=1"]).data.hw_decoder_load == 1.0  # an int is the float
     with pytest.raises(ConfigError, match=r"'optim.momentum' must be in \[0, 1\), got 1.5"):
         config.load(None, ["optim.momentum=1.5"])
-    for seed in ("-1", str(2 ** 32)):  # numpy's and DALI's seeds take [0, 2**32): a ValueError in setup before
+    for seed in ("-1", str(2 ** 32)):  # numpy's seed takes [0, 2**32): a ValueError in setup before
         with pytest.raises(ConfigError, match=rf"'train.seed' must be in \[0, 2\*\*32\), got {seed}"):
             config.load(None, [f"train.seed={seed}"])
     assert config.load(None, ["train.seed=4294967295"]).train.seed == 2 ** 32 - 1
