@@ -184,7 +184,14 @@ def main(argv=None) -> int:
     if argv is not None:  # called in-process (tests, a script): the process lives on
         return _main(list(argv))
     try:
-        return _main(sys.argv[1:])
+        code = _main(sys.argv[1:])
+        sys.stdout.flush()  # a reader that left shows here, inside the handler, not as an error at exit
+        return code
+    except BrokenPipeError:
+        # the reader of our output left (`hvdfast launch ... --dry-run | head`): stop quietly, as a shell tool does,
+        # and keep Python from a second error when it flushes stdout at exit (the Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool ended by it
     finally:  # this process's own command (the console script, python -m hvdfast.cli): it ends next
         from .process import lighten_exit
         lighten_exit()

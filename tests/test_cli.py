@@ -177,3 +177,20 @@ def test_an_output_folder_that_cannot_be_written_stops_before_measuring(tmp_path
         p = run(*args)
         assert p.returncode == 1 and "Traceback" not in p.stderr and "running" not in p.stderr, p.stderr
         assert p.stderr.strip() == f"hvdfast: cannot write {what} '{out}': Not a directory", p.stderr
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly():
+    """`hvdfast ... | head`: the reader closes the pipe; the command stops as a shell tool does (exit 141, nothing
+    on stderr), not with a BrokenPipeError traceback."""
+    p = subprocess.Popen(hvdfast_cmd("study", "launch/studies/mnist.yaml", "--dry-run"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT, env=launcher_env())
+    p.stdout.close()  # before the command (seconds to start) writes anything
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 141 and err == "", err
+
+
+def test_a_study_filter_that_matches_no_cell_says_so():
+    p = run("study", "launch/studies/mnist.yaml", "--only", "zzz", "--dry-run")
+    assert p.returncode == 2 and p.stdout == "", p.stdout
+    assert p.stderr.strip().startswith("hvdfast: error: --only 'zzz' matches none of the study's 20 cells "
+                                       "(sgd-b64-bf16-w2, "), p.stderr

@@ -126,6 +126,9 @@ def main(argv=None) -> int:
     out = Path(args.out or Path("runs/study") / Path(args.spec).stem)
     extra = shlex.split(args.launch)
     failed: dict[str, str] = {}
+    if args.only and not any(args.only in c.id for c in cells):
+        shown = ", ".join(c.id for c in cells[:6]) + (", ..." if len(cells) > 6 else "")
+        raise config.ConfigError(f"--only {args.only!r} matches none of the study's {len(cells)} cells ({shown}).")
     todo = [c for c in cells if args.only in c.id and not _done(spec, c, out / "cells" / c.id)]
     if not args.report:
         if args.dry_run:
