@@ -26,17 +26,27 @@ SSH_OPTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ER
 COMPARED = ("python", "torch", "torchvision", "horovod", "dali", "hvdfast")
 
 
-def parse_hosts(hosts: str | None = None, hostfile: str | None = None) -> list[str]:
-    """Host names from 'h1:4,h2:4' or a hostfile ('h1 slots=4' / 'h1:4' lines, # comments), in order, unique."""
+def hostfile_entries(hostfile: str) -> list[tuple[str, int | None]]:
+    """(host, slots or None where the line gives none) per line of a hostfile ('h1 slots=4' / 'h1:4' / 'h1' lines,
+    # comments)."""
     from .config import ConfigError
-    names = []
-    if hostfile:
-        if not Path(hostfile).is_file():
-            raise ConfigError(f"hostfile {hostfile} does not exist; write one 'host slots=N' line per node.")
-        for line in Path(hostfile).read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                names.append(line.split()[0].split(":")[0])
+    if not Path(hostfile).is_file():
+        raise ConfigError(f"hostfile {hostfile} does not exist; write one 'host slots=N' line per node.")
+    entries = []
+    for line in Path(hostfile).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            first, *rest = line.split()
+            name, _, slots = first.partition(":")
+            slots = slots or next((r.partition("=")[2] for r in rest if r.startswith("slots=")), "")
+            entries.append((name, int(slots) if slots.isdigit() else None))
+    return entries
+
+
+def parse_hosts(hosts: str | None = None, hostfile: str | None = None) -> list[str]:
+    """Host names from 'h1:4,h2:4' or a hostfile (hostfile_entries), in order, unique."""
+    from .config import ConfigError
+    names = [name for name, _ in hostfile_entries(hostfile)] if hostfile else []
     if hosts:
         names += [h.strip().split(":")[0] for h in hosts.split(",") if h.strip()]
     if not names:

@@ -210,14 +210,12 @@ def save(doc: dict, path: Path) -> None:
 
 def _main_hosts(args) -> int:
     """`hvdfast tune --hosts ...`: measure across the hosts the job will run on."""
-    from . import config
     from .bench import allreduce, train
     from .bench.report import hardware
-    config.load(args.config)  # a bad recipe stops here in one line, not in every worker
-    args.config = str(config.locate(args.config))  # absolute: the workers start in the checkout
     spec = argparse.Namespace(config=args.config, overrides=["data.backend=synthetic"], model=args.model,
                               batch=args.batch, image_size=args.image_size, warmup=1, baseline_threads="1",
                               controller=None, timeout=args.timeout)
+    train.check_recipe(spec)  # as bench train's driver: checked here, the workers given the absolute path
     n = total_slots(args.hosts)
 
     def measure(overrides, steps, controller, compressions):

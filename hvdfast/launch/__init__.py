@@ -42,20 +42,14 @@ def _preflight(args) -> bool:
 
 
 def _hostfile_slots(path: str) -> int | None:
-    """The slots a hostfile lists ('h1 slots=4' or 'h1:4' lines), or None where a line gives none or the file is
-    missing (the preflight names a missing file)."""
+    """The slots a hostfile lists, or None where a line gives none or the file is missing (the preflight names a
+    missing file)."""
+    from ..preflight import hostfile_entries
     try:
-        lines = [ln.split("#", 1)[0].strip() for ln in Path(path).read_text().splitlines()]
-    except OSError:
+        slots = [n for _, n in hostfile_entries(path)]
+    except config.ConfigError:
         return None
-    total = 0
-    for line in filter(None, lines):
-        first, *rest = line.split()
-        slots = first.partition(":")[2] or next((r.partition("=")[2] for r in rest if r.startswith("slots=")), "")
-        if not slots.isdigit():
-            return None
-        total += int(slots)
-    return total or None
+    return sum(slots) if slots and None not in slots else None
 
 
 def workers(args) -> int:
