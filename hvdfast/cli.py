@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 from .argtypes import count, hosts
@@ -13,7 +14,8 @@ EPILOG_TRAIN = """examples:
   horovodrun -np 2 hvdfast train --config launch/configs/digits-cpu.yaml optim.lr=0.4
   mpirun -np 8 -bind-to none -map-by slot hvdfast train --config launch/configs/imagenet-rn50-sgd.yaml \\
       data.dir=/data/imagenet
-Overrides are section.key=value (value parsed as YAML); an unknown key is an error that names the closest key."""
+Overrides are section.key=value (value parsed as YAML); an unknown key is an error that names the closest key.
+Every key, its value and what it means: hvdfast train --config FILE [overrides] --keys [TEXT]"""
 
 
 def env_rank() -> int:
@@ -43,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                                                            "(default: built-in defaults)")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--keys", nargs="?", const="", metavar="TEXT",
+                   help="list the config keys (those whose name, else whose description, holds TEXT) with their "
+                        "resolved value, where it came from (default, recipe, tuned file, override) and what it "
+                        "means, and exit; put overrides before it")
 
     dt = sub.add_parser("data", help="data set tools (digits, mnist, photos, pack, check)")
     dsub = dt.add_subparsers(dest="data_verb", metavar="TOOL", required=True)
@@ -102,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from . import config, train, tuned
     cfg, notes = tuned.load_config(args.config, args.overrides)  # recipe < tuned file < overrides
+    if args.keys is not None:
+        text = config.explain(cfg, tuned.origins(args.config, args.overrides, cfg), args.keys,
+                              width=min(shutil.get_terminal_size((100, 24)).columns, 120))
+        if env_rank() == 0:
+            print(text, end="")
+        return 0
     if args.print_config:
         if env_rank() == 0:
             print(config.dump(cfg), end="")

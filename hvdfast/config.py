@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import re
+import textwrap
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +59,8 @@ class OptimConfig:
     lr_scaling: str = "linear"        # linear: lr x batch / lr_batch (Goyal et al. 2017) | sqrt: lr x sqrt(batch
                                       # / lr_batch) (Hoffer et al. 2017; LAMB, You et al. 2019) | none: lr as given
                                       # at any batch (a LARS recipe tuned at its own batch: MLPerf)
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = 0.9             # SGD and LARS momentum (LAMB keeps timm's betas, 0.9 and 0.999)
+    nesterov: bool = False            # Nesterov momentum (SGD and LARS)
     weight_decay: float = 5e-5        # applied to conv/linear weights only (no decay for ndim <= 1)
     trust_coeff: float = 0.001        # LARS trust coefficient (eta)
     warmup_epochs: float = 0.0        # linear warmup from warmup_from to the scaled lr, in epochs
@@ -67,7 +70,7 @@ class OptimConfig:
     poly_power: float = 2.0           # exponent of the poly schedule
     end_lr: float = 0.0               # LR (absolute) that cosine and poly decay to at the last step (MLPerf: 1e-4)
     step_epochs: tuple = (30, 60, 80)  # epochs at which the step schedule multiplies lr by step_gamma
-    step_gamma: float = 0.1
+    step_gamma: float = 0.1           # factor of the step schedule at each of step_epochs
     label_smoothing: float = 0.0      # fraction of the target mass spread over all classes
     clip_grad_norm: float = 0.0       # max global gradient L2 norm; 0 = no clipping
 
@@ -424,3 +427,50 @@ def to_flat(cfg: Config) -> dict:
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe() -> dict[str, str]:
+    """{"section.key": what it means}, read from the comments beside each field in this file (the one place a key
+    is documented; `hvdfast train --keys` prints them). A field's comment is the one on its line and the comment
+    lines under it."""
+    sections = {typing.get_type_hints(Config)[s].__name__: s for s in typing.get_type_hints(Config)}
+    out: dict[str, str] = {}
+    section = key = None
+    field_line = re.compile(r"^    (\w+): [^=]+=")
+    for tok in tokenize.generate_tokens(io.StringIO(Path(__file__).read_text()).readline):
+        line = tok.line
+        if tok.type == tokenize.NAME and tok.string == "class" and tok.start[1] == 0:
+            section, key = sections.get(line.split()[1].split("(")[0].rstrip(":")), None
+        elif section and tok.type == tokenize.NAME and tok.start[1] == 4 and field_line.match(line):
+            key = f"{section}.{tok.string}"
+            out[key] = ""
+        elif tok.type == tokenize.COMMENT and key:
+            if line.strip().startswith("#") and not out[key]:
+                key = None  # a comment block under a key that had none on its own line belongs to no key
+                continue
+            out[key] = f"{out[key]} {tok.string.lstrip('#').strip()}".strip()
+        elif tok.type == tokenize.DEDENT and tok.start[1] == 0:
+            section = key = None
+    return out
+
+
+def explain(cfg: Config, origins: dict[str, str], text: str = "", width: int = 100) -> str:
+    """`hvdfast train --keys [TEXT]`: every key (or those whose name, else whose description, holds TEXT) as
+    `key=value  (where the value came from)` with what it means under it, wrapped to `width`."""
+    docs = describe()
+    flat = to_flat(cfg)
+    wanted = [k for k in flat if text.lower() in k.lower()] or \
+             [k for k in flat if text.lower() in docs[k].lower()]
+    if not wanted:
+        hint = " (overrides go before --keys: hvdfast train KEY=VALUE --keys TEXT)" if "=" in text else ""
+        raise ConfigError(f"no config key or description mentions '{text}'{hint}; `hvdfast train --keys` lists "
+                          f"them all.")
+    blocks = []
+    for i, key in enumerate(wanted):
+        if i and key.split(".")[0] != wanted[i - 1].split(".")[0]:
+            blocks.append("")  # a blank line between sections
+        value = yaml.safe_dump(list(flat[key]) if isinstance(flat[key], tuple) else flat[key],
+                               default_flow_style=True, width=1000).split("\n")[0]
+        blocks.append(f"{key}={value}  ({origins.get(key, 'default')})\n"
+                      + textwrap.fill(docs[key], width=width, initial_indent="    ", subsequent_indent="    "))
+    return "\n".join(blocks) + "\n"

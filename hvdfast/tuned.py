@@ -49,6 +49,19 @@ def for_config(cfg: Config) -> dict | None:
     return doc
 
 
+def origins(path: str | Path | None, overrides: Sequence[str], cfg: Config) -> dict[str, str]:
+    """Where each of load_config's values came from: override | tuned file | recipe | default (`--keys`)."""
+    recipe = config.read(path)[0] if path is not None else {}
+    explicit = {config.parse_override(t)[0] for t in overrides}
+    mine = config.to_flat(config.load(path, overrides))
+    out = {}
+    for key, value in config.to_flat(cfg).items():
+        sec, name = key.split(".")
+        out[key] = ("override" if key in explicit else "tuned file" if value != mine[key]
+                    else "recipe" if name in (recipe.get(sec) or {}) else "default")
+    return out
+
+
 def launcher_env(doc: dict | None) -> dict:
     """Environment the tuned file asks every rank to start with (set by the launch helpers: GLIBC_TUNABLES is
     read when a process starts, before any Python runs)."""

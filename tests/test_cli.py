@@ -120,6 +120,17 @@ def test_print_config_resolves_overrides():
     assert p.returncode == 0 and "lr: 0.7" in p.stdout and "run_dir: runs/digits-cpu" in p.stdout
 
 
+def test_keys_lists_values_sources_and_meanings():
+    p = run("train", "--config", "launch/configs/digits-cpu.yaml", "optim.lr=0.7", "--keys", "optim.lr")
+    assert p.returncode == 0, p.stderr
+    assert [line for line in p.stdout.splitlines() if not line.startswith(" ")] == \
+        ["optim.lr=0.7  (override)", "optim.lr_batch=3200  (recipe)", "optim.lr_scaling=sqrt  (recipe)"]
+    p = run("train", "--keys", "optim.lr=0.7")
+    assert p.returncode == 2 and p.stderr.strip() == "hvdfast: error: no config key or description mentions " \
+        "'optim.lr=0.7' (overrides go before --keys: hvdfast train KEY=VALUE --keys TEXT); `hvdfast train " \
+        "--keys` lists them all."
+
+
 def test_data_check_names_a_corrupt_file(tmp_path):
     root = make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 3, "val": 2})
     ok = run("data", "check", str(root))

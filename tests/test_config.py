@@ -1,6 +1,6 @@
 import pytest
 
-from hvdfast import config
+from hvdfast import config, tuned
 from hvdfast.config import ConfigError
 
 from conftest import ROOT
@@ -95,3 +95,37 @@ def test_powersgd_needs_gradient_buckets_and_a_positive_rank():
         config.load(None, ["horovod.compression=powersgd", "horovod.bucket_mb=2", "horovod.powersgd_rank=0"])
     cfg = config.load(None, ["horovod.compression=powersgd", "horovod.bucket_mb=2", "horovod.powersgd_rank=2"])
     assert cfg.horovod.powersgd_rank == 2
+
+
+def test_every_key_says_what_it_means():
+    """`hvdfast train --keys` reads each key's meaning from the comment beside its field in config.py: a key added
+    without one would be listed with nothing under it."""
+    docs = config.describe()
+    assert set(docs) == set(config.to_flat(config.Config()))
+    assert [k for k, text in docs.items() if len(text) < 10] == []
+    # the comment lines under a field belong to it, and only to it
+    assert docs["horovod.mpi_allreduce"].startswith("Open MPI's allreduce algorithm") and \
+        docs["horovod.mpi_allreduce"].endswith("log2(ranks) x the bytes of a ring")
+    assert docs["train.epochs"] == "passes over the training set (fractions allowed)"
+
+
+def test_keys_name_where_each_value_came_from(tmp_path):
+    tuned_file = tmp_path / "tuned.yaml"
+    tuned_file.write_text("horovod: {compression: bf16, bucket_mb: 12, cycle_time_ms: 20}\n")
+    over = ["horovod.compression=fp16", f"horovod.tuned={tuned_file}"]
+    cfg, _ = tuned.load_config("launch/configs/digits-cpu.yaml", over)
+    where = tuned.origins("launch/configs/digits-cpu.yaml", over, cfg)
+    assert (where["horovod.compression"], where["horovod.bucket_mb"], where["horovod.tuned"]) == \
+        ("override", "tuned file", "override")
+    # the recipe's 20 ms, which the tuned file repeats, stays the recipe's; a key nobody set is a default
+    assert (where["horovod.cycle_time_ms"], where["optim.name"], where["horovod.powersgd_rank"]) == \
+        ("recipe", "recipe", "default")
+    text = config.explain(cfg, where, "bucket")
+    assert text.splitlines()[0] == "horovod.bucket_mb=12.0  (tuned file)"
+    assert [line.split("=")[0] for line in text.splitlines() if not line.startswith(" ")] == \
+        ["horovod.bucket_mb", "horovod.last_bucket_mb"]
+    # no key named so: the keys whose description says it
+    assert [line.split("=")[0] for line in config.explain(cfg, where, "nvjpeg").splitlines()
+            if not line.startswith(" ")] == ["data.hw_decoder_load"]
+    with pytest.raises(config.ConfigError, match="overrides go before --keys"):
+        config.explain(cfg, where, "optim.lr=0.2")
