@@ -17,6 +17,7 @@ run keeps the model in NCHW (setup says so in the log).
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -74,6 +75,10 @@ class ElasticRun:
 
 
 def run(cfg: config.Config, notes, vote: stop.StopVote) -> dict:
+    if os.environ.get("HOROVOD_ELASTIC") != "1":  # set by horovodrun's elastic driver in every worker
+        notes = [*notes, "elastic: not started by horovodrun's elastic driver (--min-np, --max-np, "
+                         "--host-discovery-script; `hvdfast launch local|hosts` writes them), so these workers are "
+                         "fixed: a lost one ends the run"]
     job = setup(cfg, notes, elastic=True)
     vote.size = job.plan.info.size
     st, path = resume.resume(job, broadcast=False)  # no collective before Horovod's state sync

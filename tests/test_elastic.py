@@ -10,27 +10,31 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, SIGNAL_AFTER_STEP, launcher_env, worker_pid
+from conftest import ROOT, SIGNAL_AFTER_STEP, hvdfast_cmd, launcher_env, worker_pid
 
 from hvdfast.launch import commands
 
 
-def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tuple = ("horovod.bucket_mb=0",)
-                ) -> tuple[str, int, dict]:
+def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tuple = ("horovod.bucket_mb=0",),
+                via_launch: bool = False) -> tuple[str, int, dict]:
     """(output, exit code, rank 0's summary record) of a 2-worker elastic run whose 127.0.0.1 worker is killed
-    at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per epoch on the short digits)."""
-    discover = tmp_path / "discover.sh"
-    discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
-    discover.chmod(0o755)
+    at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per epoch on the short digits). via_launch: started as a user
+    would, `hvdfast launch hosts --hosts localhost:1,127.0.0.1:1` (which writes the discovery script), instead of
+    horovodrun's elastic options given here."""
     run = tmp_path / "run"
-    cmd = commands.horovodrun(2, [
-           sys.executable, "-m", "hvdfast.cli", "train", "--config",
-           str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", *horovod,
-           f"data.dir={digits_dir}",
-           "data.backend=torchvision", "data.workers=0", "model.name=resnet18", "data.image_size=32",
-           "data.val_resize=32", "data.batch_size=16", f"train.epochs={epochs}", "train.threads=1",
-           "train.log_every=5", "train.checkpoint_every_steps=5", f"train.run_dir={run}"], controller="gloo",
-        elastic=(1, 2, str(discover)), options=extra)
+    config = ["--config", str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", *horovod,
+              f"data.dir={digits_dir}", "data.backend=torchvision", "data.workers=0", "model.name=resnet18",
+              "data.image_size=32", "data.val_resize=32", "data.batch_size=16", f"train.epochs={epochs}",
+              "train.threads=1", "train.log_every=5", "train.checkpoint_every_steps=5", f"train.run_dir={run}"]
+    if via_launch:
+        assert not extra
+        cmd = hvdfast_cmd("launch", "hosts", "--hosts", "localhost:1,127.0.0.1:1", "--no-preflight", *config)
+    else:
+        discover = tmp_path / "discover.sh"
+        discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+        discover.chmod(0o755)
+        cmd = commands.horovodrun(2, [sys.executable, "-m", "hvdfast.cli", "train", *config], controller="gloo",
+                                  elastic=(1, 2, str(discover)), options=extra)
     job = subprocess.Popen(cmd, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            cwd=ROOT)
     lines = []
@@ -53,8 +57,12 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tu
 
 
 def test_elastic_run_survives_a_dead_worker(short_digits_dir, tmp_path):
-    out, rc, summary = elastic_run(short_digits_dir, tmp_path, epochs=2, extra=[])
+    """Through `hvdfast launch hosts` with train.elastic=true, as a user starts it: horovodrun's elastic driver
+    (Gloo, --min-np 1 --max-np 2, a discovery script in the run folder listing the hosts)."""
+    out, rc, summary = elastic_run(short_digits_dir, tmp_path, epochs=2, extra=[], via_launch=True)
     assert rc == 0, out[-4000:]
+    assert f"--min-np 1 --max-np 2 --host-discovery-script {tmp_path / 'run' / 'discover-hosts.sh'} --gloo" in out
+    assert "not started by horovodrun's elastic driver" not in out
     assert "elastic: 1 worker(s), global batch 16" in out        # rebuilt for the smaller world
     assert "SUMMARY best top-1" in out and "over 1 worker(s)" in out
     assert summary["workers"] == 1 and summary["ranks_agree"]
@@ -118,3 +126,15 @@ def test_an_elastic_run_whose_folder_cannot_be_written_stops_every_worker(short_
     errors = [line for line in out.splitlines() if "hvdfast: error" in line]
     assert len(errors) == 1 and f"train.run_dir '{run}' cannot be written: Not a directory" in errors[0], out[-3000:]
     assert f'File "{ROOT / "hvdfast"}' not in out, out[-3000:]  # no worker's traceback
+
+
+def test_an_elastic_recipe_without_the_elastic_driver_says_its_workers_are_fixed(short_digits_dir, tmp_path):
+    """train.elastic=true started without horovodrun's elastic driver (alone here; mpirun alike) trains, and the
+    log says that a lost worker would end it rather than leave the user believing the job is elastic."""
+    p = subprocess.run(hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml", "train.elastic=true",
+                                   f"data.dir={short_digits_dir}", "data.backend=torchvision", "data.workers=0",
+                                   "model.name=resnet18", "data.image_size=32", "data.val_resize=32",
+                                   "data.batch_size=16", "train.epochs=0.1", f"train.run_dir={tmp_path}"),
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=launcher_env())
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "elastic: not started by horovodrun's elastic driver" in p.stdout and "SUMMARY best top-1" in p.stdout

@@ -45,6 +45,36 @@ def test_workers_default_to_the_hosts_slots_and_never_exceed_them(tmp_path):
             "has slots" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+def test_elastic_recipes_get_horovodruns_elastic_driver(tmp_path):
+    """train.elastic=true: launch local|hosts write horovodrun's elastic options and a discovery script (listing
+    the hosts, or this host's --np) in the run folder; the targets that start a fixed set of ranks are refused."""
+    run = tmp_path / "run"
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("n1 slots=3\nn2\n")
+    out = dry("hosts", *CFG, "--hostfile", str(hostfile), "--hosts", "n3:2", "--np", "4", "--max-np", "6",
+              "train.elastic=true", f"train.run_dir={run}")
+    script = run / "discover-hosts.sh"
+    assert out.startswith(f"horovodrun -np 4 --min-np 1 --max-np 6 --host-discovery-script {script} --gloo "
+                          f"hvdfast train --config launch/configs/digits-cpu.yaml train.elastic=true"), out
+    assert out.splitlines()[1:] == [f"# {script} (written when launched):", "#!/bin/sh",
+                                    "# written by hvdfast launch: the hosts an elastic job may use",
+                                    "echo n1:3", "echo n2:1", "echo n3:2"]
+    assert not script.exists()  # a dry run writes nothing
+    out = dry("local", *CFG, "--np", "2", "--min-np", "2", "train.elastic=true", f"train.run_dir={run}")
+    # one host: horovodrun would wait for a second one to find the interface they share
+    assert out.startswith(f"horovodrun -np 2 --min-np 2 --max-np 2 --host-discovery-script {script} "
+                          f"--network-interface lo --gloo hvdfast train ")
+    assert out.splitlines()[-1] == "echo localhost:2"
+    for args, says in [(["mpirun"], "launch mpirun starts a fixed set of workers"),
+                       (["slurm"], "launch slurm starts a fixed set of workers"),
+                       (["local", "--controller", "mpi"], "runs on Horovod's Gloo controller"),
+                       (["hosts", "--hosts", "a:4"], "an elastic job on one host needs --nic"),
+                       (["local", "--min-np", "3"], "needs --min-np <= --np <= --max-np; got 3, 2, 2")]:
+        p = subprocess.run(hvdfast_cmd("launch", *args, *CFG, "train.elastic=true", "--dry-run"),
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=launcher_env())
+        assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 def test_mpirun_forwards_environment_and_horovod_knobs():
     out = dry("mpirun", *CFG, "--np", "16", "--hosts", "n1:8,n2:8", "--nic", "eth0")
     for piece in ("mpirun -np 16 -H n1:8,n2:8 -bind-to none -map-by slot", "-x PATH",

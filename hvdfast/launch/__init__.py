@@ -7,6 +7,8 @@ cluster, or a local one on loopback). The Horovod knobs of the recipe (and of `h
 to every rank explicitly, because remote ranks do not inherit the submitting shell's environment. hosts and mpirun
 first run the ssh preflight. A scheduler's warning (SIGUSR1, SIGTERM) to this process, or to a batch script, is
 passed to the workers, which stop at one step with a checkpoint and exit 75; the batch scripts requeue on 75.
+A recipe with train.elastic=true gets horovodrun's elastic driver (local and hosts: Gloo, --min-np/--max-np and a
+host discovery script written to the run folder); the targets that start a fixed set of ranks refuse it.
 """
 from __future__ import annotations
 
@@ -70,15 +72,50 @@ def workers(args) -> int:
     return args.np
 
 
+def _host_slots(args) -> list[tuple[str, int]]:
+    """(host, slots) of --hosts and --hostfile (a host without a count has one slot), or this host's --np."""
+    from ..preflight import hostfile_entries
+    if not (args.hosts or args.hostfile):
+        return [("localhost", args.np)]
+    listed = [(name, n or 1) for name, n in hostfile_entries(args.hostfile)] if args.hostfile else []
+    return listed + [(t.partition(":")[0], int(t.partition(":")[2] or 1)) for t in (args.hosts or "").split(",")
+                     if t]
+
+
+def _elastic(args) -> tuple[int, int, str] | None:
+    """horovodrun's elastic arguments where the recipe trains elastic (train.elastic=true), else None; the
+    targets that start a fixed set of ranks, and the MPI controller, are refused in one line."""
+    if not job.resolved(args).train.elastic:
+        return None
+    if args.target not in ("local", "hosts"):
+        raise config.ConfigError(f"train.elastic=true needs horovodrun's elastic driver (--min-np, --max-np, "
+                                 f"--host-discovery-script), which launch local and launch hosts write; launch "
+                                 f"{args.target} starts a fixed set of workers. Use one of those, or "
+                                 f"train.elastic=false.")
+    if args.controller == "mpi":
+        raise config.ConfigError("train.elastic=true runs on Horovod's Gloo controller (Horovod's elastic mode has "
+                                 "no MPI one): leave --controller out or set it to gloo.")
+    slots = _host_slots(args)
+    if len({name for name, _ in slots}) < 2 and not args.nic:
+        if args.target != "local":
+            raise config.ConfigError("an elastic job on one host needs --nic: horovodrun finds the interface the "
+                                     "hosts share by testing at least two of them.")
+        args.nic = "lo"  # horovodrun would otherwise wait for a second host to test interfaces against
+    plan, text = job.elastic_plan(args, slots)
+    args.discovery = text
+    return plan
+
+
 def build(args) -> tuple[str, list[str] | None]:
     """(text to show, command to run or None for a batch script written to disk)."""
+    elastic = _elastic(args)
     if args.target == "local":
-        cmd = job.horovodrun_cmd(args, f"localhost:{args.np}")
+        cmd = job.horovodrun_cmd(args, f"localhost:{args.np}", elastic=elastic)
         return job.quote(cmd), cmd
     if args.target == "hosts":
         if not (args.hosts or args.hostfile):
             raise config.ConfigError("launch hosts needs --hosts h1:4,h2:4 or --hostfile FILE.")
-        cmd = job.horovodrun_cmd(args, args.hosts)
+        cmd = job.horovodrun_cmd(args, args.hosts, elastic=elastic)
         return job.quote(cmd), cmd
     if args.target == "mpirun":
         cmd = job.mpirun_cmd(args)
@@ -124,15 +161,31 @@ def main(argv=None) -> int:
     p.add_argument("--wait", action="store_true", help="slurm: follow the submitted job (through requeues) to its "
                                                       "end; exit with its exit code and say why it failed")
     p.add_argument("--poll-s", type=amount(0, above=True), default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--min-np", type=count(1), default=1,
+                   help="local / hosts with train.elastic=true: fewest workers the job trains on (default 1)")
+    p.add_argument("--max-np", type=count(1),
+                   help="local / hosts with train.elastic=true: most workers the job grows to (default --np)")
+    p.add_argument("--host-discovery-script", metavar="FILE",
+                   help="local / hosts with train.elastic=true: Horovod's host discovery script (default: one "
+                        "written to the run folder as discover-hosts.sh, listing --hosts / --hostfile, or "
+                        "localhost:NP)")
     p.add_argument("--dry-run", action="store_true", help="print the command or script; run nothing")
     p.add_argument("--no-preflight", action="store_true",
                    help="hosts / mpirun: skip the ssh preflight (hvdfast doctor --hosts) before launching")
     args = p.parse_intermixed_args(argv)  # overrides may follow options
     args.np = workers(args)
+    args.discovery = None
     text, cmd = build(args)
+    script = Path(cmd[cmd.index("--host-discovery-script") + 1]) if cmd and args.discovery else None
     if args.dry_run:
         print(text, end="" if text.endswith("\n") else "\n")
+        if script:
+            print(f"# {script} (written when launched):\n" + args.discovery, end="")
         return 0
+    if script:
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(args.discovery)
+        script.chmod(0o755)
     if args.target == "ray":
         from .ray import run_ray  # imports Ray only for this target
         return run_ray(args)

@@ -46,13 +46,35 @@ def quote(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
 
 
-def horovodrun_cmd(args, hosts: str | None, program: list[str] | None = None, tuned_env: bool = True) -> list[str]:
+def horovodrun_cmd(args, hosts: str | None, program: list[str] | None = None, tuned_env: bool = True,
+                   elastic: tuple[int, int, str] | None = None) -> list[str]:
     """horovodrun for args (np, hostfile, nic, controller, config, overrides) running `program` (default: hvdfast
-    train with the recipe); bench runs its workers through it too."""
+    train with the recipe); bench runs its workers through it too. `elastic`: see commands.horovodrun."""
     # horovodrun hands its own environment to every rank (local and over ssh): start it with the tuned settings.
     env = tuned.launcher_env(tuned.for_config(resolved(args))) if tuned_env else {}
     return commands.horovodrun(args.np, program or train_args(args), hosts=hosts, hostfile=args.hostfile,
-                               nic=args.nic, controller=controller(args), env=env)
+                               nic=args.nic, controller="gloo" if elastic else controller(args), env=env,
+                               elastic=elastic)
+
+
+def discovery_script(slots: list[tuple[str, int]]) -> str:
+    """Horovod's host discovery script for a fixed list of hosts: one 'host:slots' line each (horovodrun runs it
+    every few seconds; a host it stops listing, or one blacklisted after a failure, is left out)."""
+    return "#!/bin/sh\n# written by hvdfast launch: the hosts an elastic job may use\n" + \
+        "".join(f"echo {shlex.quote(f'{name}:{n}')}\n" for name, n in slots)
+
+
+def elastic_plan(args, slots: list[tuple[str, int]]) -> tuple[tuple[int, int, str], str | None]:
+    """((min workers, max workers, discovery script), text of the script to write there, or None for the user's
+    own --host-discovery-script) of an elastic launch on `slots`."""
+    most = args.max_np or args.np
+    if not 1 <= args.min_np <= args.np <= most:
+        raise config.ConfigError(f"elastic launch needs --min-np <= --np <= --max-np; got {args.min_np}, {args.np}, "
+                                 f"{most}.")
+    if args.host_discovery_script:
+        return (args.min_np, most, os.path.abspath(args.host_discovery_script)), None
+    path = Path(resolved(args).train.run_dir).absolute() / "discover-hosts.sh"
+    return (args.min_np, most, str(path)), discovery_script(slots)
 
 
 def mpirun_cmd(args, np_expr: str | None = None, hostfile: str | None = None) -> list[str]:
