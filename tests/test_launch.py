@@ -68,11 +68,20 @@ def test_elastic_recipes_get_horovodruns_elastic_driver(tmp_path):
     for args, says in [(["mpirun"], "launch mpirun starts a fixed set of workers"),
                        (["slurm"], "launch slurm starts a fixed set of workers"),
                        (["local", "--controller", "mpi"], "runs on Horovod's Gloo controller"),
+                       (["ray", "--controller", "mpi"], "launch ray runs Horovod's Gloo controller, not --controller mpi"),
                        (["hosts", "--hosts", "a:4"], "an elastic job on one host needs --nic"),
                        (["local", "--min-np", "3"], "needs --min-np <= --np <= --max-np; got 3, 2, 2")]:
         p = subprocess.run(hvdfast_cmd("launch", *args, *CFG, "train.elastic=true", "--dry-run"),
                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=launcher_env())
         assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.parametrize("target", ["mpirun", "slurm", "pbs"])
+def test_a_controller_the_target_cannot_run_is_refused(target):
+    p = subprocess.run(hvdfast_cmd("launch", target, *CFG, "--controller", "gloo", "--dry-run"), capture_output=True,
+                       text=True, timeout=120, cwd=ROOT, env=launcher_env())
+    assert p.returncode == 2 and p.stderr.strip() == f"hvdfast: error: launch {target} runs Horovod's MPI " \
+        f"controller, not --controller gloo; launch local and launch hosts start horovodrun --gloo.", p.stderr
 
 
 def test_mpirun_forwards_environment_and_horovod_knobs():

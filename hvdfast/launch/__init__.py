@@ -106,8 +106,20 @@ def _elastic(args) -> tuple[int, int, str] | None:
     return plan
 
 
+def _check_controller(args) -> None:
+    """--controller where the target decides the controller itself is refused, not ignored: mpirun and the batch
+    scripts start the ranks with MPI (Horovod's MPI controller), and Horovod's RayExecutor runs Gloo."""
+    fixed = {"mpirun": "mpi", "slurm": "mpi", "pbs": "mpi", "ray": "gloo"}.get(args.target)
+    if fixed and args.controller not in ("auto", fixed):
+        raise config.ConfigError(f"launch {args.target} runs Horovod's {fixed.upper() if fixed == 'mpi' else 'Gloo'}"
+                                 f" controller, not --controller {args.controller}; "
+                                 + ("launch local and launch hosts start horovodrun --gloo." if fixed == "mpi" else
+                                    "leave --controller out."))
+
+
 def build(args) -> tuple[str, list[str] | None]:
     """(text to show, command to run or None for a batch script written to disk)."""
+    _check_controller(args)
     elastic = _elastic(args)
     if args.target == "local":
         cmd = job.horovodrun_cmd(args, f"localhost:{args.np}", elastic=elastic)
@@ -140,7 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--hostfile", help="file of 'host slots=N' lines")
     p.add_argument("--nic", help="network interface for Horovod / MPI traffic (e.g. ib0, eth0)")
     p.add_argument("--controller", choices=["auto", "mpi", "gloo"], default="auto",
-                   help="auto: the one `hvdfast tune` chose, else mpi")
+                   help="local / hosts: Horovod's controller; auto: the one `hvdfast tune` chose, else mpi "
+                        "(mpirun, slurm and pbs run MPI, ray Gloo)")
     p.add_argument("--nodes", type=count(1), default=1, help="slurm / pbs nodes")
     p.add_argument("--gpus-per-node", type=count(1), default=8, help="slurm / pbs: GPUs per node (one task each)")
     p.add_argument("--cpu", action="store_true", help="slurm / pbs: do not request GPUs")
