@@ -76,6 +76,27 @@ def test_elastic_recipes_get_horovodruns_elastic_driver(tmp_path):
         assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+@pytest.mark.parametrize("args,says", [
+    (["local", "--hosts", "a:2,b:2"], "--hosts does not apply to launch local (launch hosts runs on them); it is an "
+                                      "option of launch hosts / mpirun."),
+    (["slurm", "--np", "16"], "--np does not apply to launch slurm (a batch job has --nodes x --tasks-per-node "
+                              "workers); it is an option of launch local / hosts / mpirun / ray."),
+    (["pbs", "--hostfile", "h"], "--hostfile does not apply to launch pbs (the scheduler picks the hosts); it is an "
+                                 "option of launch hosts / mpirun."),
+    (["mpirun", "--nodes", "4"], "--nodes does not apply to launch mpirun; it is an option of launch slurm / pbs."),
+    (["pbs", "--wait"], "--wait does not apply to launch pbs; it is an option of launch slurm."),
+    (["slurm", "--nic", "ib0"], "--nic does not apply to launch slurm; it is an option of launch local / hosts / "
+                                "mpirun / pbs."),
+    (["local", "--max-np", "4"], "--max-np is for elastic training: add train.elastic=true, or leave it out."),
+])
+def test_an_option_the_target_does_not_act_on_is_refused(args, says):
+    """Not ignored: `launch local --hosts a:2,b:2` started 4 workers on this host, `launch slurm --np 16` a job
+    of --nodes x --tasks-per-node."""
+    p = subprocess.run(hvdfast_cmd("launch", *args, *CFG, "--dry-run"), capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, env=launcher_env())
+    assert p.returncode == 2 and p.stderr.strip() == f"hvdfast: error: {says}", p.stderr
+
+
 @pytest.mark.parametrize("target", ["mpirun", "slurm", "pbs"])
 def test_a_controller_the_target_cannot_run_is_refused(target):
     p = subprocess.run(hvdfast_cmd("launch", target, *CFG, "--controller", "gloo", "--dry-run"), capture_output=True,

@@ -106,6 +106,36 @@ def _elastic(args) -> tuple[int, int, str] | None:
     return plan
 
 
+# The targets each option acts on. One given to a target it does not act on is refused, not ignored: `launch local
+# --hosts a:2,b:2` used to start 4 workers on this host, and `launch slurm --np 16` a job of --nodes x 8.
+_BATCH = ("slurm", "pbs")
+APPLIES = {
+    "np": ("local", "hosts", "mpirun", "ray"), "hosts": ("hosts", "mpirun"), "hostfile": ("hosts", "mpirun"),
+    "nic": ("local", "hosts", "mpirun", "pbs"), "no_preflight": ("hosts", "mpirun"),
+    "nodes": _BATCH, "gpus_per_node": _BATCH, "cpu": _BATCH, "tasks_per_node": _BATCH, "time": _BATCH,
+    "partition": _BATCH, "job_name": _BATCH, "script": _BATCH, "warn_s": ("slurm",), "srun_mpi": ("slurm",),
+    "wait": ("slurm",), "ray_address": ("ray",), "cpus_per_worker": ("ray",), "ray_gpus": ("ray",),
+    "min_np": ("local", "hosts"), "max_np": ("local", "hosts"), "host_discovery_script": ("local", "hosts"),
+}
+
+
+def _check_options(args, defaults: dict) -> None:
+    given = [d for d in APPLIES if getattr(args, d) != defaults[d]]
+    for dest in given:
+        if args.target not in APPLIES[dest]:
+            flag = "--" + dest.replace("_", "-")
+            hosts = " (the scheduler picks the hosts)" if args.target in _BATCH else " (launch hosts runs on them)"
+            hint = {"np": " (a batch job has --nodes x --tasks-per-node workers)", "hosts": hosts,
+                    "hostfile": hosts}.get(dest, "")
+            raise config.ConfigError(f"{flag} does not apply to launch {args.target}{hint}; it is an option of "
+                                     f"launch {' / '.join(APPLIES[dest])}.")
+    if not job.resolved(args).train.elastic:
+        for dest in ("min_np", "max_np", "host_discovery_script"):
+            if dest in given:
+                raise config.ConfigError(f"--{dest.replace('_', '-')} is for elastic training: add "
+                                         f"train.elastic=true, or leave it out.")
+
+
 def _check_controller(args) -> None:
     """--controller where the target decides the controller itself is refused, not ignored: mpirun and the batch
     scripts start the ranks with MPI (Horovod's MPI controller), and Horovod's RayExecutor runs Gloo."""
@@ -186,6 +216,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-preflight", action="store_true",
                    help="hosts / mpirun: skip the ssh preflight (hvdfast doctor --hosts) before launching")
     args = p.parse_intermixed_args(argv)  # overrides may follow options
+    _check_options(args, {a.dest: a.default for a in p._actions})
     args.np = workers(args)
     args.discovery = None
     text, cmd = build(args)
