@@ -97,6 +97,12 @@ def hosts(text: str) -> str:
     return ",".join(items)
 
 
+def host_slots(spec: str) -> list[tuple[str, int]]:
+    """(host, slots) of a hosts() list, in order: h1:4,h2 -> [(h1, 4), (h2, 1)]."""
+    return [(name, int(slots or 1)) for name, _, slots in (t.strip().partition(":") for t in spec.split(","))
+            if name]
+
+
 def total_slots(spec: str) -> int:
     """The slots of a hosts() list: h1:4,h2:4 -> 8."""
-    return sum(int(t.partition(":")[2] or 1) for t in spec.split(","))
+    return sum(n for _, n in host_slots(spec))

@@ -21,6 +21,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .argtypes import host_slots
+
 MARK = "HVDFAST-PROBE "
 SSH_OPTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]
 COMPARED = ("python", "torch", "torchvision", "horovod", "dali", "hvdfast")
@@ -48,7 +50,7 @@ def parse_hosts(hosts: str | None = None, hostfile: str | None = None) -> list[s
     from .config import ConfigError
     names = [name for name, _ in hostfile_entries(hostfile)] if hostfile else []
     if hosts:
-        names += [h.strip().split(":")[0] for h in hosts.split(",") if h.strip()]
+        names += [name for name, _ in host_slots(hosts)]
     if not names:
         raise ConfigError("no hosts given: --hosts h1:4,h2:4 or --hostfile FILE.")
     return list(dict.fromkeys(names))

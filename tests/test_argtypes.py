@@ -3,7 +3,7 @@ import argparse
 
 import pytest
 
-from hvdfast.argtypes import amount, count, count_or, csv, hosts, one_of, total_slots
+from hvdfast.argtypes import amount, count, count_or, csv, host_slots, hosts, one_of, total_slots
 
 
 def test_count_and_amount():
@@ -37,6 +37,7 @@ def test_csv_checks_every_item_and_returns_the_text():
 def test_hosts_and_their_slots():
     assert hosts("a:4, b:4") == "a:4,b:4" and total_slots("a:4,b:4") == 8
     assert total_slots(hosts("a,b:2")) == 3  # a host without :N has one slot
+    assert host_slots(hosts("a, b:2,c:1")) == [("a", 1), ("b", 2), ("c", 1)]
     for bad in ("a:0", "a:x", ":1", "a,,b", "a:"):
         with pytest.raises(argparse.ArgumentTypeError, match="host:slots"):
             hosts(bad)

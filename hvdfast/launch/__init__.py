@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .. import config
-from ..argtypes import amount, count, hosts, total_slots
+from ..argtypes import amount, count, host_slots, hosts, total_slots
 from . import job
 from .batch import pbs_script, slurm_script, submit_slurm
 from .supervisor import supervise
@@ -78,8 +78,7 @@ def _host_slots(args) -> list[tuple[str, int]]:
     if not (args.hosts or args.hostfile):
         return [("localhost", args.np)]
     listed = [(name, n or 1) for name, n in hostfile_entries(args.hostfile)] if args.hostfile else []
-    return listed + [(t.partition(":")[0], int(t.partition(":")[2] or 1)) for t in (args.hosts or "").split(",")
-                     if t]
+    return listed + (host_slots(args.hosts) if args.hosts else [])
 
 
 def _elastic(args) -> tuple[int, int, str] | None:
@@ -216,7 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-preflight", action="store_true",
                    help="hosts / mpirun: skip the ssh preflight (hvdfast doctor --hosts) before launching")
     args = p.parse_intermixed_args(argv)  # overrides may follow options
-    _check_options(args, {a.dest: a.default for a in p._actions})
+    _check_options(args, {dest: p.get_default(dest) for dest in APPLIES})
     args.np = workers(args)
     args.discovery = None
     text, cmd = build(args)
