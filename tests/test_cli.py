@@ -61,6 +61,17 @@ def test_a_bad_override_stops_a_benchmark_before_its_workers_start():
                                 "+ overrides. Did you mean 'optim.lr'?")
 
 
+@pytest.mark.parametrize("verb,override,says", [
+    ("train", "model.name=resnet18", "; use --model;"), ("scaling", "data.batch_size=4", "; use --batch;"),
+    ("train", "optim.name=lars", " (synthetic images, plain SGD); it reads")])
+def test_an_override_a_benchmark_would_ignore_is_refused(verb, override, says):
+    """`bench train model.name=resnet18` timed ResNet-50 (the --model default) and said nothing."""
+    p = run("bench", verb, "--steps", "1", override)
+    assert p.returncode == 2 and "running" not in p.stderr, p.stderr
+    assert p.stderr.startswith(f"hvdfast: error: override '{override}' does not apply to a benchmark's step") and \
+        says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 @pytest.mark.parametrize("args", [["bench", "train"], ["bench", "allreduce"], ["tune"], ["bench", "cluster"]])
 def test_a_benchmarks_model_is_checked_before_anything_starts(args):
     p = run(*args, "--model", "resnt18")

@@ -114,9 +114,12 @@ def _launch_ddp(args, np_: int, out: Path) -> list[dict]:
 
 def check_recipe(args) -> None:
     """The recipe as an absolute path (the workers start in the checkout, not here) and the overrides checked now,
-    so a mistyped key stops the command in one line instead of failing in every worker."""
+    so a mistyped key, or one the workers would not read, stops the command in one line instead of failing in every
+    worker or changing nothing."""
     from .. import config, models
+    from .worker import check_overrides
     config.load(args.config, args.overrides)  # its errors name the recipe as the user wrote it
+    check_overrides(args.overrides)
     models.check_name(args.model)
     args.config = str(config.locate(args.config))
 

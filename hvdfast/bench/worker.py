@@ -17,6 +17,25 @@ from pathlib import Path
 import torch
 
 
+# The recipe keys a benchmark worker reads; the rest of a recipe is about data, the optimizer and the run, which a
+# synthetic step timed with plain SGD does not have, so an override of any other key would change nothing.
+READS = ("train.precision", "model.channels_last", "model.compile", "train.gc_every")
+INSTEAD = {"model.name": "--model", "data.batch_size": "--batch", "data.image_size": "--image-size"}
+
+
+def check_overrides(overrides) -> None:
+    """Refuse, in one line, an override the worker would ignore (`bench train model.name=resnet18` timed the
+    default --model)."""
+    from ..config import ConfigError, parse_override
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.startswith("horovod.") or key in READS or (key, value) == ("data.backend", "synthetic"):
+            continue
+        use = f"; use {INSTEAD[key]}" if key in INSTEAD else ""
+        raise ConfigError(f"override '{text}' does not apply to a benchmark's step (synthetic images, plain SGD)"
+                          f"{use}; it reads horovod.*, {', '.join(READS)} from the recipe.")
+
+
 def net_bytes_sent() -> int:
     """Bytes this network namespace has sent on every interface but loopback (/proc/net/dev is per namespace)."""
     total = 0
