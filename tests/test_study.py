@@ -116,3 +116,18 @@ def test_a_study_trains_resumes_and_reports(short_digits_dir, tmp_path):
     assert md.count("\n| sgd-b64") == 1 and md.count("\n| lars-b64") == 1
     assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.summary(out / "cells" / "nothing") is None
+
+
+@pytest.mark.parametrize("launch,target,says", [
+    ("--nodes 2", "local", "hvdfast launch local refuses the study's cells: --nodes does not apply to launch local"),
+    ("--controller gloo", "mpirun", "hvdfast launch mpirun refuses the study's cells: launch mpirun runs Horovod's "
+                                    "MPI controller, not --controller gloo"),
+])
+def test_launch_options_the_target_refuses_stop_the_study_before_its_first_cell(tmp_path, launch, target, says):
+    """Once, in one line, not once per cell after each one's launch."""
+    out = tmp_path / "study"
+    p = subprocess.run(hvdfast_cmd("study", "launch/studies/mnist.yaml", "--target", target, "--launch", launch,
+                                   "--out", str(out)), capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env=launcher_env())
+    assert p.returncode == 2 and p.stderr.startswith(f"hvdfast: error: {says}"), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not out.exists()

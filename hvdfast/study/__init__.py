@@ -107,6 +107,17 @@ def train_cells(spec: grid.Spec, todo: list[grid.Cell], out: Path, target: str =
     return failed
 
 
+def check_launch(spec: grid.Spec, cell: grid.Cell, out: Path, target: str, extra: list[str]) -> None:
+    """The first pending cell's launch command, dry-run: an option the target refuses (a --launch option it does not
+    act on, an elastic recipe under mpirun) stops the study in one line, not once per cell."""
+    p = subprocess.run([*launch_cmd(spec, cell, out / "cells" / cell.id, target, extra), "--dry-run"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        why = ((p.stderr.strip() or p.stdout.strip()).splitlines() or ["no output"])[-1]
+        raise config.ConfigError(f"hvdfast launch {target} refuses the study's cells: "
+                                 f"{why.removeprefix('hvdfast: error: ')}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hvdfast study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +146,8 @@ def main(argv=None) -> int:
             for cell in todo:
                 print(shlex.join(launch_cmd(spec, cell, out / "cells" / cell.id, args.target, extra)))
             return 0
+        if todo:
+            check_launch(spec, todo[0], out, args.target, extra)
         print(f"hvdfast study: {len(cells)} cells in {out}; {len(cells) - len(todo)} done, {len(todo)} to train",
               flush=True)
         try:
