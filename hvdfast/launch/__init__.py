@@ -177,9 +177,10 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.add_argument("--np", type=count(1),
                    help="workers (local, hosts, mpirun, ray; default: every slot of --hosts / --hostfile, else 2)")
-    p.add_argument("--hosts", type=hosts, help="h1:slots,h2:slots")
-    p.add_argument("--hostfile", help="file of 'host slots=N' lines")
-    p.add_argument("--nic", help="network interface for Horovod / MPI traffic (e.g. ib0, eth0)")
+    p.add_argument("--hosts", type=hosts, help="hosts / mpirun: h1:slots,h2:slots")
+    p.add_argument("--hostfile", help="hosts / mpirun: file of 'host slots=N' lines")
+    p.add_argument("--nic", help="local / hosts / mpirun / pbs: network interface for Horovod / MPI traffic "
+                                 "(e.g. ib0, eth0)")
     p.add_argument("--controller", choices=["auto", "mpi", "gloo"], default="auto",
                    help="local / hosts: Horovod's controller; auto: the one `hvdfast tune` chose, else mpi "
                         "(mpirun, slurm and pbs run MPI, ray Gloo)")
@@ -193,8 +194,8 @@ def main(argv=None) -> int:
                         "the run checkpoints, stops and requeues itself (default 120)")
     p.add_argument("--time", default="24:00:00", help="slurm / pbs wall time")
     p.add_argument("--partition", help="slurm partition / pbs queue")
-    p.add_argument("--job-name", default="hvdfast")
-    p.add_argument("--srun-mpi", default="pmix", help="srun --mpi= plugin (pmix, pmi2)")
+    p.add_argument("--job-name", default="hvdfast", help="slurm / pbs job name")
+    p.add_argument("--srun-mpi", default="pmix", help="slurm: srun --mpi= plugin (pmix, pmi2)")
     p.add_argument("--script", help="slurm / pbs: where to write the batch script (default hvdfast-<target>.sh)")
     p.add_argument("--ray-address", help="ray: address of a running Ray cluster ('auto' to join the one this "
                                          "host belongs to); default: start a local Ray instance on loopback")
