@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .. import config
-from ..argtypes import amount, count, host_slots, hosts, total_slots
+from ..argtypes import amount, count, host_slots, hosts
 from . import job
 from .batch import pbs_script, slurm_script, submit_slurm
 from .supervisor import supervise
@@ -43,15 +43,10 @@ def _preflight(args) -> bool:
     return True
 
 
-def _hostfile_slots(path: str) -> int | None:
-    """The slots a hostfile lists, or None where a line gives none or the file is missing (the preflight names a
-    missing file)."""
+def _listed_hosts(args) -> list[tuple[str, int | None]]:
+    """(host, slots; None where a hostfile line gives none) of --hostfile, then --hosts."""
     from ..preflight import hostfile_entries
-    try:
-        slots = [n for _, n in hostfile_entries(path)]
-    except config.ConfigError:
-        return None
-    return sum(slots) if slots and None not in slots else None
+    return (hostfile_entries(args.hostfile) if args.hostfile else []) + (host_slots(args.hosts) if args.hosts else [])
 
 
 def workers(args) -> int:
@@ -59,9 +54,11 @@ def workers(args) -> int:
     have slots is refused here, in one line, rather than by horovodrun or mpirun after the preflight."""
     known = None  # the hosts' slots, where every host says how many
     if args.hosts or args.hostfile:
-        in_file = _hostfile_slots(args.hostfile) if args.hostfile else 0
-        if in_file is not None:
-            known = (total_slots(args.hosts) if args.hosts else 0) + in_file
+        try:
+            slots = [n for _, n in _listed_hosts(args)]
+        except config.ConfigError:  # a missing hostfile: the preflight names it
+            slots = []
+        known = sum(slots) if slots and None not in slots else None
     if args.np is None:
         return known or 2
     if known is not None and args.np > known and args.target in ("hosts", "mpirun"):
@@ -72,18 +69,10 @@ def workers(args) -> int:
     return args.np
 
 
-def _host_slots(args) -> list[tuple[str, int]]:
-    """(host, slots) of --hosts and --hostfile (a host without a count has one slot), or this host's --np."""
-    from ..preflight import hostfile_entries
-    if not (args.hosts or args.hostfile):
-        return [("localhost", args.np)]
-    listed = [(name, n or 1) for name, n in hostfile_entries(args.hostfile)] if args.hostfile else []
-    return listed + (host_slots(args.hosts) if args.hosts else [])
-
-
 def _elastic(args) -> tuple[int, int, str] | None:
     """horovodrun's elastic arguments where the recipe trains elastic (train.elastic=true), else None; the
     targets that start a fixed set of ranks, and the MPI controller, are refused in one line."""
+    args.discovery = None  # (path, text) of the discovery script to write, where hvdfast writes one
     if not job.resolved(args).train.elastic:
         return None
     if args.target not in ("local", "hosts"):
@@ -94,14 +83,15 @@ def _elastic(args) -> tuple[int, int, str] | None:
     if args.controller == "mpi":
         raise config.ConfigError("train.elastic=true runs on Horovod's Gloo controller (Horovod's elastic mode has "
                                  "no MPI one): leave --controller out or set it to gloo.")
-    slots = _host_slots(args)
+    slots = [(name, n or 1) for name, n in _listed_hosts(args)] or [("localhost", args.np)]
     if len({name for name, _ in slots}) < 2 and not args.nic:
         if args.target != "local":
             raise config.ConfigError("an elastic job on one host needs --nic: horovodrun finds the interface the "
                                      "hosts share by testing at least two of them.")
         args.nic = "lo"  # horovodrun would otherwise wait for a second host to test interfaces against
     plan, text = job.elastic_plan(args, slots)
-    args.discovery = text
+    if text is not None:
+        args.discovery = (Path(plan[2]), text)
     return plan
 
 
@@ -218,17 +208,16 @@ def main(argv=None) -> int:
     args = p.parse_intermixed_args(argv)  # overrides may follow options
     _check_options(args, {dest: p.get_default(dest) for dest in APPLIES})
     args.np = workers(args)
-    args.discovery = None
     text, cmd = build(args)
-    script = Path(cmd[cmd.index("--host-discovery-script") + 1]) if cmd and args.discovery else None
     if args.dry_run:
         print(text, end="" if text.endswith("\n") else "\n")
-        if script:
-            print(f"# {script} (written when launched):\n" + args.discovery, end="")
+        if args.discovery:
+            print(f"# {args.discovery[0]} (written when launched):\n" + args.discovery[1], end="")
         return 0
-    if script:
+    if args.discovery:
+        script, body = args.discovery
         script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text(args.discovery)
+        script.write_text(body)
         script.chmod(0o755)
     if args.target == "ray":
         from .ray import run_ray  # imports Ray only for this target
