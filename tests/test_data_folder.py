@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from hvdfast.data.folder import DataError, check_size, scan, shard_indices
@@ -43,6 +46,34 @@ def test_scan_counts_and_class_mismatch(tmp_path):
     (root / "val/c2").rename(root / "val/c7")
     with pytest.raises(DataError, match="differ from the training split"):
         scan(root)
+
+
+def test_scan_takes_file_types_from_the_folder_listing(tmp_path, monkeypatch):
+    # What counts: image files by extension, any case; not folders named like images, other files, hidden or
+    # plain-file "classes". A symlinked class folder is followed. And no stat per file (os.scandir's d_type): on a
+    # parallel file system each one is a metadata round trip, 1.28M of them for ImageNet.
+    root = make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 2, "val": 1})
+    (root / "train/c0/extra.JPEG").write_bytes((root / "train/c0/img_0_000.jpg").read_bytes())
+    (root / "train/c0/notes.txt").write_text("not an image")
+    (root / "train/c0/nested.jpg").mkdir()
+    (root / "train/.cache").mkdir()
+    (root / "train/README.jpg").write_text("a file, not a class")
+    (root / "val/c1").rename(tmp_path / "elsewhere")
+    (root / "val/c1").symlink_to(tmp_path / "elsewhere")
+    stats = []
+    real_stat = os.stat
+
+    def counted(path, *args, **kwargs):
+        stats.append(Path(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counted)
+    train, val = scan(root)
+    assert train.files == ("c0/extra.JPEG", "c0/img_0_000.jpg", "c0/img_0_001.jpg", "c1/img_1_000.jpg",
+                           "c1/img_1_001.jpg")
+    assert train.labels == (0, 0, 0, 1, 1)
+    assert val.classes == ("c0", "c1") and val.files == ("c0/img_0_000.jpg", "c1/img_1_000.jpg")
+    assert stats and not [p for p in stats if p.parent.parent in (root / "train", root / "val")]
 
 
 def test_too_few_images_for_workers_times_batch():

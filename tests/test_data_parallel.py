@@ -75,3 +75,20 @@ def test_validation_over_two_ranks_equals_one_rank_alone(digits_dir, tmp_path):
         assert top1_2 == top1_1 and top5_2 == top5_1, backend
         assert loss2 == pytest.approx(loss1, rel=1e-4), backend
         assert 36 < top1_1 < 360                          # trained weights: neither chance nor trivial
+
+
+def test_rank_0_lists_the_folder_for_every_rank(tree, tmp_path):
+    # The other ranks' own scan fails in the script: they can only have rank 0's listing, and rank 0's message.
+    missing = tmp_path / "no-such-data"
+    proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/scan_once.py"), str(tmp_path),
+                                    str(tree), str(missing)], timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    from hvdfast.data.folder import DataError, scan
+    train, val = scan(tree)
+    here = {s.root.name: {"root": str(s.root), "classes": list(s.classes), "files": list(s.files),
+                          "labels": list(s.labels)} for s in (train, val)}
+    assert ranks[0]["tree"] == ranks[1]["tree"] == here
+    with pytest.raises(DataError) as exc:
+        scan(missing)
+    assert ranks[0]["missing"] == ranks[1]["missing"] == {"error": str(exc.value)}

@@ -6,6 +6,7 @@ message that says what to do, before any worker starts decoding.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +31,25 @@ class Split:
         return self.root / self.files[i]
 
 
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """A folder's entries with the file type the directory itself records (d_type): telling files from folders
+    costs no stat per file. ImageNet's 1.28M files were 1.28M stats (metadata round trips on a parallel file
+    system) with Path.iterdir() + is_dir()."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as exc:
+        raise DataError(f"cannot list '{folder}': {exc.strerror or exc}. Make it readable by the user the workers "
+                        f"run as.") from None
+
+
 def scan_split(root: Path, classes: tuple[str, ...] | None = None) -> Split:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder '{root}' does not exist. Create the embedded data set with "
                         f"'hvdfast data digits {root.parent}', or set data.dir to an ImageFolder root "
                         f"(train/<class>/*.jpg, val/<class>/*.jpg).")
-    found = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    found = tuple(sorted(e.name for e in _entries(root) if not e.name.startswith(".") and e.is_dir()))
     if not found:
         raise DataError(f"data folder '{root}' has no class folders; expected {root}/<class>/<image>.jpg.")
     if classes is not None and found != classes:
@@ -47,8 +60,8 @@ def scan_split(root: Path, classes: tuple[str, ...] | None = None) -> Split:
                         f"train/ and val/ must hold the same classes.")
     files, labels = [], []
     for label, name in enumerate(found):
-        imgs = sorted(p.name for p in (root / name).iterdir()
-                      if not p.is_dir() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        imgs = sorted(e.name for e in _entries(root / name)
+                      if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and not e.is_dir())
         if not imgs:
             raise DataError(f"class folder '{root / name}' has no images ({', '.join(IMAGE_EXTENSIONS)}); "
                             f"add images or remove the folder.")
