@@ -1,15 +1,21 @@
-"""Checkpoints that survive crashes: atomic write (tmp -> fsync -> rename), newest K kept, safe load.
+"""Checkpoints that survive crashes: atomic write (tmp -> fsync -> rename), newest K kept, safe load, written in
+the background while training goes on (encode() in the training thread, then Writer: the bytes to disk on a
+thread of their own).
 
 Files are torch.save'd plain containers (tensors, numbers, strings, lists, dicts) and are loaded with
 weights_only=True, so a checkpoint cannot run code.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import re
+import threading
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -49,18 +55,86 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def encode(state: dict) -> memoryview:
+    """The checkpoint file's bytes (torch.save of the state with its format version): a copy of the state that
+    training can no longer change, made in the training thread; writing them can then happen in the background."""
+    buf = io.BytesIO()
+    torch.save(dict(state, format_version=FORMAT_VERSION), buf)
+    return buf.getbuffer()
+
+
 def save(directory: Path, state: dict, keep: int) -> Path:
     """Write atomically; on any failure (disk full, kill) the previous checkpoints stay intact."""
+    return store(directory, int(state["epoch"]), state["step"], encode(state), keep)
+
+
+def store(directory: Path, epoch: int, step: int, data, keep: int) -> Path:
+    """save() of encoded bytes (encode()): the checkpoint of (epoch, step), then the newest `keep` kept."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / name_for(int(state["epoch"]), state["step"])
+    final = directory / name_for(epoch, step)
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
     for stale in directory.glob(".ckpt-*.pt.tmp-*"):  # left by a process killed mid-write (not the ranks' files)
         if stale != tmp:
             stale.unlink(missing_ok=True)
-    _write(final, tmp, dict(state, format_version=FORMAT_VERSION))
+    _write(final, tmp, data)
     for old in list_checkpoints(directory)[keep:]:
         old.unlink(missing_ok=True)
     return final
+
+
+class Writer:
+    """One process's checkpoint writes, in a background thread, one at a time: training goes on while encoded
+    bytes (encode(): the serialising, which holds Python's GIL, stays in the training thread) reach the disk.
+    Without it rank 0 holds every rank at the next allreduce until the file is written and synced. submit() first
+    waits for the write before it; wait() before anything that needs the file (a stop, the end of the run). A
+    write's failure is raised in the training thread at the next check(), submit() or wait(), with the message the
+    synchronous write gave."""
+
+    def __init__(self):
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+        self.longest_s = 0.0  # the longest write so far (what a stop must leave time for)
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+
+        def run() -> None:
+            start = time.perf_counter()
+            try:
+                write()
+            except BaseException as exc:  # handed to the training thread
+                self._error = exc
+            self.longest_s = max(self.longest_s, time.perf_counter() - start)
+
+        # not a daemon: a process that ends while a write runs finishes it first (nothing half-written is lost)
+        self._thread = threading.Thread(target=run, name="hvdfast-checkpoint")
+        self._thread.start()
+
+    def check(self) -> None:
+        """Raise the error of a write that has failed (cheap: after every step)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def wait(self) -> None:
+        """The write in flight finished (its error raised here)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.check()
+
+    @contextlib.contextmanager
+    def finishing(self):
+        """Around training: when it ends, the last write has finished (its error raised); when another error ends
+        it, the write in flight still finishes and that error stands."""
+        try:
+            yield self
+        except BaseException:
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
+            raise
+        self.wait()
 
 
 def rank_state_path(ckpt: Path, rank: int) -> Path:
@@ -68,12 +142,12 @@ def rank_state_path(ckpt: Path, rank: int) -> Path:
     return ckpt.with_name(f"{ckpt.name}.rank{rank:05d}")
 
 
-def save_rank_state(directory: Path, epoch: int, step: int, rank: int, state: dict, keep: int) -> Path:
-    """Every rank writes its own part beside the checkpoint of (epoch, step), atomically, and keeps its newest
-    `keep`. Rank-local: with no shared file system each node keeps its ranks' parts."""
+def store_rank_state(directory: Path, epoch: int, step: int, rank: int, data, keep: int) -> Path:
+    """Every rank writes its own part (encode()d) beside the checkpoint of (epoch, step), atomically, and keeps its
+    newest `keep`. Rank-local: with no shared file system each node keeps its ranks' parts."""
     directory.mkdir(parents=True, exist_ok=True)
     final = rank_state_path(directory / name_for(epoch, step), rank)
-    _write(final, directory / f".{final.name}.tmp-{os.getpid()}", dict(state, format_version=FORMAT_VERSION))
+    _write(final, directory / f".{final.name}.tmp-{os.getpid()}", data)
     mine = sorted(directory.glob(f"ckpt-e*-s*.pt.rank{rank:05d}"), key=lambda p: p.name.split("-s")[1],
                   reverse=True)
     for old in mine[keep:]:
@@ -91,11 +165,11 @@ def load_rank_state(ckpt: Path, rank: int) -> Optional[dict]:
     return state if isinstance(state, dict) and state.get("format_version") == FORMAT_VERSION else None
 
 
-def _write(final: Path, tmp: Path, state: dict) -> None:
+def _write(final: Path, tmp: Path, data) -> None:
     directory = final.parent
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)

@@ -193,3 +193,27 @@ def test_a_damaged_tuned_file_is_named_with_the_remedy(tmp_path):
 def test_an_unknown_model_name_names_the_closest(digits_dir, tmp_path):
     p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL, "model.name=resnet5")
     assert one_error(p, "unknown model.name 'resnet5'; did you mean resnet50")
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_one_line(digits_dir, tmp_path):
+    """Checkpoints are written in the background (checkpoint.Writer); a write that fails still ends the run within
+    the next checkpoint interval, with the write's own line, and never as "done"."""
+    import os
+    import re
+    if os.geteuid() != 0:
+        pytest.skip("mounting a full file system for the checkpoints needs root")
+    checkpoints = tmp_path / "run/checkpoints"
+    checkpoints.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(checkpoints)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'run'}", *SMALL, "train.epochs=0.25",
+                  "train.checkpoint_every_steps=2", "train.log_every=1")
+    finally:
+        subprocess.run(["umount", str(checkpoints)], check=True)
+    one_error(p, "could not write checkpoint", "No space left on device", "no earlier checkpoint exists")
+    steps = [int(s) for s in re.findall(r"step (\d+)/(?:\d+)", p.stdout)]
+    assert steps and max(steps) <= 4, p.stdout  # the step-2 checkpoint failed: stopped by the next one
+    assert "SUMMARY" not in p.stdout + p.stderr

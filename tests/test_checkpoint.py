@@ -102,3 +102,54 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
         checkpoint.save(tmp_path, _state(20), keep=3)
     assert not final.exists() and not tmp.exists()
     assert checkpoint.load(tmp_path / checkpoint.name_for(1, 10))["step"] == 10
+
+
+def test_writer_saves_the_state_as_encoded_while_training_changes_it(tmp_path):
+    # encode() is the copy: what training does to the tensors afterwards is not in the file.
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    data = checkpoint.encode({"model": {"w": w}, "step": 7, "epoch": 1, "model_name": "m", "num_classes": 2})
+    writer = checkpoint.Writer()
+    writer.submit(lambda: checkpoint.store(tmp_path, 1, 7, data, keep=2))
+    w.add_(100)
+    writer.wait()
+    saved = checkpoint.load(tmp_path / checkpoint.name_for(1, 7))
+    assert torch.equal(saved["model"]["w"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert saved["format_version"] == checkpoint.FORMAT_VERSION
+
+
+def test_writer_runs_in_the_background_one_write_at_a_time():
+    import threading
+    release, order = threading.Event(), []
+    writer = checkpoint.Writer()
+    writer.submit(lambda: (release.wait(30), order.append("first")))
+    writer.check()                       # returns at once: the write is still running
+    assert order == []
+    threading.Timer(0.2, release.set).start()
+    writer.submit(lambda: order.append("second"))  # waits for the first
+    assert order[0] == "first"
+    writer.wait()
+    assert order == ["first", "second"]
+
+
+def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path):
+    import os
+    data = checkpoint.encode(_state(3))
+    first = checkpoint.save(tmp_path, _state(2), keep=3)
+    # the write's tmp file (the same process writes it) is /dev/full: the write fails with ENOSPC
+    (tmp_path / f".{checkpoint.name_for(1, 3)}.tmp-{os.getpid()}").symlink_to("/dev/full")
+    writer = checkpoint.Writer()
+    writer.submit(lambda: checkpoint.store(tmp_path, 1, 3, data, keep=3))
+    with pytest.raises(CheckpointError, match=f"No space left on device.*previous checkpoint {first} is intact"):
+        writer.wait()
+    writer.wait()                        # raised once
+    assert checkpoint.list_checkpoints(tmp_path) == [first]
+
+
+def test_an_error_in_training_lets_the_write_finish_and_stands(tmp_path):
+    data = checkpoint.encode(_state(4))
+    writer = checkpoint.Writer()
+    with pytest.raises(KeyError, match="training failed"):
+        with writer.finishing():
+            writer.submit(lambda: checkpoint.store(tmp_path, 1, 4, data, keep=2))
+            raise KeyError("training failed")
+    assert checkpoint.load(tmp_path / checkpoint.name_for(1, 4))["step"] == 4

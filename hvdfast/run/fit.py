@@ -58,7 +58,8 @@ def bad_files(job: Job, st: FitState) -> set:
 def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool) -> None:
     """Called on every rank at the same step: BN statistics are averaged first unless they just were (a checkpoint
     holds one model, not rank 0's shard statistics; running statistics are linear in the batches, so averaging
-    mid-epoch does not change the epoch-end average), and the skipped files are gathered; rank 0 writes."""
+    mid-epoch does not change the epoch-end average), and the skipped files are gathered; rank 0's checkpoint (and
+    each rank's own part, PowerSGD's error) is encoded here and written in the background (job.writer)."""
     p = job.plan
     if p.info.size > 1 and not buffers_averaged:
         dist.average_buffers(job.model)
@@ -68,22 +69,27 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
     # its own, so each rank writes it beside the checkpoint (one model's worth per rank: no gather to rank 0)
     comp = job.opt.compressor_state() if getattr(job.opt, "keeps_compressor_state", False) else None
     keep = job.cfg.train.keep_checkpoints
+    directory, epoch, step = job.run_dir / "checkpoints", int(st.step / p.steps_per_epoch), st.step
+    writes = []
     if comp is not None and any(e is not None for e in comp["error"]):
-        wd.beat("checkpoint write")
-        checkpoint.save_rank_state(job.run_dir / "checkpoints", int(st.step / p.steps_per_epoch), st.step,
-                                   p.info.rank, {"error": comp["error"], "world_size": p.info.size}, keep)
-    if not p.info.is_main:
-        return
-    wd.beat("checkpoint write")
-    checkpoint.save(job.run_dir / "checkpoints", {
-        "model": job.model.state_dict(), "optimizer": job.opt.state_dict(),
-        "scaler": job.prec.scaler.state_dict() if job.prec.scaler is not None else {},
-        "step": st.step, "epoch": st.step / p.steps_per_epoch, "step_in_epoch": st.step % p.steps_per_epoch,
-        "rng": checkpoint.rng_state(), "config": config.to_dict(job.cfg), "model_name": job.cfg.model.name,
-        "num_classes": p.data.num_classes, "best": {"top1": st.best_top1, "epoch": st.best_epoch},
-        "train_time_s": st.elapsed(), "bad_files": sorted(skipped), "world_size": p.info.size,
-        "global_batch": p.global_batch, "compressor_q": comp["q"] if comp is not None else None,
-    }, keep=keep)
+        mine = checkpoint.encode({"error": comp["error"], "world_size": p.info.size})
+        writes.append(lambda: checkpoint.store_rank_state(directory, epoch, step, p.info.rank, mine, keep))
+    if p.info.is_main:
+        state = checkpoint.encode({
+            "model": job.model.state_dict(), "optimizer": job.opt.state_dict(),
+            "scaler": job.prec.scaler.state_dict() if job.prec.scaler is not None else {},
+            "step": st.step, "epoch": st.step / p.steps_per_epoch, "step_in_epoch": st.step % p.steps_per_epoch,
+            "rng": checkpoint.rng_state(), "config": config.to_dict(job.cfg), "model_name": job.cfg.model.name,
+            "num_classes": p.data.num_classes, "best": {"top1": st.best_top1, "epoch": st.best_epoch},
+            "train_time_s": st.elapsed(), "bad_files": sorted(skipped), "world_size": p.info.size,
+            "global_batch": p.global_batch, "compressor_q": comp["q"] if comp is not None else None,
+        })
+        writes.append(lambda: checkpoint.store(directory, epoch, step, state, keep))
+    if writes:
+        # the state is encoded now; the files are written while the next steps train (waited for before a stop
+        # and at the end of the run)
+        wd.beat("checkpoint write")  # a write that hangs is the one before this (submit waits for it)
+        job.writer.submit(lambda: [write() for write in writes])
 
 
 def validate(job: Job, st: FitState, rep: Reporter, wd: Watchdog, epoch: int, n_epochs: int) -> None:
@@ -109,6 +115,7 @@ def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_aver
     steps = dist.allgather_object(st.step, name="stop.steps") if p.info.size > 1 else [st.step]
     if st.saved_step != st.step:
         save_checkpoint(job, st, wd, buffers_averaged)
+    job.writer.wait()  # the files on disk before anyone says so or exits
     epoch, in_epoch = divmod(st.step, p.steps_per_epoch)
     where = f"step {st.step}/{p.total_steps} (epoch {epoch}, step {in_epoch} of {p.steps_per_epoch})"
     msg = f"stopped on {st.stop_reason} at {where}"
@@ -160,6 +167,9 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
     def on_step(at_step: int) -> None:
         st.step = at_step
         wd.beat("training step", at_step)
+        job.writer.check()  # a checkpoint write that failed stops the run here, not at the next checkpoint
+        if vote is not None:
+            vote.write_s = job.writer.longest_s  # what a stop waits for besides its own checkpoint's encoding
         # Mid-epoch checkpoints: the data order is a function of (seed, epoch), so a resumed run skips exactly
         # the batches this one consumed.
         if every_steps and at_step % every_steps == 0 and at_step % p.steps_per_epoch and at_step < p.total_steps:
@@ -173,8 +183,9 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
 
     if vote is not None:
         vote.phase = "training"
-    # Python's garbage collector on the step schedule, not at a moment of its own choosing on each rank
-    with engine.scheduled_gc(cfg.train.gc_every) as collect:
+    # Python's garbage collector on the step schedule, not at a moment of its own choosing on each rank; the last
+    # checkpoint on disk before the run reports its end
+    with engine.scheduled_gc(cfg.train.gc_every) as collect, job.writer.finishing():
         while st.step < p.total_steps:
             epoch, skip = divmod(st.step, p.steps_per_epoch)
             steps_now = min(p.steps_per_epoch - skip, p.total_steps - st.step)

@@ -6,14 +6,14 @@ steps, LR schedule), rebuilt after an elastic reset.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .. import config, data, dist, engine, models, optim
+from .. import checkpoint, config, data, dist, engine, models, optim
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Job:
     prec: engine.Precision
     criterion: torch.nn.Module
     notes: list                     # lines for the run log (tuned settings left out, resume notes, ...)
+    writer: checkpoint.Writer = field(default_factory=checkpoint.Writer)  # checkpoints, in the background
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

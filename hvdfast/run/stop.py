@@ -69,7 +69,8 @@ class StopVote:
         self.pending = None                     # (tensor, Horovod handle) of the vote in flight
         self.t_last = None                      # perf_counter() at the previous step's end
         self.step_s = 0.0                       # the longest recent step
-        self.epoch_end_s = 0.0                  # the longest validation + checkpoint seen (budget margin)
+        self.epoch_end_s = 0.0                  # the longest validation + checkpoint encoding seen (budget margin)
+        self.write_s = 0.0                      # the longest checkpoint write seen (in the background)
         self._previous = {}
         self.phase = "setup"                    # setup -> training (fit's loop) -> done
 
@@ -106,8 +107,9 @@ class StopVote:
     def _wish(self) -> list[float]:
         """[SIGUSR1 seen, SIGTERM seen, budget nearly spent] on this rank."""
         # Two steps of margin (the vote is read one step late) plus the slowest end-of-epoch work seen, which the
-        # next step may run into (validation, checkpoint), and the stop's own checkpoint.
-        near_end = self.budget_left() < 3 * self.step_s + 2 * self.epoch_end_s
+        # next step may run into (validation, checkpoint), and the stop's own checkpoint; a checkpoint's write, in
+        # the background, counts twice too (a stop waits for the one in flight, then writes its own).
+        near_end = self.budget_left() < 3 * self.step_s + 2 * (self.epoch_end_s + self.write_s)
         return [float("SIGUSR1" in self.signals), float("SIGTERM" in self.signals), float(near_end)]
 
     def vote(self, step: int) -> Optional[str]:
