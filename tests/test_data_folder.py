@@ -76,6 +76,23 @@ def test_scan_takes_file_types_from_the_folder_listing(tmp_path, monkeypatch):
     assert stats and not [p for p in stats if p.parent.parent in (root / "train", root / "val")]
 
 
+def test_a_folder_the_user_cannot_read_is_one_line(tmp_path, monkeypatch):
+    # (This runs as root, which reads every folder: the EACCES a cluster user meets is raised by hand.)
+    import pathlib
+    root = make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 1, "val": 1})
+    real = pathlib.Path.is_dir
+
+    def is_dir(self):
+        if self == root / "train":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "is_dir", is_dir)
+    with pytest.raises(DataError, match=f"cannot read data folder '{root}': Permission denied "
+                                        f"\\(at {root / 'train'}\\). Make it readable"):
+        scan(root)
+
+
 def test_too_few_images_for_workers_times_batch():
     with pytest.raises(DataError, match=r"fewer than workers x batch = 4 x 32.*at most 2"):
         check_size(10, 4, 32, "training split 'x'")

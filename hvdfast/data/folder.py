@@ -71,7 +71,15 @@ def scan_split(root: Path, classes: tuple[str, ...] | None = None) -> Split:
 
 
 def scan(data_dir: str | Path) -> tuple[Split, Split]:
-    data_dir = Path(data_dir)
+    try:
+        return _scan(Path(data_dir))
+    except OSError as exc:  # a folder on the way the workers' user may not read (EACCES), an I/O error
+        raise DataError(f"cannot read data folder '{data_dir}': {exc.strerror or exc}"
+                        f"{f' (at {exc.filename})' if exc.filename else ''}. Make it readable by the user the "
+                        f"workers run as.") from None
+
+
+def _scan(data_dir: Path) -> tuple[Split, Split]:
     if data_dir.exists() and not data_dir.is_dir():
         raise DataError(f"data.dir '{data_dir}' is a file, not a folder: point it at an ImageFolder root "
                         f"(train/<class>/*.jpg, val/<class>/*.jpg).")
