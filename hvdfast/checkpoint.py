@@ -116,11 +116,14 @@ class Writer:
             error, self._error = self._error, None
             raise error
 
-    def wait(self) -> None:
-        """The write in flight finished (its error raised here)."""
+    def _join(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def wait(self) -> None:
+        """The write in flight finished (its error raised here)."""
+        self._join()
         self.check()
 
     @contextlib.contextmanager
@@ -130,9 +133,7 @@ class Writer:
         try:
             yield self
         except BaseException:
-            if self._thread is not None:
-                self._thread.join()
-                self._thread = None
+            self._join()
             raise
         self.wait()
 
