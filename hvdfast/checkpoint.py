@@ -8,6 +8,7 @@ weights_only=True, so a checkpoint cannot run code.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import random
@@ -79,6 +80,10 @@ def store(directory: Path, epoch: int, step: int, data, keep: int) -> Path:
     _write(final, tmp, data)
     for old in list_checkpoints(directory)[keep:]:
         old.unlink(missing_ok=True)
+        # the ranks' parts of a checkpoint that is gone: on a shared file system rank 0 sees them all (a rank's own
+        # pruning keeps its newest `keep`, which can outlive the checkpoint after a resume at another world size)
+        for part in directory.glob(f"{glob.escape(old.name)}.rank*"):
+            part.unlink(missing_ok=True)
     return final
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +21,22 @@ def test_save_load_and_keep_newest(tmp_path):
     st = checkpoint.load(tmp_path / names[0])
     assert st["step"] == 30 and st["format_version"] == checkpoint.FORMAT_VERSION
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_pruning_a_checkpoint_removes_the_ranks_parts_beside_it(tmp_path):
+    # a run of 3 ranks wrote s10 and s14; the run resumed with 2 ranks and writes s20: rank 2's part of s10 would
+    # outlive its checkpoint (rank 2 no longer runs to prune it)
+    for s in (10, 14):
+        for r in (0, 1, 2):
+            checkpoint.store_rank_state(tmp_path, 1, s, r, checkpoint.encode({"error": [], "world_size": 3}), keep=2)
+        checkpoint.save(tmp_path, _state(s), keep=2)
+    for r in (0, 1):
+        checkpoint.store_rank_state(tmp_path, 1, 20, r, checkpoint.encode({"error": [], "world_size": 2}), keep=2)
+    checkpoint.save(tmp_path, _state(20), keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [checkpoint.name_for(1, 14), checkpoint.name_for(1, 20)]
+        + [checkpoint.rank_state_path(Path(checkpoint.name_for(1, 14)), r).name for r in (0, 1, 2)]
+        + [checkpoint.rank_state_path(Path(checkpoint.name_for(1, 20)), r).name for r in (0, 1)])
 
 
 def test_rng_state_round_trip():
