@@ -1,6 +1,6 @@
-"""Checkpoints that survive crashes: atomic write (tmp -> fsync -> rename), newest K kept, safe load, written in
-the background while training goes on (encode() in the training thread, then Writer: the bytes to disk on a
-thread of their own).
+"""Checkpoints that survive crashes: atomic write (tmp -> fsync -> rename), the newest K (last written) kept, safe
+load, written in the background while training goes on (encode() in the training thread, then Writer: the bytes to
+disk on a thread of their own).
 
 Files are torch.save'd plain containers (tensors, numbers, strings, lists, dicts) and are loaded with
 weights_only=True, so a checkpoint cannot run code.
@@ -33,12 +33,25 @@ def name_for(epoch: int, step: int) -> str:
     return f"ckpt-e{epoch:04d}-s{step:08d}.pt"
 
 
+def _newest_first(paths, step_of) -> list[Path]:
+    """Most recently written first (modification time, then step). Not by step alone: a run's step numbers restart
+    when it resumes with a larger global batch (step 23 of 64 images = step 15 of 96) or starts over in the same
+    run_dir (train.resume=never), and the step order would then keep and resume the other run's files."""
+    found = []
+    for p in paths:
+        try:
+            found.append((p.stat().st_mtime_ns, step_of(p), p))
+        except FileNotFoundError:  # pruned while we listed
+            pass
+    return [p for *_, p in sorted(found, key=lambda f: f[:2], reverse=True)]
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Checkpoints in `directory`, newest (highest step) first."""
+    """Checkpoints in `directory`, newest (most recently written) first."""
     if not directory.is_dir():
         return []
-    found = [(int(m.group(2)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
+    return _newest_first([p for p in directory.iterdir() if _NAME.match(p.name)],
+                         lambda p: int(_NAME.match(p.name).group(2)))
 
 
 def rng_state() -> dict:
@@ -154,8 +167,8 @@ def store_rank_state(directory: Path, epoch: int, step: int, rank: int, data, ke
     directory.mkdir(parents=True, exist_ok=True)
     final = rank_state_path(directory / name_for(epoch, step), rank)
     _write(final, directory / f".{final.name}.tmp-{os.getpid()}", data)
-    mine = sorted(directory.glob(f"ckpt-e*-s*.pt.rank{rank:05d}"), key=lambda p: p.name.split("-s")[1],
-                  reverse=True)
+    mine = _newest_first(directory.glob(f"ckpt-e*-s*.pt.rank{rank:05d}"),
+                         lambda p: int(_NAME.match(p.name.rsplit(".", 1)[0]).group(2)))
     for old in mine[keep:]:
         old.unlink(missing_ok=True)
     return final
@@ -220,7 +233,10 @@ def find_resume(run_dir: Path, resume: str) -> tuple[Optional[Path], Optional[di
     """(path, state) of the checkpoint to resume from ((None, None) = start fresh), and notes about unusable
     newer files that were passed over."""
     if resume == "never":
-        return None, None, []
+        earlier = list_checkpoints(run_dir / "checkpoints")
+        return None, None, [f"train.resume=never: starting over in {run_dir}; its {len(earlier)} earlier "
+                            f"checkpoint(s) give way to this run's as it writes them (train.keep_checkpoints newest "
+                            f"kept)"] if earlier else []
     if resume != "auto":
         p = Path(resume)
         if not p.is_file():

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,31 @@ def test_pruning_a_checkpoint_removes_the_ranks_parts_beside_it(tmp_path):
         + [checkpoint.rank_state_path(Path(checkpoint.name_for(1, 20)), r).name for r in (0, 1)])
 
 
+def test_newest_is_the_last_written_not_the_highest_step(tmp_path):
+    # a run resumed at a larger global batch numbers the same images with smaller steps (23 at batch 64 = 15 at 96)
+    for s in (23, 17):
+        checkpoint.save(tmp_path, _state(s), keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [checkpoint.name_for(1, 17),
+                                                                      checkpoint.name_for(1, 23)]
+    checkpoint.save(tmp_path, _state(20), keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [checkpoint.name_for(1, 20),
+                                                                      checkpoint.name_for(1, 17)]
+    # a file system whose times are coarser than the writes: the higher step of one modification time first
+    for p in tmp_path.iterdir():
+        os.utime(p, ns=(10**18, 10**18))
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [checkpoint.name_for(1, 20),
+                                                                      checkpoint.name_for(1, 17)]
+
+
+def test_resume_never_says_the_earlier_checkpoints_give_way(tmp_path):
+    checkpoint.save(tmp_path / "checkpoints", _state(40), keep=2)
+    path, state, notes = checkpoint.find_resume(tmp_path, "never")
+    assert path is None and state is None and notes == [
+        f"train.resume=never: starting over in {tmp_path}; its 1 earlier checkpoint(s) give way to this run's as it "
+        f"writes them (train.keep_checkpoints newest kept)"]
+    assert checkpoint.find_resume(tmp_path / "elsewhere", "never") == (None, None, [])
+
+
 def test_rng_state_round_trip():
     st = checkpoint.rng_state()
     a = torch.rand(3)
@@ -66,7 +92,7 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint(tmp_path):
     path, state, notes = checkpoint.find_resume(run, "auto")
     assert state["step"] == 10 and path.name == checkpoint.name_for(1, 10)
     assert notes and "skipping unusable checkpoint" in notes[0]
-    assert checkpoint.find_resume(run, "never") == (None, None, [])
+    assert checkpoint.find_resume(run, "never")[:2] == (None, None)
 
 
 def test_incompatible_model_is_refused(tmp_path):
@@ -83,6 +109,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_pat
     code = f"""
 import torch
 from hvdfast import checkpoint
+import os
 from pathlib import Path
 d = Path({str(tmp_path)!r})
 checkpoint.save(d, {{"model": {{"w": torch.ones(3)}}, "step": 1, "epoch": 0, "model_name": "m",
@@ -110,7 +137,6 @@ while True:
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
-    import os
     checkpoint.save(tmp_path, _state(10), keep=3)
     final = tmp_path / checkpoint.name_for(1, 20)
     tmp = tmp_path / f".{final.name}.tmp-{os.getpid()}"
@@ -150,7 +176,6 @@ def test_writer_runs_in_the_background_one_write_at_a_time():
 
 
 def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path):
-    import os
     data = checkpoint.encode(_state(3))
     first = checkpoint.save(tmp_path, _state(2), keep=3)
     # the write's tmp file (the same process writes it) is /dev/full: the write fails with ENOSPC

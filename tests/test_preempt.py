@@ -131,6 +131,40 @@ def test_max_time_stops_before_the_budget_with_a_checkpoint(short_digits_dir, tm
     assert "stopped on train.max_time" in p.stdout
 
 
+def test_a_stop_after_resuming_at_a_larger_global_batch_continues_from_its_own_checkpoint(short_digits_dir,
+                                                                                           tmp_path):
+    """One epoch at global batch 16 ends at step 40; resumed at batch 32 the same images are step 20 of 40. A stop
+    there writes a checkpoint of a lower step than the one it resumed from: it is the one named and the one the
+    same command resumes from (newest = last written, not highest step; by step, every stop went back to step 20)."""
+    run = tmp_path / "run"
+    # a target the first validation reaches: the time to it, in the first run, is the whole run's
+    first = subprocess.run(train_args(short_digits_dir, run, "train.epochs=1", "train.target_top1=1"),
+                           env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    cmd = train_args(short_digits_dir, run, "data.batch_size=32", "train.target_top1=1")
+    logged = len((run / "metrics.jsonl").read_text().splitlines())
+    job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    deadline = time.monotonic() + 300
+    while not any('"kind": "train"' in r for r in (run / "metrics.jsonl").read_text().splitlines()[logged:]):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[0][-3000:]
+        time.sleep(0.02)
+    job.send_signal(signal.SIGUSR1)
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == EXIT_STOPPED and "resuming with global batch 32 instead of 16" in out, out[-3000:]
+    record = json.loads((run / "stopped.json").read_text())
+    assert STEPS // 2 < record["step"] < STEPS, record
+    newest = checkpoint.list_checkpoints(run / "checkpoints")[0]
+    assert str(newest) == record["checkpoint"] and checkpoint.load(newest)["step"] == record["step"]
+    assert f"checkpoint {newest} written" in out
+    again = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"resuming from {newest} (step {record['step']}," in again.stdout, \
+        again.stdout[-3000:] + again.stderr[-3000:]
+    summaries = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "summary"' in r]
+    assert len(summaries) == 2 and summaries[0]["time_to_target_s"] is not None
+    assert summaries[1]["time_to_target_s"] == summaries[0]["time_to_target_s"]  # carried through both resumes
+
+
 def test_stop_vote_phases(tmp_path):
     """The handler in this process: during setup a warning stops at once (nothing trained, nothing to save);
     while training it is only noted, for the agreed step; after training the signal does what it does without

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 from .. import checkpoint, config, dist, engine
@@ -39,7 +40,8 @@ class FitState:
     def from_checkpoint(cls, state: dict, step: int) -> "FitState":
         best = state.get("best") or {}
         return cls(step=step, best_top1=best.get("top1", -1.0), best_epoch=best.get("epoch", -1),
-                   trained_s=float(state.get("train_time_s", 0.0)), bad_files=set(state.get("bad_files", ())))
+                   trained_s=float(state.get("train_time_s", 0.0)), bad_files=set(state.get("bad_files", ())),
+                   time_to_target=state.get("time_to_target_s"))
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start
@@ -81,7 +83,8 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
             "step": st.step, "epoch": st.step / p.steps_per_epoch, "step_in_epoch": st.step % p.steps_per_epoch,
             "rng": checkpoint.rng_state(), "config": config.to_dict(job.cfg), "model_name": job.cfg.model.name,
             "num_classes": p.data.num_classes, "best": {"top1": st.best_top1, "epoch": st.best_epoch},
-            "train_time_s": st.elapsed(), "bad_files": sorted(skipped), "world_size": p.info.size,
+            "train_time_s": st.elapsed(), "time_to_target_s": st.time_to_target, "bad_files": sorted(skipped),
+            "world_size": p.info.size,
             "global_batch": p.global_batch, "compressor_q": comp["q"] if comp is not None else None,
         })
         writes.append(lambda: checkpoint.store(directory, epoch, step, state, keep))
@@ -108,6 +111,11 @@ def validate(job: Job, st: FitState, rep: Reporter, wd: Watchdog, epoch: int, n_
                f"({ev['images']} images) at {elapsed:.1f}s")
 
 
+def checkpoint_path(job: Job, step: int) -> Path:
+    """Rank 0's checkpoint of `step` (what save_checkpoint writes there)."""
+    return job.run_dir / "checkpoints" / checkpoint.name_for(int(step / job.plan.steps_per_epoch), step)
+
+
 def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_averaged: bool) -> None:
     """Every rank, at the agreed step: checkpoint there (unless one was just written), leave the stop record and
     raise stop.Stopped (the CLI exits with stop.EXIT_STOPPED)."""
@@ -120,9 +128,12 @@ def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_aver
     where = f"step {st.step}/{p.total_steps} (epoch {epoch}, step {in_epoch} of {p.steps_per_epoch})"
     msg = f"stopped on {st.stop_reason} at {where}"
     if p.info.is_main:
-        saved = checkpoint.list_checkpoints(job.run_dir / "checkpoints")[0]
-        msg += (f": checkpoint {saved} written; exit code {stop.EXIT_STOPPED}. Run the same command again to "
-                f"continue from it (train.resume=auto).")
+        saved = checkpoint_path(job, st.step)
+        again = ("Run the same command again to continue from it (train.resume=auto)."
+                 if job.cfg.train.resume == "auto" else
+                 f"Run the command again with train.resume=auto to continue from it (with "
+                 f"train.resume={job.cfg.train.resume} it would not).")
+        msg += f": checkpoint {saved} written; exit code {stop.EXIT_STOPPED}. {again}"
         stop.record(job.run_dir, step=st.step, total_steps=p.total_steps, reason=st.stop_reason,
                     checkpoint=str(saved), rank_steps=steps)
         rep.record("stop", st.step, {"epoch": st.step / p.steps_per_epoch, "reason": st.stop_reason,
