@@ -105,6 +105,18 @@ def test_a_controller_the_target_cannot_run_is_refused(target):
         f"controller, not --controller gloo; launch local and launch hosts start horovodrun --gloo.", p.stderr
 
 
+@pytest.mark.parametrize("target,resume", [("slurm", "never"), ("pbs", "runs/x/checkpoints/ckpt-e0001-s00000020.pt")])
+def test_a_batch_job_that_would_not_resume_after_a_requeue_is_refused(target, resume):
+    """A requeued job runs its command again: with train.resume=never it started over at every requeue, with a
+    fixed path it went back to that checkpoint (a preempted job that never finished)."""
+    p = subprocess.run(hvdfast_cmd("launch", target, *CFG, "--cpu", "--dry-run", f"train.resume={resume}"),
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=launcher_env())
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"hvdfast: error: train.resume={resume} in a {target} job: after a stop the job runs its command again, "
+        f"which must continue from the checkpoint it wrote (train.resume=auto). To start over, use a new "
+        f"train.run_dir; to start from a checkpoint, copy it into that run_dir's checkpoints/ folder."), p.stderr
+
+
 def test_mpirun_forwards_environment_and_horovod_knobs():
     out = dry("mpirun", *CFG, "--np", "16", "--hosts", "n1:8,n2:8", "--nic", "eth0")
     for piece in ("mpirun -np 16 -H n1:8,n2:8 -bind-to none -map-by slot", "-x PATH",

@@ -136,9 +136,22 @@ def _check_controller(args) -> None:
                                     "leave --controller out."))
 
 
+def _check_resume(args) -> None:
+    """A batch job continues after a stop by running its command again (requeued, or submitted again), so it must
+    resume from the checkpoint it wrote: train.resume=never would start over at every requeue, and a fixed path
+    go back to that checkpoint."""
+    resume = job.resolved(args).train.resume
+    if args.target in ("slurm", "pbs") and resume != "auto":
+        raise config.ConfigError(
+            f"train.resume={resume} in a {args.target} job: after a stop the job runs its command again, which "
+            f"must continue from the checkpoint it wrote (train.resume=auto). To start over, use a new "
+            f"train.run_dir; to start from a checkpoint, copy it into that run_dir's checkpoints/ folder.")
+
+
 def build(args) -> tuple[str, list[str] | None]:
     """(text to show, command to run or None for a batch script written to disk)."""
     _check_controller(args)
+    _check_resume(args)
     elastic = _elastic(args)
     if args.target == "local":
         cmd = job.horovodrun_cmd(args, f"localhost:{args.np}", elastic=elastic)

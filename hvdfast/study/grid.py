@@ -111,9 +111,10 @@ def cells(spec: Spec) -> list[Cell]:
 
 def overrides(spec: Spec, cell: Cell, run_dir: str | Path) -> list[str]:
     """The `hvdfast train` overrides of one cell, later ones winning: spec-wide, the budget, the optimizer's, the
-    variant's (which may change the budget), then what defines the cell. A cell is one uninterrupted run
-    (resume=never): its wall times are only comparable that way, so an interrupted cell is trained again."""
+    variant's (which may change the budget), then what defines the cell. A cell starts in an empty run_dir (the
+    study trains an interrupted cell again); a batch job that requeues itself continues from its checkpoint
+    (train.resume=auto, its training time carried over), as `hvdfast launch slurm|pbs` requires."""
     return [*spec.overrides, f"train.epochs={spec.epochs}", f"train.target_top1={spec.target_top1}",
             *spec.optimizers[cell.optimizer], *spec.variants.get(cell.variant, ()),
             f"data.batch_size={cell.per_worker}", f"horovod.backward_passes_per_step={cell.accum}",
-            f"train.precision={cell.precision}", f"train.run_dir={run_dir}", "train.resume=never"]
+            f"train.precision={cell.precision}", f"train.run_dir={run_dir}"]
