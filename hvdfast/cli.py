@@ -209,6 +209,13 @@ def main(argv=None) -> int:
         lighten_exit()
 
 
+def _error_line(text: str) -> None:
+    """One write, newline included: a launcher tags a worker's output per chunk it reads, and print() with
+    PYTHONUNBUFFERED writes the text and its newline apart (the next line's tag then lands glued to this one)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def _main(argv: list[str]) -> int:
     if argv[:1] in (["launch"], ["study"], ["tune"]):  # verbs with their own parser
         from .config import ConfigError
@@ -227,9 +234,10 @@ def _main(argv: list[str]) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.folder import DataError
-    from .dist import DeviceError
+    from .dist import DeviceError, peer_lost
+    from .metrics import ReportError
     from .run.stop import EXIT_STOPPED, Stopped, exit_together
-    user_errors = (ConfigError, DataError, CheckpointError, DeviceError)
+    user_errors = (ConfigError, DataError, CheckpointError, DeviceError, ReportError)
     try:
         from .train import TrainingError
         user_errors += (TrainingError,)
@@ -241,17 +249,28 @@ def _main(argv: list[str]) -> int:
         rank = env_rank()
         if rank == 0 or getattr(exc, "rank_local", False):
             prefix = f"hvdfast: error (rank {rank}): " if rank else "hvdfast: error: "
-            print(prefix + str(exc), file=sys.stderr, flush=True)
+            _error_line(prefix + str(exc))
         return 2
     except Stopped as exc:
         # a preemption warning or train.max_time: checkpointed (or nothing to save yet); rerun to continue
         if env_rank() == 0 and not exc.shown:
-            print(f"hvdfast: {exc}", file=sys.stderr, flush=True)
+            _error_line(f"hvdfast: {exc}")
         if exc.agreed:
             exit_together()  # every rank at once: a launcher ends the job at the first exit
         return EXIT_STOPPED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not peer_lost(exc):
+            raise
+        # Horovod shut down under this process because another worker ended first, and that worker's own line (or
+        # the launcher's report of its exit or kill) says why. A traceback per rank would bury it: rank 0 says what
+        # happened in one line, the others add nothing.
+        if env_rank() == 0:
+            _error_line("hvdfast: error: a worker left the job, so Horovod shut down under the others (the worker's "
+                        "own message, or the launcher's report, says which and why). Once that is fixed, run the same "
+                        "command again: it continues from the newest checkpoint (train.resume=auto).")
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Rank-0 reporting: metrics.jsonl, TensorBoard events, a progress bar on a TTY or plain lines in batch logs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -32,6 +33,10 @@ def eval_metrics(reduced: torch.Tensor) -> dict:
     return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n)}
 
 
+class ReportError(RuntimeError):
+    """The run's records cannot be written (a full or lost file system): one line, from rank 0."""
+
+
 class Reporter:
     """Does nothing on ranks other than 0, so callers need no `if rank == 0`."""
 
@@ -44,7 +49,8 @@ class Reporter:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self._path = run_dir / "metrics.jsonl"
+        self._file = open(self._path, "a", buffering=1)
         try:
             from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
@@ -78,13 +84,27 @@ class Reporter:
             return
         rec = {"kind": kind, "step": step, "time_s": round(self.elapsed(), 3)}
         rec.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()})
-        self._file.write(json.dumps(rec) + "\n")
+        if self._file is not None:  # None once it could not be written (the run is ending)
+            try:
+                self._file.write(json.dumps(rec) + "\n")
+            except OSError as exc:
+                self._lost(exc)
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
         if show:
             self.line(show)
+
+    def _lost(self, exc: OSError) -> None:
+        """metrics.jsonl cannot be written: the run stops with one line (training on would leave no record of
+        itself), and closing the file later does not fail again on what it still holds."""
+        file, self._file = self._file, None
+        with contextlib.suppress(OSError):
+            file.close()
+        raise ReportError(f"cannot write {self._path} ({exc.strerror or exc}). Free space in {self._path.parent} "
+                          f"(or set train.run_dir elsewhere) and run the same command again: it continues from the "
+                          f"newest checkpoint (train.resume=auto).") from None
 
     def progress(self, step: int, postfix: str = "") -> None:
         if self.enabled and self._bar is not None:

@@ -217,3 +217,35 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_one_line(digits_
     steps = [int(s) for s in re.findall(r"step (\d+)/(?:\d+)", p.stdout)]
     assert steps and max(steps) <= 4, p.stdout  # the step-2 checkpoint failed: stopped by the next one
     assert "SUMMARY" not in p.stdout + p.stderr
+
+
+def test_records_that_cannot_be_written_stop_every_rank_with_one_line(digits_dir, tmp_path):
+    """metrics.jsonl on a full file system (here: a link to /dev/full, which fails every write with ENOSPC) in a
+    2-rank job: rank 0 says so in one line; rank 1, whose next collective fails under it, adds no traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to("/dev/full")
+    p = subprocess.run(hvdfast_cmd("launch", "local", "--np", "2", "--controller", "gloo",
+                                   "--config", "launch/configs/digits-cpu.yaml", f"data.dir={digits_dir}",
+                                   f"train.run_dir={run}", *SMALL, "train.epochs=0.25", "train.log_every=2"),
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=launcher_env())
+    out = p.stdout + p.stderr
+    # the job's code is the first exit horovodrun sees: rank 0's 2, or rank 1's 1 when it left first
+    assert p.returncode in (1, 2) and "Traceback" not in out and "SUMMARY" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if "hvdfast: error" in line]
+    assert errors == [f"[0]<stderr>:hvdfast: error: cannot write {run / 'metrics.jsonl'} (No space left on "
+                      f"device). Free space in {run} (or set train.run_dir elsewhere) and run the same command "
+                      f"again: it continues from the newest checkpoint (train.resume=auto)."], out[-3000:]
+
+
+def test_peer_lost_is_horovod_shut_down_anywhere_in_the_chain():
+    from hvdfast.dist import peer_lost
+    shut = RuntimeError("Horovod has been shut down. This was caused by an exception on one of the ranks ...")
+    try:
+        try:
+            raise shut
+        except RuntimeError:
+            raise ValueError("in a backward hook")  # what autograd may raise while handling it
+    except ValueError as exc:
+        assert peer_lost(exc)
+    assert not peer_lost(RuntimeError("Mismatched allreduce tensor shapes")) and not peer_lost(None)

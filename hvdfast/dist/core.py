@@ -79,6 +79,20 @@ class DeviceError(RuntimeError):
     """The workers do not fit the node's GPUs (a user error: one message, from rank 0)."""
 
 
+def peer_lost(exc: BaseException | None) -> bool:
+    """Whether `exc` is Horovod shut down under this process: another worker exited (an error of its own, a kill)
+    and every collective after that fails here, inside backward's hooks or at the step. Its own message, or the
+    launcher's report, says which worker and why. Horovod's other internal errors (mismatched tensors, ...) are not
+    this: they carry their own message."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if "Horovod has been shut down" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def gpu_problem(local_size: int, gpus: int, nccl: bool) -> str | None:
     """Why `local_size` workers cannot share this node's `gpus` GPUs, or None when they can."""
     if gpus == 0 or local_size <= gpus or not nccl:
