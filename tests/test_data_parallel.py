@@ -63,6 +63,18 @@ def test_validation_counts_every_image_exactly_once(shards):
     assert both == list(range(ranks[0]["n_val"]))
 
 
+@pytest.mark.parametrize("backend", ["dali", "torchvision"])
+def test_a_validation_split_smaller_than_the_world_is_counted_once(tmp_path, backend):
+    """2 validation images, 3 ranks: DALI refuses more shards than samples (it stopped every rank at the first
+    validation, after an epoch of training, with a traceback each); now ranks 0 and 1 read one each, rank 2 none."""
+    tree = make_jpeg_tree(tmp_path / "tree", classes=2, per_class={"train": 3, "val": 1})
+    proc = run_launcher("gloo", 3, [sys.executable, str(ROOT / "tests/parallel/shards.py"), str(tmp_path), str(tree),
+                                    backend, "2"], timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
+    assert [r["val"] for r in ranks] == [[0], [1], []]
+
+
 def test_validation_over_two_ranks_equals_one_rank_alone(digits_dir, tmp_path):
     proc = run_launcher("gloo", 2, [sys.executable, str(ROOT / "tests/parallel/eval_equiv.py"), str(tmp_path),
                                     str(digits_dir)], timeout=400)

@@ -183,13 +183,16 @@ class DaliLoader:
         self.images, self.bad_files = source.images, source.bad_files
         # DALI shards contiguously; with pad_last_batch every shard is padded to the largest one's full batches.
         self.steps_per_epoch = math.ceil(math.ceil(source.usable / size) / batch)
+        # Validation smaller than the world (DALI refuses more shards than samples): its first `usable` ranks read
+        # it, an image or more each, and the others evaluate nothing (zeros in the sums every rank adds up).
+        self.shards = size if train else max(1, min(size, source.usable))
         self._val_iter = None
         self._next = None  # (epoch, thread, result box) of the training pipeline being built ahead
         _track(self)
 
     def _iterator(self, epoch: int):
         from nvidia.dali.plugin.pytorch import DALIClassificationIterator, LastBatchPolicy
-        pipe = _pipeline(self.source.reader(epoch, self.rank, self.size), train=self.train,
+        pipe = _pipeline(self.source.reader(epoch, self.rank, self.shards), train=self.train,
                          seed=self.seed * 1_000_003 + epoch * 1_009 + self.rank, **self.kw)
         pipe.build()
         policy = LastBatchPolicy.FILL if self.train else LastBatchPolicy.PARTIAL
@@ -238,6 +241,8 @@ class DaliLoader:
             _join(ahead[1])
 
     def epoch(self, epoch: int, skip: int = 0):
+        if self.rank >= self.shards:
+            return  # validation: no image left for this rank
         try:
             if self.train:
                 it = self._take(epoch)
