@@ -14,6 +14,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from .config import ConfigError
+
 
 @dataclass
 class Window:
@@ -89,7 +91,7 @@ def precision_for(name: str, device: torch.device) -> Precision:
     if name == "auto":
         name = auto_precision(device.type, cpu_bf16_native())
     if name == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a GPU; use auto (bf16 or fp32, by the CPU) or fp32 on CPU.")
+        raise ConfigError("train.precision=fp16 needs a GPU; use auto (bf16 or fp32, by the CPU) or fp32 on CPU.")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
     return Precision(name=name, device_type=device.type, dtype=dtype, scaler=scaler)

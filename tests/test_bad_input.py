@@ -249,3 +249,10 @@ def test_peer_lost_is_horovod_shut_down_anywhere_in_the_chain():
     except ValueError as exc:
         assert peer_lost(exc)
     assert not peer_lost(RuntimeError("Mismatched allreduce tensor shapes")) and not peer_lost(None)
+
+
+def test_fp16_without_a_gpu_is_one_line(digits_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: fp16 trains")
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL, "train.precision=fp16"),
+              "train.precision=fp16 needs a GPU")
