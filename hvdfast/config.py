@@ -284,6 +284,11 @@ def validate(cfg: Config) -> None:
                           "updates, not gradients), so " + ("optim.clip_grad_norm cannot see the whole gradient; set "
                           "optim.clip_grad_norm=0" if cfg.optim.clip_grad_norm > 0 else "LAMB's step counter would "
                           "count parameters; use optim.name=sgd or lars") + " (or another horovod.op).")
+    if cfg.data.val_resize < cfg.data.image_size and cfg.data.backend != "synthetic":
+        raise ConfigError(f"data.val_resize={cfg.data.val_resize} is smaller than data.image_size="
+                          f"{cfg.data.image_size}: validation resizes the shorter side to val_resize, then takes the "
+                          f"center image_size crop (ImageNet: 256, then 224). Set data.val_resize >= "
+                          f"data.image_size.")
     if cfg.horovod.op != "average" and cfg.horovod.gradient_predivide_factor != 1.0:
         raise ConfigError(f"horovod.gradient_predivide_factor applies to op=average only; set it to 1.0 with "
                           f"{cfg.horovod.op}.")

@@ -21,7 +21,11 @@ def check_name(name: str) -> None:
         raise ConfigError(f"unknown model.name '{name}'; {hint}")
 
 
-def build(name: str, num_classes: int, zero_init_residual: bool = True) -> torch.nn.Module:
+def build(name: str, num_classes: int, zero_init_residual: bool = True,
+          image_size: int | None = None) -> torch.nn.Module:
+    """The model, from fresh weights. With `image_size` (training's data.image_size): a vision transformer is built
+    for that size, and any model is tried on one image of it, so a size the model cannot take (ViT's fixed
+    position embeddings, MaxViT's windows) is one line at setup, not a traceback per rank at the first step."""
     import torchvision.models as tvm
 
     check_name(name)
@@ -30,7 +34,46 @@ def build(name: str, num_classes: int, zero_init_residual: bool = True) -> torch
     if zero_init_residual and name.startswith(("resnet", "resnext", "wide_resnet")):
         # Goyal et al. 2017: each residual block starts as identity (last BN gamma = 0).
         kwargs["zero_init_residual"] = True
-    return ctor(**kwargs)
+    if image_size is not None and name.startswith("vit_"):
+        kwargs["image_size"] = image_size  # torchvision's VisionTransformer sizes its position embedding by it
+    if name in ("inception_v3", "googlenet"):
+        kwargs["aux_logits"] = False  # training's forward then returns the logits, as every other model's does
+    try:
+        model = ctor(**kwargs)
+    except (AssertionError, ValueError) as exc:  # e.g. an image size that is no multiple of ViT's patch
+        raise ConfigError(f"model.name={name} cannot be built for {image_size} px images (data.image_size): "
+                          f"{_first_line(exc)}") from None
+    if image_size is not None:
+        check_input(model, name, image_size)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def check_input(model: torch.nn.Module, name: str, image_size: int) -> None:
+    """Two images of the run's size through the model as training runs it (no gradient; the BatchNorm statistics
+    the pass updates are put back, so the model is as built)."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, image_size, image_size))
+    except Exception as exc:
+        raise ConfigError(f"model.name={name} cannot take {image_size}x{image_size} images (data.image_size): "
+                          f"{_first_line(exc)}. Set data.image_size to a size it takes (torchvision's models "
+                          f"take 224), or pick another model.") from None
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ConfigError(f"model.name={name} returns {type(out).__name__} in training, not a batch of logits; "
+                          f"pick another model.")
 
 
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:

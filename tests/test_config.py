@@ -129,3 +129,11 @@ def test_keys_name_where_each_value_came_from(tmp_path):
             if not line.startswith(" ")] == ["data.hw_decoder_load"]
     with pytest.raises(config.ConfigError, match="overrides go before --keys"):
         config.explain(cfg, where, "optim.lr=0.2")
+
+
+def test_a_validation_resize_below_the_crop_is_refused():
+    with pytest.raises(config.ConfigError, match=r"data.val_resize=32 is smaller than data.image_size=40"):
+        config.load(None, ["data.image_size=40", "data.val_resize=32"])
+    # synthetic images are made at image_size: val_resize plays no part
+    cfg = config.load(None, ["data.image_size=224", "data.val_resize=32", "data.backend=synthetic"])
+    assert (cfg.data.image_size, cfg.data.val_resize) == (224, 32)

@@ -33,7 +33,7 @@ def test_the_mnist_study_grid():
 def test_grid_overrides_order_and_refusals(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text("recipe: launch/configs/digits-cpu.yaml\nepochs: 3\nbatch: 64\n"
-                 "variants: {long: [train.epochs=9, data.image_size=40]}\n")
+                 "variants: {long: [train.epochs=9, data.image_size=40, data.val_resize=40]}\n")
     spec = grid.load(p)
     cell = [c for c in grid.cells(spec) if c.variant == "long"][0]
     cfg = config.load(ROOT / spec.recipe, grid.overrides(spec, cell, "/tmp/x"))

@@ -79,7 +79,7 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
     info = dist.init(cfg.horovod, threads=cfg.train.threads, elastic=elastic)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     p = plan(cfg, info, collectives=not elastic)
-    model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual)
+    model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual, cfg.data.image_size)
     model.to(p.info.device)
     if not elastic:
         # Horovod: identical starting weights everywhere (before channels_last: Horovod needs contiguous tensors).
