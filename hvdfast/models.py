@@ -55,12 +55,13 @@ def _first_line(exc: BaseException) -> str:
 
 def check_input(model: torch.nn.Module, name: str, image_size: int) -> None:
     """Two images of the run's size through the model as training runs it (no gradient; the BatchNorm statistics
-    the pass updates are put back, so the model is as built)."""
+    the pass updates are put back, and the random numbers a dropout draws come from a forked generator, so the
+    model and the run's random stream are as they were)."""
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     was_training = model.training
     model.train()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model(torch.zeros(2, 3, image_size, image_size))
     except Exception as exc:
         raise ConfigError(f"model.name={name} cannot take {image_size}x{image_size} images (data.image_size): "

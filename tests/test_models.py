@@ -17,6 +17,15 @@ def test_the_input_check_leaves_the_model_as_built():
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_the_input_check_draws_nothing_from_the_runs_random_stream():
+    model = models.build("googlenet", 10)  # dropout in training mode
+    torch.manual_seed(1)
+    models.check_input(model, "googlenet", 64)
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), after)
+
+
 def test_a_vision_transformer_is_built_for_the_runs_image_size():
     model = models.build("vit_b_16", 10, image_size=32)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
