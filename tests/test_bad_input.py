@@ -256,3 +256,10 @@ def test_fp16_without_a_gpu_is_one_line(digits_dir, tmp_path):
         pytest.skip("this machine has a GPU: fp16 trains")
     one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL, "train.precision=fp16"),
               "train.precision=fp16 needs a GPU")
+
+
+def test_more_threads_than_owned_cores_is_said_at_start():
+    from hvdfast.dist import threads_note
+    assert threads_note(0, 2) is None and threads_note(2, 2) is None  # 0: one per owned core
+    assert threads_note(4, 2).startswith("train.threads=4 on the 2 core(s) this worker owns: torch's threads then "
+                                         "wait on each other")

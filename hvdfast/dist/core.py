@@ -46,6 +46,15 @@ def cores_owned(local_size: int) -> int:
     return max(1, total // max(1, local_size))
 
 
+def threads_note(threads: int, owned: int) -> str | None:
+    """The run log's line for more torch threads (train.threads) than the cores this worker owns, or None."""
+    if threads <= owned:
+        return None
+    return (f"train.threads={threads} on the {owned} core(s) this worker owns: torch's threads then wait on each "
+            f"other (4 threads on 2 cores trained the digits 50x slower on a 2-core machine); train.threads=0 "
+            f"takes one per owned core")
+
+
 def controller_problem(environ: Mapping[str, str], mpi_built: bool) -> str | None:
     """Why Horovod 0.28.1 would crash on this process's choice of controller and CPU operations (Horovod's own
     HOROVOD_CONTROLLER / HOROVOD_CPU_OPERATIONS, which launchers pass through), or None.

@@ -77,6 +77,9 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
         cfg = config.replace(cfg, "model.channels_last", False)
         notes.append("elastic: model.channels_last off (Horovod's elastic state sync needs contiguous tensors)")
     info = dist.init(cfg.horovod, threads=cfg.train.threads, elastic=elastic)
+    oversubscribed = dist.threads_note(cfg.train.threads, dist.cores_owned(info.local_size))
+    if oversubscribed:
+        notes.append(oversubscribed)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     p = plan(cfg, info, collectives=not elastic)
     model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual, cfg.data.image_size)
