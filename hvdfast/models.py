@@ -24,8 +24,9 @@ def check_name(name: str) -> None:
 def build(name: str, num_classes: int, zero_init_residual: bool = True,
           image_size: int | None = None) -> torch.nn.Module:
     """The model, from fresh weights. With `image_size` (training's data.image_size): a vision transformer is built
-    for that size, and any model is tried on one image of it, so a size the model cannot take (ViT's fixed
-    position embeddings, MaxViT's windows) is one line at setup, not a traceback per rank at the first step."""
+    for that size, and any model is tried on a batch of that size (check_input), so a size the model cannot take
+    (ViT's patches, MaxViT's windows, Inception's stem) is one line at setup, not a traceback per rank at the first
+    step."""
     import torchvision.models as tvm
 
     check_name(name)
@@ -41,6 +42,8 @@ def build(name: str, num_classes: int, zero_init_residual: bool = True,
     try:
         model = ctor(**kwargs)
     except (AssertionError, ValueError) as exc:  # e.g. an image size that is no multiple of ViT's patch
+        if image_size is None:
+            raise
         raise ConfigError(f"model.name={name} cannot be built for {image_size} px images (data.image_size): "
                           f"{_first_line(exc)}") from None
     if image_size is not None:
