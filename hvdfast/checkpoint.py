@@ -23,6 +23,7 @@ import torch
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+_STEP = re.compile(r"^ckpt-e\d+-s(\d+)\.pt(\.rank\d+)?$")  # a checkpoint or a rank's part of it
 
 
 class CheckpointError(RuntimeError):
@@ -33,14 +34,17 @@ def name_for(epoch: int, step: int) -> str:
     return f"ckpt-e{epoch:04d}-s{step:08d}.pt"
 
 
-def _newest_first(paths, step_of) -> list[Path]:
-    """Most recently written first (modification time, then step). Not by step alone: a run's step numbers restart
-    when it resumes with a larger global batch (step 23 of 64 images = step 15 of 96) or starts over in the same
-    run_dir (train.resume=never), and the step order would then keep and resume the other run's files."""
+def _newest_first(paths) -> list[Path]:
+    """Checkpoints (or the ranks' parts of them) most recently written first: modification time, then step. Not by
+    step alone: a run's step numbers restart when it resumes with a larger global batch (step 23 of 64 images =
+    step 15 of 96) or starts over in the same run_dir (train.resume=never), and the step order would then keep and
+    resume the other run's files."""
     found = []
     for p in paths:
+        if not (m := _STEP.match(p.name)):
+            continue
         try:
-            found.append((p.stat().st_mtime_ns, step_of(p), p))
+            found.append((p.stat().st_mtime_ns, int(m.group(1)), p))
         except FileNotFoundError:  # pruned while we listed
             pass
     return [p for *_, p in sorted(found, key=lambda f: f[:2], reverse=True)]
@@ -50,8 +54,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoints in `directory`, newest (most recently written) first."""
     if not directory.is_dir():
         return []
-    return _newest_first([p for p in directory.iterdir() if _NAME.match(p.name)],
-                         lambda p: int(_NAME.match(p.name).group(2)))
+    return _newest_first(p for p in directory.iterdir() if _NAME.match(p.name))
 
 
 def rng_state() -> dict:
@@ -167,8 +170,7 @@ def store_rank_state(directory: Path, epoch: int, step: int, rank: int, data, ke
     directory.mkdir(parents=True, exist_ok=True)
     final = rank_state_path(directory / name_for(epoch, step), rank)
     _write(final, directory / f".{final.name}.tmp-{os.getpid()}", data)
-    mine = _newest_first(directory.glob(f"ckpt-e*-s*.pt.rank{rank:05d}"),
-                         lambda p: int(_NAME.match(p.name.rsplit(".", 1)[0]).group(2)))
+    mine = _newest_first(directory.glob(f"ckpt-e*-s*.pt.rank{rank:05d}"))
     for old in mine[keep:]:
         old.unlink(missing_ok=True)
     return final

@@ -57,6 +57,16 @@ def bad_files(job: Job, st: FitState) -> set:
     return st.bad_files.union(*map(set, found))
 
 
+def _epoch_of(job: Job, step: int) -> int:
+    """The epoch a checkpoint of `step` is named by (the one it is in)."""
+    return int(step / job.plan.steps_per_epoch)
+
+
+def checkpoint_path(job: Job, step: int) -> Path:
+    """Rank 0's checkpoint of `step` (what save_checkpoint writes there)."""
+    return job.run_dir / "checkpoints" / checkpoint.name_for(_epoch_of(job, step), step)
+
+
 def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool) -> None:
     """Called on every rank at the same step: BN statistics are averaged first unless they just were (a checkpoint
     holds one model, not rank 0's shard statistics; running statistics are linear in the batches, so averaging
@@ -71,7 +81,7 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
     # its own, so each rank writes it beside the checkpoint (one model's worth per rank: no gather to rank 0)
     comp = job.opt.compressor_state() if getattr(job.opt, "keeps_compressor_state", False) else None
     keep = job.cfg.train.keep_checkpoints
-    directory, epoch, step = job.run_dir / "checkpoints", int(st.step / p.steps_per_epoch), st.step
+    directory, epoch, step = job.run_dir / "checkpoints", _epoch_of(job, st.step), st.step
     writes = []
     if comp is not None and any(e is not None for e in comp["error"]):
         mine = checkpoint.encode({"error": comp["error"], "world_size": p.info.size})
@@ -84,8 +94,8 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
             "rng": checkpoint.rng_state(), "config": config.to_dict(job.cfg), "model_name": job.cfg.model.name,
             "num_classes": p.data.num_classes, "best": {"top1": st.best_top1, "epoch": st.best_epoch},
             "train_time_s": st.elapsed(), "time_to_target_s": st.time_to_target, "bad_files": sorted(skipped),
-            "world_size": p.info.size,
-            "global_batch": p.global_batch, "compressor_q": comp["q"] if comp is not None else None,
+            "world_size": p.info.size, "global_batch": p.global_batch,
+            "compressor_q": comp["q"] if comp is not None else None,
         })
         writes.append(lambda: checkpoint.store(directory, epoch, step, state, keep))
     if writes:
@@ -109,11 +119,6 @@ def validate(job: Job, st: FitState, rep: Reporter, wd: Watchdog, epoch: int, n_
     rep.record("val", st.step, {"epoch": epoch + 1, **ev}, show=f"epoch {epoch + 1}/{n_epochs} validation: "
                f"top1 {ev['top1']:.2f}% top5 {ev['top5']:.2f}% loss {ev['loss']:.4f} "
                f"({ev['images']} images) at {elapsed:.1f}s")
-
-
-def checkpoint_path(job: Job, step: int) -> Path:
-    """Rank 0's checkpoint of `step` (what save_checkpoint writes there)."""
-    return job.run_dir / "checkpoints" / checkpoint.name_for(int(step / job.plan.steps_per_epoch), step)
 
 
 def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_averaged: bool) -> None:
