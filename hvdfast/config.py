@@ -123,7 +123,8 @@ class TrainConfig:
     epochs: float = 90.0              # passes over the training set (fractions allowed)
     precision: str = "auto"           # auto (fp16 AMP on GPU, bf16 autocast on CPU) | fp32 | fp16 | bf16
     seed: int = 0                     # seeds model init, data order and augmentation
-    deterministic: bool = False       # deterministic kernels (slower); for bit-exact repeatability
+    deterministic: bool = False       # deterministic kernels and no Horovod tensor fusion (slower); for bit-exact
+                                      # repeatability at any world size and horovod.op
     log_every: int = 20               # optimizer steps between logged (cross-rank averaged) metrics
     eval_every: int = 1               # epochs between validations (the last epoch always validates)
     target_top1: float = 0.0          # report time to this validation top-1 (percent); 0 = off

@@ -76,6 +76,13 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
         # Horovod's elastic state sync broadcasts tensors as they are, and Horovod refuses NHWC-strided ones.
         cfg = config.replace(cfg, "model.channels_last", False)
         notes.append("elastic: model.channels_last off (Horovod's elastic state sync needs contiguous tensors)")
+    if cfg.train.deterministic and cfg.horovod.fusion_threshold_mb > 0:
+        # Which tensors share a fused buffer depends on when each became ready, and a tensor's offset in the
+        # buffer decides the order of its sums (the ring's chunk it falls in at 3+ ranks; Adasum's split of the
+        # buffer at any size): two identical runs differed in the last bits (tests/test_reproducible.py).
+        cfg = config.replace(cfg, "horovod.fusion_threshold_mb", 0.0)
+        notes.append("train.deterministic: Horovod's tensor fusion off (which tensors share a fused buffer depends "
+                     "on timing, and with it the order of the sums)")
     info = dist.init(cfg.horovod, threads=cfg.train.threads, elastic=elastic)
     oversubscribed = dist.threads_note(cfg.train.threads, dist.cores_owned(info.local_size))
     if oversubscribed:
