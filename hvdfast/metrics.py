@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -37,6 +38,23 @@ class ReportError(RuntimeError):
     """The run's records cannot be written (a full or lost file system): one line, from rank 0."""
 
 
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard's writer thread re-raises a failed write (a full disk), which threading prints as a traceback;
+    the writer keeps the error for its next call, where Reporter turns it into one line. Other threads' errors go
+    to the hook that was there before."""
+    previous = threading.excepthook
+    if getattr(previous, "hvdfast_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        previous(args)
+
+    hook.hvdfast_quiet = True
+    threading.excepthook = hook
+
+
 class Reporter:
     """Does nothing on ranks other than 0, so callers need no `if rank == 0`."""
 
@@ -51,11 +69,12 @@ class Reporter:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._path = run_dir / "metrics.jsonl"
         self._file = open(self._path, "a", buffering=1)
+        _quiet_tensorboard_thread()
         try:
             from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        except Exception as exc:  # tensorboard missing: metrics.jsonl still has everything
-            self.line(f"TensorBoard events disabled ({exc})")
+        except Exception as exc:  # tensorboard missing, or its folder cannot be written
+            self._tb_off(exc)
         use_bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
         if use_bar:
             from tqdm import tqdm
@@ -90,11 +109,21 @@ class Reporter:
             except OSError as exc:
                 self._lost(exc)
         if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+            try:
+                for k, v in values.items():
+                    if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                        self._tb.add_scalar(f"{kind}/{k}", v, step)
+            except OSError as exc:  # TensorBoard is a view of metrics.jsonl: training goes on without it
+                tb, self._tb = self._tb, None
+                with contextlib.suppress(OSError):
+                    tb.close()
+                self._tb_off(exc)
         if show:
             self.line(show)
+
+    def _tb_off(self, exc: Exception) -> None:
+        self.line(f"TensorBoard events off from here ({getattr(exc, 'strerror', None) or exc}); metrics.jsonl keeps "
+                  f"every record (hvdfast plot draws it)")
 
     def _lost(self, exc: OSError) -> None:
         """metrics.jsonl cannot be written: the run stops with one line (training on would leave no record of
@@ -117,6 +146,9 @@ class Reporter:
         if self._bar is not None:
             self._bar.close()
         if self._tb is not None:
-            self._tb.close()
+            try:
+                self._tb.close()
+            except OSError as exc:
+                self._tb_off(exc)
         if self._file is not None:
             self._file.close()

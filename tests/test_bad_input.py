@@ -238,6 +238,37 @@ def test_records_that_cannot_be_written_stop_every_rank_with_one_line(digits_dir
                       f"again: it continues from the newest checkpoint (train.resume=auto)."], out[-3000:]
 
 
+def test_tensorboard_on_a_full_disk_is_one_line_and_training_goes_on(digits_dir, tmp_path):
+    """TensorBoard's events fill their file system mid-run (a tmpfs with one free page): one line says the events
+    are off, metrics.jsonl keeps every record and the run ends as it would. TensorBoard's writer thread printed a
+    traceback, and the next add_scalar raised its error in the training loop, ending the run."""
+    import json
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system for the events needs root")
+    events = tmp_path / "run/tensorboard"
+    events.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(events)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (events / "fill").write_bytes(bytes(4096))  # one 4 KiB page left: the first events fit, later ones not
+        p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'run'}", *SMALL, "train.epochs=0.25",
+                  "train.log_every=1")
+        written = sorted(f.stat().st_size for f in events.iterdir() if f.name.startswith("events."))
+    finally:
+        subprocess.run(["umount", str(events)], check=True)
+    assert p.returncode == 0 and "Traceback" not in p.stdout + p.stderr, p.stdout[-2000:] + p.stderr[-3000:]
+    assert written == [4096]  # the events that fitted were written before the disk was full
+    lines = [line for line in p.stdout.splitlines() if "TensorBoard" in line]
+    assert lines == ["TensorBoard events off from here (No space left on device); metrics.jsonl keeps every record "
+                     "(hvdfast plot draws it)"]
+    steps = [json.loads(r)["step"] for r in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+             if '"kind": "train"' in r]
+    assert steps == list(range(1, 23)) and "SUMMARY" in p.stdout  # 1437 images / 16 x 0.25 = 22 steps
+
+
 def test_peer_lost_is_horovod_shut_down_anywhere_in_the_chain():
     from hvdfast.dist import peer_lost
     shut = RuntimeError("Horovod has been shut down. This was caused by an exception on one of the ranks ...")
