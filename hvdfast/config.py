@@ -300,6 +300,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'optim.label_smoothing' must be in [0, 1), got {cfg.optim.label_smoothing}.")
     if not cfg.optim.momentum < 1:  # >= 0 above; 1 or more makes the velocity grow without bound
         raise ConfigError(f"config key 'optim.momentum' must be in [0, 1), got {cfg.optim.momentum}.")
+    if not 0 <= cfg.train.target_top1 <= 100:  # a percentage: 150 was "not reached" at the end of every run
+        raise ConfigError(f"config key 'train.target_top1' must be a percentage in [0, 100] (0 = off), got "
+                          f"{cfg.train.target_top1}.")
     if not 0 <= cfg.train.seed < 2 ** 32:  # what numpy's global seed takes (run.setup.seed_everything)
         raise ConfigError(f"config key 'train.seed' must be in [0, 2**32), got {cfg.train.seed}.")
     if cfg.data.workers < -1:

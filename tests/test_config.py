@@ -66,6 +66,11 @@ def test_choices_and_ranges():
         with pytest.raises(ConfigError, match=rf"'train.seed' must be in \[0, 2\*\*32\), got {seed}"):
             config.load(None, [f"train.seed={seed}"])
     assert config.load(None, ["train.seed=4294967295"]).train.seed == 2 ** 32 - 1
+    for target in ("150", "-1"):
+        with pytest.raises(ConfigError, match=rf"'train.target_top1' must be a percentage in \[0, 100\] \(0 = off\), "
+                                              rf"got {float(target)}"):
+            config.load(None, [f"train.target_top1={target}"])
+    assert config.load(None, ["train.target_top1=100"]).train.target_top1 == 100.0
     with pytest.raises(ConfigError, match=r"'data.workers' must be -1 \(the cores the worker owns\) or >= 0"):
         config.load(None, ["data.workers=-2"])
 
