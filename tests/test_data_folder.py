@@ -49,12 +49,14 @@ def test_scan_counts_and_class_mismatch(tmp_path):
 
 
 def test_scan_takes_file_types_from_the_folder_listing(tmp_path, monkeypatch):
-    # What counts: image files by extension, any case; not folders named like images, other files, hidden or
-    # plain-file "classes". A symlinked class folder is followed. And no stat per file (os.scandir's d_type): on a
-    # parallel file system each one is a metadata round trip, 1.28M of them for ImageNet.
+    # What counts: image files by extension, any case; not folders named like images, other files, hidden files
+    # (macOS's "._" twins), hidden or plain-file "classes". A symlinked class folder is followed. And no stat per
+    # file (os.scandir's d_type): on a parallel file system each one is a metadata round trip, 1.28M of them for
+    # ImageNet.
     root = make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 2, "val": 1})
     (root / "train/c0/extra.JPEG").write_bytes((root / "train/c0/img_0_000.jpg").read_bytes())
     (root / "train/c0/notes.txt").write_text("not an image")
+    (root / "train/c0/._img_0_000.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # macOS's AppleDouble file
     (root / "train/c0/nested.jpg").mkdir()
     (root / "train/.cache").mkdir()
     (root / "train/README.jpg").write_text("a file, not a class")

@@ -56,8 +56,10 @@ def scan_split(root: Path, classes: tuple[str, ...] | None = None) -> Split:
                         f"train/ and val/ must hold the same classes.")
     files, labels = [], []
     for label, name in enumerate(found):
-        imgs = sorted(e.name for e in _entries(root / name)
-                      if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and not e.is_dir())
+        # hidden files are not images of the set: macOS writes "._<name>.jpg" (AppleDouble metadata) beside every
+        # file it copies to a foreign file system, and each one failed to decode mid-training
+        imgs = sorted(e.name for e in _entries(root / name) if not e.name.startswith(".")
+                      and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and not e.is_dir())
         if not imgs:
             raise DataError(f"class folder '{root / name}' has no images ({', '.join(IMAGE_EXTENSIONS)}); "
                             f"add images or remove the folder.")
