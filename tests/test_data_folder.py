@@ -32,6 +32,13 @@ def test_validation_shards_count_every_image_once():
 def test_scan_reports_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match="does not exist.*hvdfast data digits"):
         scan(tmp_path / "nope")
+    # a data set without its val/ (or train/): said as such, without the advice to write the digits into it
+    (tmp_path / "mine/train/cat").mkdir(parents=True)
+    with pytest.raises(DataError) as e:
+        scan(tmp_path / "mine")
+    assert str(e.value) == (f"data folder '{tmp_path / 'mine'}' has no val/ folder: an ImageFolder root holds "
+                            f"train/<class>/<image> and val/<class>/<image>, the same classes in both (hold out a "
+                            f"share of each class's images as val/).")
     make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 2, "val": 1})
     (tmp_path / "d/train/c9").mkdir()
     with pytest.raises(DataError, match=r"class folder .*c9' has no images"):

@@ -41,10 +41,6 @@ def _entries(folder: Path) -> list[os.DirEntry]:
 
 def scan_split(root: Path, classes: tuple[str, ...] | None = None) -> Split:
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder '{root}' does not exist. Create the embedded data set with "
-                        f"'hvdfast data digits {root.parent}', or set data.dir to an ImageFolder root "
-                        f"(train/<class>/*.jpg, val/<class>/*.jpg).")
     found = tuple(sorted(e.name for e in _entries(root) if not e.name.startswith(".") and e.is_dir()))
     if not found:
         raise DataError(f"data folder '{root}' has no class folders; expected {root}/<class>/<image>.jpg.")
@@ -82,8 +78,14 @@ def _scan(data_dir: Path) -> tuple[Split, Split]:
         raise DataError(f"data.dir '{data_dir}' is a file, not a folder: point it at an ImageFolder root "
                         f"(train/<class>/*.jpg, val/<class>/*.jpg).")
     if not data_dir.is_dir():
-        raise DataError(f"data folder '{data_dir}' does not exist. Create the embedded data set with "
-                        f"'hvdfast data digits {data_dir}', or set data.dir to an ImageFolder root.")
+        raise DataError(f"data folder '{data_dir}' does not exist. Create an embedded data set there with "
+                        f"'hvdfast data digits {data_dir}' (or 'hvdfast data mnist {data_dir}'), or set data.dir "
+                        f"to an ImageFolder root (train/<class>/*.jpg, val/<class>/*.jpg).")
+    for split in ("train", "val"):
+        if not (data_dir / split).is_dir():  # never advise writing the embedded set into the user's data set
+            raise DataError(f"data folder '{data_dir}' has no {split}/ folder: an ImageFolder root holds "
+                            f"train/<class>/<image> and val/<class>/<image>, the same classes in both (hold out a "
+                            f"share of each class's images as val/).")
     train = scan_split(data_dir / "train")
     val = scan_split(data_dir / "val", classes=train.classes)
     return train, val
