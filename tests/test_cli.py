@@ -107,6 +107,27 @@ def test_a_data_folder_that_cannot_be_written(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+def test_an_embedded_set_is_not_written_into_another_data_set(tmp_path):
+    """`hvdfast data digits DIR` over a folder holding other images mixed its 10 classes into that data set (and
+    `data mnist` over the digits gave one set of both); now it refuses, and rewriting its own output is fine."""
+    mine = tmp_path / "mine"
+    (mine / "train/cat").mkdir(parents=True)
+    (mine / "train/cat/whiskers.jpg").write_bytes(b"a photo")
+    p = run("data", "digits", str(mine))
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"hvdfast: error: '{mine}' already holds files that are not this data set's (e.g. train/cat/whiskers.jpg); "
+        f"hvdfast data digits writes into a new or empty folder, or over its own earlier output, so that two data "
+        f"sets never mix into one."), p.stderr
+    assert sorted(q.name for q in mine.rglob("*")) == ["cat", "train", "whiskers.jpg"]  # nothing written
+    digits = tmp_path / "digits"
+    assert run("data", "digits", str(digits)).returncode == 0
+    (digits / "train/3/.DS_Store").write_bytes(b"")  # hidden files are not images of any set
+    again = run("data", "digits", str(digits))
+    assert again.returncode == 0 and again.stdout.startswith("wrote 1437 training and 360 validation images")
+    other = run("data", "mnist", str(digits))
+    assert other.returncode == 2 and "hvdfast data mnist writes into a new or empty folder" in other.stderr
+
+
 def test_bench_model_names_a_file_that_is_not_a_cluster_report(tmp_path):
     (tmp_path / "notes.json").write_text('{"rows": []}')
     for path, says in [(tmp_path / "none.json", "cannot read"), (tmp_path / "notes.json", "is not an `hvdfast "

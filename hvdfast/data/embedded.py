@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .folder import check_target
+
 SEED = 0           # fixed split
 VAL_FRACTION = 0.2
 
@@ -45,8 +47,10 @@ def write(name: str, out_dir: str | Path, quality: int = 95) -> dict:
     idx = np.arange(len(targets))
     train_idx, val_idx = train_test_split(idx, test_size=VAL_FRACTION, random_state=SEED, stratify=targets)
     out = Path(out_dir)
+    splits = (("train", train_idx), ("val", val_idx))
+    check_target(out, {f"{split}/{targets[i]}/{prefix}_{i:04d}.jpg" for split, ids in splits for i in ids}, name)
     counts = {}
-    for split, ids in (("train", train_idx), ("val", val_idx)):
+    for split, ids in splits:
         for c in range(10):
             (out / split / str(c)).mkdir(parents=True, exist_ok=True)
         for i in sorted(ids):

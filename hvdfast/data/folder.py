@@ -91,6 +91,23 @@ def _scan(data_dir: Path) -> tuple[Split, Split]:
     return train, val
 
 
+def check_target(out: str | Path, files: set[str], verb: str) -> None:
+    """Before `hvdfast data VERB` writes a generated set (`files`: its paths relative to `out`): refuse a folder
+    that holds anything else, which the set's classes and images would mix into (another data set, the other
+    embedded set, or this one at another size). Rewriting the same set is fine; hidden files are not images."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"'{out}' is a file; give hvdfast data {verb} a new or empty folder.")
+    for folder, dirs, names in os.walk(out):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            rel = os.path.relpath(os.path.join(folder, name), out)
+            if not name.startswith(".") and rel not in files:
+                raise DataError(f"'{out}' already holds files that are not this data set's (e.g. {rel}); "
+                                f"hvdfast data {verb} writes into a new or empty folder, or over its own earlier "
+                                f"output, so that two data sets never mix into one.")
+
+
 def check_size(n_images: int, size: int, batch: int, what: str) -> None:
     if n_images < size * batch:
         raise DataError(f"{what} has {n_images} images, fewer than workers x batch = {size} x {batch}; "

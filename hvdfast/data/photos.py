@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .folder import check_target
+
 _SOURCES = None
 
 
@@ -52,6 +54,9 @@ def write(out_dir: str | Path, images: int = 512, val: int = 64, seed: int = 0, 
           workers: int = 0) -> dict:
     """Write `images` training and `val` validation JPEGs; `workers` processes (0: one per core)."""
     out = Path(out_dir)
+    names = [name for name, _ in _sources()]
+    check_target(out, {f"{split}/{names[i % len(names)]}/{split}_{i:05d}.jpg"
+                       for split, n in (("train", images), ("val", val)) for i in range(n)}, "photos")
     workers = workers or os.cpu_count() or 1
     counts = {}
     jobs = []
