@@ -117,3 +117,20 @@ def test_photos_are_the_same_whatever_the_number_of_writers(tmp_path):
     assert files == sorted(p.relative_to(two) for p in two.rglob("*.jpg"))
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
     assert len({(one / f).read_bytes() for f in files}) == 15  # every image its own crop
+
+
+def test_pack_writes_into_a_new_folder_or_over_the_same_layout(tmp_path):
+    """Shards packed into an ImageFolder hid it (its train/meta.json made it a packed set), and a pack over an older
+    one of smaller shards left the older extra shards beside the new ones."""
+    from hvdfast.data.pack import pack
+    root = make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 5, "val": 2})
+    dst = tmp_path / "packed"
+    first = pack(root, dst, shard_size=4)
+    assert pack(root, dst, shard_size=4) == first == {"train": {"samples": 10, "shards": 3},
+                                                       "val": {"samples": 4, "shards": 1}}
+    with pytest.raises(DataError, match=r"already holds files that are not this data set's \(e.g. "
+                                        r"train/shard-00002.idx\)"):
+        pack(root, dst, shard_size=8)
+    with pytest.raises(DataError, match=r"already holds files that are not this data set's \(e.g. train/c0/"):
+        pack(root, root, shard_size=4)
+    assert not (root / "train/meta.json").exists()

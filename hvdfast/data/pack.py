@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .folder import DataError, scan
+from .folder import DataError, check_target, scan
 
 META = "meta.json"
 
@@ -43,6 +44,12 @@ def pack(src: str | Path, dst: str | Path, shard_size: int = 1000, seed: int = 0
         raise DataError(f"--shard-size must be >= 1, got {shard_size}")
     train, val = scan(src)
     dst = Path(dst)
+    # a new or empty folder, or an earlier pack of the same layout: never shards written into an ImageFolder (or
+    # into the source), and never an older pack's extra shards left beside the new ones
+    check_target(dst, {"classes.txt"} | {f"{name}/{f}" for name, split in (("train", train), ("val", val))
+                                        for f in [META] + [f"shard-{k:05d}.{ext}" for k in
+                                                           range(math.ceil(len(split) / shard_size))
+                                                           for ext in ("tar", "idx")]}, "pack")
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "classes.txt").write_text("\n".join(train.classes) + "\n")
     counts = {}
