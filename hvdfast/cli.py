@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.add_argument("--keys", nargs="?", const="", metavar="TEXT",
                    help="list the config keys (those whose name, else whose description, holds TEXT) with their "
-                        "resolved value, where it came from (default, recipe, tuned file, override) and what it "
-                        "means, and exit; put overrides before it")
+                        "resolved value, where it came from (default, recipe, tuned file, environment, override) and "
+                        "what it means, and exit; put overrides before it")
 
     dt = sub.add_parser("data", help="data set tools (digits, mnist, photos, pack, check)")
     dsub = dt.add_subparsers(dest="data_verb", metavar="TOOL", required=True)
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from . import config, train, tuned
-    cfg, notes = tuned.load_config(args.config, args.overrides)  # recipe < tuned file < overrides
+    cfg, notes = tuned.load_config(args.config, args.overrides)  # recipe < tuned file < environment < overrides
     if args.keys is not None:
         text = config.explain(cfg, tuned.origins(args.config, args.overrides, cfg), args.keys,
                               width=min(shutil.get_terminal_size((100, 24)).columns, 120))

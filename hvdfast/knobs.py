@@ -4,7 +4,16 @@ it costs neither torch nor horovod, so `hvdfast launch` starts its launcher at o
 this function cost it 2.1 s of torch import before horovodrun started)."""
 from __future__ import annotations
 
-from .config import HorovodConfig
+from .config import ConfigError, HorovodConfig
+
+# Horovod's own variables that horovod_env always sets, with the config key each one carries and how its text reads
+# as that key's value (horovodrun's --fusion-threshold-mb, --cycle-time-ms and --stall-check-warning-time-seconds
+# set them for the workers; users export them as Horovod's docs say).
+FROM_ENVIRONMENT = {
+    "HOROVOD_FUSION_THRESHOLD": ("horovod.fusion_threshold_mb", lambda text: float(text) / (1024 * 1024)),
+    "HOROVOD_CYCLE_TIME": ("horovod.cycle_time_ms", float),
+    "HOROVOD_STALL_CHECK_TIME_SECONDS": ("horovod.stall_check_warning_s", lambda text: int(float(text))),
+}
 
 
 def horovod_env(cfg: HorovodConfig) -> dict:
@@ -46,3 +55,22 @@ def horovod_env(cfg: HorovodConfig) -> dict:
         if cfg.autotune_log:
             env["HOROVOD_AUTOTUNE_LOG"] = cfg.autotune_log
     return env
+
+
+def set_in_environment(environ, cfg: HorovodConfig) -> dict:
+    """{config key: (value, variable)} for Horovod's variables in `environ` that say something else than this config
+    would export. A launcher that exported the config's own values (hvdfast launch) shows none of them."""
+    mine = horovod_env(cfg)
+    found = {}
+    for var, (key, parse) in FROM_ENVIRONMENT.items():
+        text = environ.get(var)
+        if text is None or text.strip() == mine[var]:
+            continue
+        try:
+            value = parse(text)
+        except ValueError:
+            raise ConfigError(f"{var}={text!r} in the environment is not a number; unset it, or set {key} "
+                             f"instead.") from None
+        if value != getattr(cfg, key.split(".")[1]):
+            found[key] = (value, var)
+    return found

@@ -5,8 +5,8 @@ switch controllers, and it does not know that fp16 compression is a pessimisatio
 adds fp16 slowly (Gloo here), nor that a few flat gradient buckets beat one allreduce per tensor. This measures
 controller x malloc x fusion x cycle x buckets x op x compression with the model's real gradient set, picks the
 fastest, explains the choice against the alternatives, and writes a YAML file that `hvdfast train` and `hvdfast
-bench train` apply (recipe < tuned file < command-line overrides) while `horovod.tuned` is `auto` (the default)
-and the file exists.
+bench train` apply (recipe < tuned file < Horovod's variables < command-line overrides) while `horovod.tuned` is
+`auto` (the default) and the file exists.
 
 With --hosts it measures where the job will run instead: a few synthetic training steps across those hosts for
 each controller (and Open MPI allreduce algorithm) and gradient wire format (`tune_hosts`), each step timed beside

@@ -1,10 +1,11 @@
 """The tuned-settings file that `hvdfast tune` writes: where it lives, what it holds, and how it joins a config.
 
-Precedence: recipe < tuned file < command-line overrides, applied here and nowhere else (`load_config`). A tuned
-value is a measured way to go faster, never a change of what is trained, so it is left out (with a note saying
-why) where it would replace a setting the user made on the command line, change the reduction the recipe chose
-(op=adasum), or make the config invalid (e.g. buckets with op=adasum, PowerSGD with elastic, prescaled with
-gradient_predivide_factor).
+Precedence: recipe < tuned file < Horovod's own variables in the environment (HOROVOD_FUSION_THRESHOLD,
+HOROVOD_CYCLE_TIME, HOROVOD_STALL_CHECK_TIME_SECONDS: what horovodrun's flags set) < command-line overrides,
+applied here and nowhere else (`load_config`). A tuned value is a measured way to go faster, never a change of
+what is trained, so it is left out (with a note saying why) where it would replace a setting the user made on the
+command line, change the reduction the recipe chose (op=adasum), or make the config invalid (e.g. buckets with
+op=adasum, PowerSGD with elastic, prescaled with gradient_predivide_factor).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import config
+from . import config, knobs
 from .config import Config, ConfigError
 
 # the settings of a file that apply (an older file without mpi_allreduce leaves the recipe's)
@@ -49,15 +50,19 @@ def for_config(cfg: Config) -> dict | None:
     return doc
 
 
-def origins(path: str | Path | None, overrides: Sequence[str], cfg: Config) -> dict[str, str]:
-    """Where each of load_config's values came from: override | tuned file | recipe | default (`--keys`)."""
+def origins(path: str | Path | None, overrides: Sequence[str], cfg: Config,
+            environ=None) -> dict[str, str]:
+    """Where each of load_config's values came from: override | environment | tuned file | recipe | default
+    (`--keys`)."""
     recipe = config.read(path)[0] if path is not None else {}
     explicit = {config.parse_override(t)[0] for t in overrides}
     mine = config.to_flat(config.load(path, overrides))
+    from_env = _resolve(path, overrides, os.environ if environ is None else environ)[2]
     out = {}
     for key, value in config.to_flat(cfg).items():
         sec, name = key.split(".")
-        out[key] = ("override" if key in explicit else "tuned file" if value != mine[key]
+        out[key] = ("override" if key in explicit else "environment" if key in from_env
+                    else "tuned file" if value != mine[key]
                     else "recipe" if name in (recipe.get(sec) or {}) else "default")
     return out
 
@@ -73,17 +78,23 @@ def controller(cfg: Config) -> Optional[str]:
     return ((for_config(cfg) or {}).get("launcher") or {}).get("controller")
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> tuple[Config, list[str]]:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                environ=None) -> tuple[Config, list[str]]:
     """The run's config: the user's (validated on its own first, so their mistakes are reported as theirs) with
-    the tuned file's settings overlaid where they apply, and one note per tuned setting left out."""
+    the tuned file's settings overlaid where they apply, then Horovod's own variables from the environment, and one
+    note per setting taken or left out."""
+    cfg, notes, _ = _resolve(path, overrides, os.environ if environ is None else environ)
+    return cfg, notes
+
+
+def _resolve(path, overrides, environ) -> tuple[Config, list[str], set[str]]:
+    """(config, notes, the keys Horovod's environment variables set)."""
     raw, source = config.read(path, overrides)
     mine = config.build(raw, source, path)
-    doc = for_config(mine)
-    if not doc:
-        return mine, []
     explicit = {config.parse_override(t)[0] for t in overrides}
     notes = []
-    for key, value in (doc.get("horovod") or {}).items():
+    doc = for_config(mine)
+    for key, value in ((doc or {}).get("horovod") or {}).items():
         if key not in TUNED_KEYS or f"horovod.{key}" in explicit:
             continue
         if key == "op" and mine.horovod.op == "adasum":
@@ -97,4 +108,25 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             notes.append(f"tuned horovod.{key}={value} not applied: {exc}")
             continue
         raw = trial
-    return config.build(raw, f"{source} + tuned file", path), notes
+    if doc:
+        source = f"{source} + tuned file"
+    cfg = config.build(raw, source, path)
+    # Horovod's own variables (an export in a batch script, horovodrun --cycle-time-ms): they outrank the recipe and
+    # the tuned file, as Horovod's users expect of them, and give way to the command line
+    taken = set()
+    for key, (value, var) in knobs.set_in_environment(environ, cfg.horovod).items():
+        if key in explicit:
+            notes.append(f"{var}={environ[var]} in the environment gives way to the command line's {key}="
+                         f"{getattr(cfg.horovod, key.split('.')[1])}")
+            continue
+        trial = {**raw, "horovod": {**(raw.get("horovod") or {}), key.split(".")[1]: value}}
+        try:
+            config.build(trial, source, path)
+        except ConfigError as exc:
+            raise ConfigError(f"{var}={environ[var]} in the environment: {exc} Unset it, or set {key} "
+                              f"instead.") from None
+        raw = trial
+        taken.add(key)
+        notes.append(f"{key}={value:g} from {var}={environ[var]} in the environment (Horovod's own knob; it "
+                     f"outranks the recipe and the tuned file, not the command line)")
+    return config.build(raw, source, path), notes, taken

@@ -1,7 +1,9 @@
+import re
+
 import pytest
 import yaml
 
-from hvdfast import config, tune, tuned
+from hvdfast import config, knobs, tune, tuned
 from hvdfast.config import ConfigError
 
 
@@ -31,6 +33,41 @@ def test_tuned_file_sits_between_recipe_and_overrides(tmp_path, monkeypatch):
     assert config.load(None).horovod.compression == "none"      # config.load: the user's settings alone
     with pytest.raises(ConfigError, match="not a file written by 'hvdfast tune'"):
         tuned.load_config(None, [f"horovod.tuned={tmp_path / 'missing.yaml'}"])
+
+
+def test_horovods_own_variables_sit_between_the_tuned_file_and_overrides(tmp_path, monkeypatch):
+    """HOROVOD_FUSION_THRESHOLD, HOROVOD_CYCLE_TIME and HOROVOD_STALL_CHECK_TIME_SECONDS (an export in a batch script,
+    horovodrun's --fusion-threshold-mb / --cycle-time-ms) were overwritten by the recipe's values in every worker
+    without a word; now they outrank the recipe and the tuned file, give way to the command line, and say so."""
+    f = tmp_path / "tuned.yaml"
+    f.write_text(yaml.safe_dump({"horovod": {"cycle_time_ms": 2.0, "compression": "fp16"}}))
+    monkeypatch.setenv("HVDFAST_TUNED", str(f))
+    recipe = "launch/configs/digits-cpu.yaml"
+    env = {"HOROVOD_CYCLE_TIME": "5", "HOROVOD_FUSION_THRESHOLD": str(4 * 1024 * 1024)}  # horovodrun's own forms
+    cfg, notes = tuned.load_config(recipe, [], environ=env)
+    assert (cfg.horovod.cycle_time_ms, cfg.horovod.fusion_threshold_mb, cfg.horovod.compression) == (5.0, 4.0, "fp16")
+    assert notes == [f"horovod.{k}={v} from {var}={env[var]} in the environment (Horovod's own knob; it outranks "
+                     f"the recipe and the tuned file, not the command line)"
+                     for k, v, var in (("fusion_threshold_mb", 4, "HOROVOD_FUSION_THRESHOLD"),
+                                       ("cycle_time_ms", 5, "HOROVOD_CYCLE_TIME"))]
+    where = tuned.origins(recipe, [], cfg, environ=env)
+    assert (where["horovod.cycle_time_ms"], where["horovod.fusion_threshold_mb"], where["horovod.compression"]) == \
+        ("environment", "environment", "tuned file")
+    cfg, notes = tuned.load_config(recipe, ["horovod.cycle_time_ms=7"], environ=env)
+    assert cfg.horovod.cycle_time_ms == 7.0 and cfg.horovod.fusion_threshold_mb == 4.0
+    assert notes[1] == "HOROVOD_CYCLE_TIME=5 in the environment gives way to the command line's " \
+                       "horovod.cycle_time_ms=7.0"
+    # what `hvdfast launch` exports to its workers is the config's own values (fusion capped by the buckets): no
+    # change and no note
+    plain, _ = tuned.load_config(recipe, [], environ={})
+    exported = knobs.horovod_env(plain.horovod)
+    assert exported["HOROVOD_FUSION_THRESHOLD"] != str(int(plain.horovod.fusion_threshold_mb * 1024 * 1024))
+    assert tuned.load_config(recipe, [], environ=exported) == (plain, [])
+    for text, says in (("x", "HOROVOD_CYCLE_TIME='x' in the environment is not a number"),
+                       ("-3", "HOROVOD_CYCLE_TIME=-3 in the environment: config key 'horovod.cycle_time_ms' must be "
+                              "> 0, got -3.0.")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            tuned.load_config(recipe, [], environ={"HOROVOD_CYCLE_TIME": text})
 
 
 def test_no_tuned_file_means_the_recipe_alone():

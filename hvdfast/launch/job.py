@@ -20,7 +20,7 @@ def train_args(args) -> list[str]:
 
 
 def resolved(args) -> config.Config:
-    """The resolved training config (recipe < tuned file < overrides), loaded once per command."""
+    """The resolved training config (recipe < tuned file < environment < overrides), loaded once per command."""
     if getattr(args, "resolved", None) is None:
         args.resolved, _ = tuned.load_config(args.config, args.overrides)
     return args.resolved
