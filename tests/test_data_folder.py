@@ -40,6 +40,9 @@ def test_scan_reports_missing_and_empty_folders(tmp_path):
                             f"train/<class>/<image> and val/<class>/<image>, the same classes in both (hold out a "
                             f"share of each class's images as val/).")
     make_jpeg_tree(tmp_path / "d", classes=2, per_class={"train": 2, "val": 1})
+    one = make_jpeg_tree(tmp_path / "one", classes=1, per_class={"train": 2, "val": 1})
+    with pytest.raises(DataError, match=r"train' has one class folder \(c0\); a classifier needs two or more"):
+        scan(one)  # it trained to 100% with a loss of 0
     (tmp_path / "d/train/c9").mkdir()
     with pytest.raises(DataError, match=r"class folder .*c9' has no images"):
         scan(tmp_path / "d")

@@ -87,6 +87,9 @@ def _scan(data_dir: Path) -> tuple[Split, Split]:
                             f"train/<class>/<image> and val/<class>/<image>, the same classes in both (hold out a "
                             f"share of each class's images as val/).")
     train = scan_split(data_dir / "train")
+    if len(train.classes) < 2:  # trained to "100%" with a loss of 0: nothing to tell apart
+        raise DataError(f"'{data_dir / 'train'}' has one class folder ({train.classes[0]}); a classifier needs two "
+                        f"or more, one folder per class (train/<class>/<image>). Is data.dir one level too deep?")
     val = scan_split(data_dir / "val", classes=train.classes)
     return train, val
 
