@@ -69,6 +69,15 @@ def test_doctor_names_horovod_knobs_that_would_crash_it():
     assert "HOROVOD_CPU_OPERATIONS=gloo with Horovod's MPI controller crashes" in p.stdout
 
 
+def test_doctor_names_horovods_variables_that_outrank_the_recipe():
+    env = {**launcher_env(), "HOROVOD_CYCLE_TIME": "5"}
+    p = subprocess.run(hvdfast_cmd("doctor"), capture_output=True, text=True, timeout=120, env=env)
+    assert "  Environment  HOROVOD_CYCLE_TIME=5 (outranks the recipe's and the tuned file's horovod.cycle_time_ms; " \
+           "a command-line override outranks it)" in p.stdout.splitlines()
+    assert "Environment" not in subprocess.run(hvdfast_cmd("doctor"), capture_output=True, text=True, timeout=120,
+                                               env=launcher_env()).stdout
+
+
 def test_doctor_under_mpirun_reports_every_rank():
     """`mpirun -np 2 hvdfast doctor` (README): rank 0 gathers both ranks' stacks with mpi4py (MPI_Init was
     never called when doctor turned mpi4py's automatic init off for its version query, and every rank aborted)."""
