@@ -33,8 +33,21 @@ def test_workers_default_to_the_hosts_slots_and_never_exceed_them(tmp_path):
     assert dry("hosts", *CFG, "--hosts", "a:4,b:4").startswith("horovodrun -np 8 -H a:4,b:4 ")
     assert dry("mpirun", *CFG, "--hosts", "a,b,c").startswith("mpirun -np 3 -H a,b,c ")
     hostfile = tmp_path / "hosts"
-    hostfile.write_text("# two nodes\nn1 slots=3\nn2:2\n")
+    hostfile.write_text("# two nodes\n\nn1 slots=3 max_slots=4  # the big one\nn2 slots=2\n")
     assert dry("mpirun", *CFG, "--hostfile", str(hostfile)).startswith("mpirun -np 5 -hostfile ")
+    # horovodrun reads a hostfile only as bare 'host slots=N' lines (the comment, the blank line and max_slots
+    # crashed it) and takes -H only as host:N: hvdfast gives it -H, one worker on a host that names no slots
+    assert dry("hosts", *CFG, "--hostfile", str(hostfile)).startswith("horovodrun -np 5 -H n1:3,n2:2 --mpi ")
+    assert dry("hosts", *CFG, "--hostfile", str(hostfile), "--hosts", "n3,n1:1").startswith(
+        "horovodrun -np 7 -H n1:4,n2:2,n3:1 --mpi ")  # --hosts was dropped beside --hostfile
+    colon = tmp_path / "colon"
+    colon.write_text("n1 slots=3\nn2:2\n")
+    assert dry("hosts", *CFG, "--hostfile", str(colon)).startswith("horovodrun -np 5 -H n1:3,n2:2 ")
+    p = subprocess.run(hvdfast_cmd("launch", "mpirun", *CFG, "--hostfile", str(colon), "--dry-run"),
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=launcher_env())
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"hvdfast: error: hostfile {colon}: 'n2:2' is the form of --hosts; an Open MPI hostfile says 'n2 slots=2' "
+        f"(mpirun would look for a host named 'n2:2')."), p.stderr
     assert dry("local", *CFG).startswith("horovodrun -np 2 -H localhost:2 ")
     assert dry("hosts", *CFG, "--hosts", "a:4,b:4", "--np", "6").startswith("horovodrun -np 6 ")
     for where in (["--hosts", "a:2"], ["--hostfile", str(hostfile)]):

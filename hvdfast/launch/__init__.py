@@ -49,6 +49,17 @@ def _listed_hosts(args) -> list[tuple[str, int | None]]:
     return (hostfile_entries(args.hostfile) if args.hostfile else []) + (host_slots(args.hosts) if args.hosts else [])
 
 
+def _horovodrun_hosts(args) -> str:
+    """horovodrun's -H for --hostfile and --hosts together, one worker on a host that names no slots (as elastic
+    runs count them). horovodrun reads a hostfile only as bare 'host slots=N' lines (a comment, a blank line, a
+    'host:N' line or max_slots= crashed it with a traceback after the preflight had accepted the file), takes -H
+    only as host:N, and with both given dropped --hosts."""
+    merged: dict[str, int] = {}
+    for name, n in _listed_hosts(args):
+        merged[name] = merged.get(name, 0) + (n or 1)  # a host listed twice has the slots of both lines, as in MPI
+    return ",".join(f"{name}:{n}" for name, n in merged.items())
+
+
 def workers(args) -> int:
     """--np, or where it is left out every slot of --hosts / --hostfile (else 2). More workers than the hosts
     have slots is refused here, in one line, rather than by horovodrun or mpirun after the preflight."""
@@ -58,6 +69,8 @@ def workers(args) -> int:
             slots = [n for _, n in _listed_hosts(args)]
         except config.ConfigError:  # a missing hostfile: the preflight names it
             slots = []
+        if args.target == "hosts":
+            slots = [n or 1 for n in slots]  # what _horovodrun_hosts gives horovodrun
         known = sum(slots) if slots and None not in slots else None
     if args.np is None:
         return known or 2
@@ -148,10 +161,25 @@ def _check_resume(args) -> None:
             f"train.run_dir; to start from a checkpoint, copy it into that run_dir's checkpoints/ folder.")
 
 
+def _check_mpirun_hostfile(args) -> None:
+    """Open MPI reads a hostfile's 'host:N' line as a host named 'host:N' (its hostfiles say 'host slots=N'; -H
+    takes host:N), and failed to reach it after the preflight had passed: said before anything starts."""
+    if args.target != "mpirun" or not args.hostfile or not Path(args.hostfile).is_file():
+        return
+    for line in Path(args.hostfile).read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words and ":" in words[0]:
+            name, _, n = words[0].partition(":")
+            raise config.ConfigError(f"hostfile {args.hostfile}: '{words[0]}' is the form of --hosts; an Open MPI "
+                                     f"hostfile says '{name} slots={n}' (mpirun would look for a host named "
+                                     f"'{words[0]}').")
+
+
 def build(args) -> tuple[str, list[str] | None]:
     """(text to show, command to run or None for a batch script written to disk)."""
     _check_controller(args)
     _check_resume(args)
+    _check_mpirun_hostfile(args)
     elastic = _elastic(args)
     if args.target == "local":
         cmd = job.horovodrun_cmd(args, f"localhost:{args.np}", elastic=elastic)
@@ -159,7 +187,7 @@ def build(args) -> tuple[str, list[str] | None]:
     if args.target == "hosts":
         if not (args.hosts or args.hostfile):
             raise config.ConfigError("launch hosts needs --hosts h1:4,h2:4 or --hostfile FILE.")
-        cmd = job.horovodrun_cmd(args, args.hosts, elastic=elastic)
+        cmd = job.horovodrun_cmd(args, _horovodrun_hosts(args), elastic=elastic)
         return job.quote(cmd), cmd
     if args.target == "mpirun":
         cmd = job.mpirun_cmd(args)

@@ -48,11 +48,11 @@ def quote(cmd: list[str]) -> str:
 
 def horovodrun_cmd(args, hosts: str | None, program: list[str] | None = None, tuned_env: bool = True,
                    elastic: tuple[int, int, str] | None = None) -> list[str]:
-    """horovodrun for args (np, hostfile, nic, controller, config, overrides) running `program` (default: hvdfast
+    """horovodrun for args (np, nic, controller, config, overrides) on `hosts` (-H) running `program` (default: hvdfast
     train with the recipe); bench runs its workers through it too. `elastic`: see commands.horovodrun."""
     # horovodrun hands its own environment to every rank (local and over ssh): start it with the tuned settings.
     env = tuned.launcher_env(tuned.for_config(resolved(args))) if tuned_env else {}
-    return commands.horovodrun(args.np, program or train_args(args), hosts=hosts, hostfile=args.hostfile,
+    return commands.horovodrun(args.np, program or train_args(args), hosts=hosts,
                                nic=args.nic, controller="gloo" if elastic else controller(args), env=env,
                                elastic=elastic)
 
