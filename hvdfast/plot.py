@@ -29,6 +29,10 @@ def main(run_dir: str, out: str | None = None) -> Path:
               file=sys.stderr)
     train = [r for r in rows if r.get("kind") == "train"]
     val = [r for r in rows if r.get("kind") == "val"]
+    if not train and not val:  # an empty figure said nothing either
+        from .data.folder import DataError
+        raise DataError(f"{path} holds no training or validation records yet (the run has not logged its first "
+                        f"step, train.log_every); plot it once it has.")
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     ax[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax[0].plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val")

@@ -207,6 +207,13 @@ def test_plot_skips_a_line_cut_short(tmp_path):
     assert p.stderr.strip() == f"hvdfast plot: skipped 1 unreadable line(s) of {tmp_path / 'metrics.jsonl'} " \
                                f"(a run stopped mid-write?)"
     assert (tmp_path / "curves.png").stat().st_size > 0
+    # a run that has not logged a step yet: said, instead of an empty figure
+    (tmp_path / "curves.png").unlink()
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "summary", "step": 0}) + "\n")
+    p = run("plot", str(tmp_path))
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"hvdfast: error: {tmp_path / 'metrics.jsonl'} holds no training or validation records yet (the run has "
+        f"not logged its first step, train.log_every); plot it once it has.") and not (tmp_path / "curves.png").exists()
 
 
 def test_an_output_folder_that_cannot_be_written_stops_before_measuring(tmp_path):
