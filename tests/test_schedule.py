@@ -7,7 +7,7 @@ import pytest
 
 from hvdfast import config
 from hvdfast.config import OptimConfig
-from hvdfast.optim.schedule import from_config, lr_at, scaled_lr
+from hvdfast.optim.schedule import from_config, lr_at, scaled_lr, warmup_note
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_TRAIN = 1_281_167  # images in ILSVRC-2012's training set
@@ -60,6 +60,24 @@ def _mlperf_poly(iteration: int, *, base_lr: float, warmup: int, total: int, end
     if iteration <= warmup:
         return base_lr * iteration / warmup
     return end_lr + (base_lr - end_lr) * (1 - (iteration - warmup) / (total - warmup)) ** power
+
+
+def test_a_warmup_as_long_as_the_run_is_said():
+    """A short run of a recipe whose warmup is longer (the digits recipe's 1 epoch at train.epochs=0.5) never
+    reached its peak LR without a word."""
+    o = OptimConfig(warmup_epochs=1.0, schedule="cosine")
+    assert warmup_note(o, steps_per_epoch=45, epochs=0.5) == (
+        "optim.warmup_epochs=1 covers the whole run (train.epochs=0.5): the LR only warms up, to 49% of its peak at "
+        "the last step, and the cosine decay never starts; lower optim.warmup_epochs for a run this short")
+    fn, total = from_config(OptimConfig(lr=0.1, lr_batch=256, warmup_epochs=1.0), global_batch=256,
+                            steps_per_epoch=45, epochs=0.5)
+    assert fn(total - 1) == pytest.approx(0.1 * 22 / 45)  # what the note says: 22 of 45 warmup steps, 49%
+    assert warmup_note(o, steps_per_epoch=45, epochs=1.0).startswith("optim.warmup_epochs=1 covers the whole run "
+                                                                      "(train.epochs=1): the LR only warms up, to "
+                                                                      "100% of its peak")
+    assert warmup_note(o, steps_per_epoch=45, epochs=1.1) is None
+    assert warmup_note(OptimConfig(warmup_epochs=0.0), steps_per_epoch=45, epochs=0.01) is None
+    assert warmup_note(OptimConfig(warmup_epochs=1.0, schedule="constant"), steps_per_epoch=45, epochs=1.0) is None
 
 
 @pytest.mark.parametrize("recipe,gpus,per_gpu,lr,warmup_epochs,epochs", [

@@ -53,6 +53,19 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, sch
     raise ValueError(f"unknown schedule '{schedule}'")
 
 
+def warmup_note(ocfg, *, steps_per_epoch: int, epochs: float) -> str | None:
+    """A line for the run log when the warmup is as long as the run: the LR never reaches its peak, or reaches it
+    at the last step, and the decay never starts (a short smoke run of a long recipe)."""
+    total = max(1, round(epochs * steps_per_epoch))
+    warmup = round(ocfg.warmup_epochs * steps_per_epoch)
+    if warmup < total or ocfg.schedule == "constant" and warmup == total:
+        return None
+    decay = "" if ocfg.schedule == "constant" else f", and the {ocfg.schedule} decay never starts"
+    return (f"optim.warmup_epochs={ocfg.warmup_epochs:g} covers the whole run (train.epochs={epochs:g}): the LR "
+            f"only warms up, to {total / warmup:.0%} of its peak at the last step{decay}; lower "
+            f"optim.warmup_epochs for a run this short")
+
+
 def from_config(ocfg, *, global_batch: int, steps_per_epoch: int, epochs: float):
     """Bind the recipe to this run: returns (lr_fn(step) -> lr, total_steps)."""
     base = peak_lr(ocfg, global_batch)

@@ -89,6 +89,9 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
         notes.append(oversubscribed)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     p = plan(cfg, info, collectives=not elastic)
+    short = optim.schedule.warmup_note(cfg.optim, steps_per_epoch=p.steps_per_epoch, epochs=cfg.train.epochs)
+    if short:
+        notes.append(short)
     model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual, cfg.data.image_size)
     model.to(p.info.device)
     if not elastic:
