@@ -70,7 +70,7 @@ def set_in_environment(environ, cfg: HorovodConfig) -> dict:
             value = parse(text)
         except ValueError:
             raise ConfigError(f"{var}={text!r} in the environment is not a number; unset it, or set {key} "
-                             f"instead.") from None
+                              f"instead.") from None
         if value != getattr(cfg, key.split(".")[1]):
             found[key] = (value, var)
     return found
