@@ -1,4 +1,5 @@
 """Each bad input ends with one clear line from rank 0 (what is wrong, what to do), exit code 2, no traceback."""
+import contextlib
 import subprocess
 
 import pytest
@@ -13,6 +14,24 @@ SMALL = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "dat
 def train(*args, timeout=300):
     return subprocess.run(hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml", *args),
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=launcher_env())
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder, size: str, what: str):
+    """`folder` (made here) as a tmpfs of `size` while the block runs: a file system that fills up. Skips where
+    mounting is not allowed."""
+    import os
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a small file system for {what} needs root")
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def one_error(p, *needles):
@@ -198,21 +217,10 @@ def test_an_unknown_model_name_names_the_closest(digits_dir, tmp_path):
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_one_line(digits_dir, tmp_path):
     """Checkpoints are written in the background (checkpoint.Writer); a write that fails still ends the run within
     the next checkpoint interval, with the write's own line, and never as "done"."""
-    import os
     import re
-    if os.geteuid() != 0:
-        pytest.skip("mounting a full file system for the checkpoints needs root")
-    checkpoints = tmp_path / "run/checkpoints"
-    checkpoints.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(checkpoints)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "run/checkpoints", "64k", "the checkpoints"):
         p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'run'}", *SMALL, "train.epochs=0.25",
                   "train.checkpoint_every_steps=2", "train.log_every=1")
-    finally:
-        subprocess.run(["umount", str(checkpoints)], check=True)
     one_error(p, "could not write checkpoint", "No space left on device", "no earlier checkpoint exists")
     steps = [int(s) for s in re.findall(r"step (\d+)/(?:\d+)", p.stdout)]
     assert steps and max(steps) <= 4, p.stdout  # the step-2 checkpoint failed: stopped by the next one
@@ -243,22 +251,11 @@ def test_tensorboard_on_a_full_disk_is_one_line_and_training_goes_on(digits_dir,
     are off, metrics.jsonl keeps every record and the run ends as it would. TensorBoard's writer thread printed a
     traceback, and the next add_scalar raised its error in the training loop, ending the run."""
     import json
-    import os
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system for the events needs root")
-    events = tmp_path / "run/tensorboard"
-    events.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(events)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "run/tensorboard", "8k", "the events") as events:
         (events / "fill").write_bytes(bytes(4096))  # one 4 KiB page left: the first events fit, later ones not
         p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'run'}", *SMALL, "train.epochs=0.25",
                   "train.log_every=1")
         written = sorted(f.stat().st_size for f in events.iterdir() if f.name.startswith("events."))
-    finally:
-        subprocess.run(["umount", str(events)], check=True)
     assert p.returncode == 0 and "Traceback" not in p.stdout + p.stderr, p.stdout[-2000:] + p.stderr[-3000:]
     assert written == [4096]  # the events that fitted were written before the disk was full
     lines = [line for line in p.stdout.splitlines() if "TensorBoard" in line]
