@@ -89,6 +89,36 @@ def test_elastic_recipes_get_horovodruns_elastic_driver(tmp_path):
         assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+def test_a_users_host_discovery_script_is_checked_before_horovodrun_runs_it(tmp_path):
+    """horovodrun's elastic driver reads one 'host:slots' line per host; a hostfile's 'host slots=2' line (or a
+    script that fails) crashed it with a traceback in its discovery thread. A missing or non-executable script is
+    refused by a dry run too; its output is checked when the job is launched."""
+    scripts = {"missing": None, "plain": "localhost:2", "hostfile": "echo 'localhost slots=2'",
+               "fails": "echo 'no inventory service' >&2; exit 3", "empty": "true", "good": "echo localhost:2"}
+    for name, body in scripts.items():
+        if body is not None:
+            (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+            (tmp_path / name).chmod(0o644 if name == "plain" else 0o755)
+    for name, says in (("missing", "does not exist"), ("plain", "is not executable (chmod +x it)")):
+        p = subprocess.run(hvdfast_cmd("launch", "local", *CFG, "train.elastic=true", "--host-discovery-script",
+                                       str(tmp_path / name), "--dry-run"),
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=launcher_env())
+        assert p.returncode == 2 and p.stderr.strip() == f"hvdfast: error: --host-discovery-script " \
+            f"{tmp_path / name} {says}; horovodrun runs it to learn the hosts.", p.stderr
+    for name, says in (("hostfile", "printed 'localhost slots=2'; horovodrun's elastic driver reads one "
+                                     "'host:slots' line per available host (e.g. node1:4)."),
+                       ("fails", "exited with code 3 (no inventory service); horovodrun runs it to learn the hosts."),
+                       ("empty", "printed no hosts;")):
+        p = subprocess.run(hvdfast_cmd("launch", "local", *CFG, "train.elastic=true", "--host-discovery-script",
+                                       str(tmp_path / name), f"train.run_dir={tmp_path / 'run'}"),
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=launcher_env())
+        assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.strip().startswith(
+            f"hvdfast: error: --host-discovery-script {tmp_path / name} {says}"), p.stderr
+        assert not (tmp_path / "run").exists()  # nothing started
+    from hvdfast.launch import job
+    job.check_discovery_output(str(tmp_path / "good"))
+
+
 @pytest.mark.parametrize("args,says", [
     (["local", "--hosts", "a:2,b:2"], "--hosts does not apply to launch local (launch hosts runs on them); it is an "
                                       "option of launch hosts / mpirun."),

@@ -260,6 +260,8 @@ def main(argv=None) -> int:
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(body)
         script.chmod(0o755)
+    elif args.host_discovery_script and job.resolved(args).train.elastic:
+        job.check_discovery_output(os.path.abspath(args.host_discovery_script))
     if args.target == "ray":
         from .ray import run_ray  # imports Ray only for this target
         return run_ray(args)

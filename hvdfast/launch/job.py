@@ -4,7 +4,9 @@ targets and the benchmarks' workers start from here."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import subprocess
 from pathlib import Path
 
 from .. import config, tuned
@@ -72,9 +74,34 @@ def elastic_plan(args, slots: list[tuple[str, int]]) -> tuple[tuple[int, int, st
         raise config.ConfigError(f"elastic launch needs --min-np <= --np <= --max-np; got {args.min_np}, {args.np}, "
                                  f"{most}.")
     if args.host_discovery_script:
-        return (args.min_np, most, os.path.abspath(args.host_discovery_script)), None
+        script = os.path.abspath(args.host_discovery_script)
+        if not os.path.isfile(script) or not os.access(script, os.X_OK):
+            why = "is not executable (chmod +x it)" if os.path.isfile(script) else "does not exist"
+            raise config.ConfigError(f"--host-discovery-script {args.host_discovery_script} {why}; horovodrun runs "
+                                     f"it to learn the hosts.")
+        return (args.min_np, most, script), None
     path = Path(resolved(args).train.run_dir).absolute() / "discover-hosts.sh"
     return (args.min_np, most, str(path)), discovery_script(slots)
+
+
+def check_discovery_output(script: str) -> None:
+    """Run the user's host discovery script once, as horovodrun's elastic driver will: it reads one 'host:slots'
+    line per host, and a line in any other form ('host slots=2', a hostfile's) crashed the driver with a traceback
+    in its discovery thread."""
+    try:
+        p = subprocess.run([script], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise config.ConfigError(f"--host-discovery-script {script} could not be run ({exc}).") from None
+    if p.returncode != 0:
+        said = (p.stderr.strip().splitlines() or ["no message"])[-1]
+        raise config.ConfigError(f"--host-discovery-script {script} exited with code {p.returncode} ({said}); "
+                                 f"horovodrun runs it to learn the hosts.")
+    lines = [line.strip() for line in p.stdout.splitlines() if line.strip()]
+    bad = [line for line in lines if not re.fullmatch(r"[\w.-]+:\d+", line)]
+    if bad or not lines:
+        raise config.ConfigError(f"--host-discovery-script {script} printed "
+                                 f"{repr(bad[0]) if bad else 'no hosts'}; horovodrun's elastic driver reads one "
+                                 f"'host:slots' line per available host (e.g. node1:4).")
 
 
 def mpirun_cmd(args, np_expr: str | None = None, hostfile: str | None = None) -> list[str]:
