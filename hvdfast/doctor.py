@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import sys
 
+from .knobs import FROM_ENVIRONMENT
+
 REMEDY_INSTALL = "run launch/install.sh (it builds Horovod 0.28.1 with PyTorch, Gloo and MPI)"
 
 
@@ -93,7 +95,6 @@ def collect() -> tuple[dict, list[str]]:
         problems.append(f"NVIDIA DALI is not installed ({err}); run launch/install.sh "
                         f"(pip package nvidia-dali-cuda130), or use data.backend=torchvision.")
     report["mpi"] = _mpi_info()
-    from .knobs import FROM_ENVIRONMENT
     # Horovod's own variables that outrank a recipe's settings (tuned.load_config): a forgotten export changes runs
     report["horovod_environment"] = {v: os.environ[v] for v in FROM_ENVIRONMENT if v in os.environ}
     return report, problems
@@ -129,7 +130,6 @@ def render(report: dict, problems: list[str]) -> str:
         bf16 = "native" if report["cpu_bf16"] else "emulated"
         lines.append(f"  CPU kernels  {report['cpu_capability']}, bf16 {bf16} "
                      f"(train.precision=auto trains in {report['cpu_precision_auto']} on this CPU)")
-    from .knobs import FROM_ENVIRONMENT
     for var, text in (report.get("horovod_environment") or {}).items():
         lines.append(f"  Environment  {var}={text} (outranks the recipe's and the tuned file's "
                      f"{FROM_ENVIRONMENT[var][0]}; a command-line override outranks it)")

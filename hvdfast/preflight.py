@@ -28,20 +28,22 @@ SSH_OPTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ER
 COMPARED = ("python", "torch", "torchvision", "horovod", "dali", "hvdfast")
 
 
-def hostfile_entries(hostfile: str) -> list[tuple[str, int | None]]:
-    """(host, slots or None where the line gives none) per line of a hostfile ('h1 slots=4' / 'h1:4' / 'h1' lines,
-    # comments)."""
+def hostfile_lines(hostfile: str) -> list[list[str]]:
+    """The words of each line of a hostfile that says something (# comments and blank lines left out)."""
     from .config import ConfigError
     if not Path(hostfile).is_file():
         raise ConfigError(f"hostfile {hostfile} does not exist; write one 'host slots=N' line per node.")
+    return [words for line in Path(hostfile).read_text().splitlines() if (words := line.split("#", 1)[0].split())]
+
+
+def hostfile_entries(hostfile: str) -> list[tuple[str, int | None]]:
+    """(host, slots or None where the line gives none) per line of a hostfile ('h1 slots=4' / 'h1:4' / 'h1' lines,
+    # comments)."""
     entries = []
-    for line in Path(hostfile).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            first, *rest = line.split()
-            name, _, slots = first.partition(":")
-            slots = slots or next((r.partition("=")[2] for r in rest if r.startswith("slots=")), "")
-            entries.append((name, int(slots) if slots.isdigit() else None))
+    for first, *rest in hostfile_lines(hostfile):
+        name, _, slots = first.partition(":")
+        slots = slots or next((r.partition("=")[2] for r in rest if r.startswith("slots=")), "")
+        entries.append((name, int(slots) if slots.isdigit() else None))
     return entries
 
 

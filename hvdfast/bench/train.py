@@ -51,7 +51,7 @@ def launcher_cmd(variant: str, args, np_: int, program: list[str], hosts: str | 
     """horovodrun through `hvdfast launch`'s builder: the hvdfast variant with the process environment `hvdfast
     tune` chose, the baseline with Horovod's defaults."""
     from ..launch import job
-    spec = argparse.Namespace(np=np_, hostfile=None, nic=nic, controller=args.controller, config=args.config,
+    spec = argparse.Namespace(np=np_, nic=nic, controller=args.controller, config=args.config,
                               overrides=list(args.overrides))
     return job.horovodrun_cmd(spec, hosts or f"localhost:{np_}", program, tuned_env=variant == "hvdfast")
 

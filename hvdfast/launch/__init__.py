@@ -43,10 +43,12 @@ def _preflight(args) -> bool:
     return True
 
 
-def _listed_hosts(args) -> list[tuple[str, int | None]]:
-    """(host, slots; None where a hostfile line gives none) of --hostfile, then --hosts."""
+def _listed_hosts(args, missing: int | None = None) -> list[tuple[str, int | None]]:
+    """(host, slots) of --hostfile, then --hosts; `missing` where a line gives no slots (None: Open MPI decides,
+    1: one worker, as horovodrun's -H and its elastic driver need a number)."""
     from ..preflight import hostfile_entries
-    return (hostfile_entries(args.hostfile) if args.hostfile else []) + (host_slots(args.hosts) if args.hosts else [])
+    listed = (hostfile_entries(args.hostfile) if args.hostfile else []) + (host_slots(args.hosts) if args.hosts else [])
+    return [(name, missing if n is None else n) for name, n in listed]
 
 
 def _horovodrun_hosts(args) -> str:
@@ -55,8 +57,8 @@ def _horovodrun_hosts(args) -> str:
     'host:N' line or max_slots= crashed it with a traceback after the preflight had accepted the file), takes -H
     only as host:N, and with both given dropped --hosts."""
     merged: dict[str, int] = {}
-    for name, n in _listed_hosts(args):
-        merged[name] = merged.get(name, 0) + (n or 1)  # a host listed twice has the slots of both lines, as in MPI
+    for name, n in _listed_hosts(args, missing=1):
+        merged[name] = merged.get(name, 0) + n  # a host listed twice has the slots of both lines, as in MPI
     return ",".join(f"{name}:{n}" for name, n in merged.items())
 
 
@@ -66,11 +68,9 @@ def workers(args) -> int:
     known = None  # the hosts' slots, where every host says how many
     if args.hosts or args.hostfile:
         try:
-            slots = [n for _, n in _listed_hosts(args)]
+            slots = [n for _, n in _listed_hosts(args, missing=1 if args.target == "hosts" else None)]
         except config.ConfigError:  # a missing hostfile: the preflight names it
             slots = []
-        if args.target == "hosts":
-            slots = [n or 1 for n in slots]  # what _horovodrun_hosts gives horovodrun
         known = sum(slots) if slots and None not in slots else None
     if args.np is None:
         return known or 2
@@ -96,7 +96,7 @@ def _elastic(args) -> tuple[int, int, str] | None:
     if args.controller == "mpi":
         raise config.ConfigError("train.elastic=true runs on Horovod's Gloo controller (Horovod's elastic mode has "
                                  "no MPI one): leave --controller out or set it to gloo.")
-    slots = [(name, n or 1) for name, n in _listed_hosts(args)] or [("localhost", args.np)]
+    slots = _listed_hosts(args, missing=1) or [("localhost", args.np)]
     if len({name for name, _ in slots}) < 2 and not args.nic:
         if args.target != "local":
             raise config.ConfigError("an elastic job on one host needs --nic: horovodrun finds the interface the "
@@ -166,9 +166,9 @@ def _check_mpirun_hostfile(args) -> None:
     takes host:N), and failed to reach it after the preflight had passed: said before anything starts."""
     if args.target != "mpirun" or not args.hostfile or not Path(args.hostfile).is_file():
         return
-    for line in Path(args.hostfile).read_text().splitlines():
-        words = line.split("#", 1)[0].split()
-        if words and ":" in words[0]:
+    from ..preflight import hostfile_lines
+    for words in hostfile_lines(args.hostfile):
+        if ":" in words[0]:
             name, _, n = words[0].partition(":")
             raise config.ConfigError(f"hostfile {args.hostfile}: '{words[0]}' is the form of --hosts; an Open MPI "
                                      f"hostfile says '{name} slots={n}' (mpirun would look for a host named "

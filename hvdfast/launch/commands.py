@@ -25,18 +25,16 @@ def process_env(base: Optional[Mapping[str, str]] = None, **extra: str) -> dict:
     return env
 
 
-def horovodrun(np: int, program: Sequence[str], *, hosts: Optional[str] = None, hostfile: Optional[str] = None,
-               nic: Optional[str] = None, controller: str = "mpi", env: Optional[Mapping[str, str]] = None,
+def horovodrun(np: int, program: Sequence[str], *, hosts: Optional[str] = None, nic: Optional[str] = None,
+               controller: str = "mpi", env: Optional[Mapping[str, str]] = None,
                elastic: Optional[tuple[int, int, str]] = None, options: Sequence[str] = ()) -> list[str]:
-    """horovodrun -np N (-H hosts | --hostfile F) [--network-interface NIC] --CONTROLLER [options] PROGRAM.
+    """horovodrun -np N -H hosts [--network-interface NIC] --CONTROLLER [options] PROGRAM.
     `env`: variables every rank starts with (horovodrun hands its own environment to local and ssh ranks).
     `elastic`: (min workers, max workers, host discovery script) instead of a fixed host list."""
     cmd = (["env", *[f"{k}={v}" for k, v in sorted(env.items())]] if env else [])
     cmd += ["horovodrun", "-np", str(np)]  # found on process_env()'s PATH (this environment's bin first)
     if elastic:
         cmd += ["--min-np", str(elastic[0]), "--max-np", str(elastic[1]), "--host-discovery-script", elastic[2]]
-    elif hostfile:
-        cmd += ["--hostfile", hostfile]
     else:
         cmd += ["-H", hosts or f"localhost:{np}"]
     if nic:

@@ -53,11 +53,15 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, sch
     raise ValueError(f"unknown schedule '{schedule}'")
 
 
+def _steps(ocfg, steps_per_epoch: int, epochs: float) -> tuple[int, int]:
+    """(optimizer steps of the run, of its warmup)."""
+    return max(1, round(epochs * steps_per_epoch)), round(ocfg.warmup_epochs * steps_per_epoch)
+
+
 def warmup_note(ocfg, *, steps_per_epoch: int, epochs: float) -> str | None:
     """A line for the run log when the warmup is as long as the run: the LR never reaches its peak, or reaches it
     at the last step, and the decay never starts (a short smoke run of a long recipe)."""
-    total = max(1, round(epochs * steps_per_epoch))
-    warmup = round(ocfg.warmup_epochs * steps_per_epoch)
+    total, warmup = _steps(ocfg, steps_per_epoch, epochs)
     if warmup < total or ocfg.schedule == "constant" and warmup == total:
         return None
     decay = "" if ocfg.schedule == "constant" else f", and the {ocfg.schedule} decay never starts"
@@ -69,8 +73,7 @@ def warmup_note(ocfg, *, steps_per_epoch: int, epochs: float) -> str | None:
 def from_config(ocfg, *, global_batch: int, steps_per_epoch: int, epochs: float):
     """Bind the recipe to this run: returns (lr_fn(step) -> lr, total_steps)."""
     base = peak_lr(ocfg, global_batch)
-    total = max(1, round(epochs * steps_per_epoch))
-    warmup = round(ocfg.warmup_epochs * steps_per_epoch)
+    total, warmup = _steps(ocfg, steps_per_epoch, epochs)
     milestones = tuple(round(e * steps_per_epoch) for e in ocfg.step_epochs)
 
     def fn(step: int) -> float:
