@@ -38,6 +38,7 @@ class ElasticRun:
     wd: Watchdog
     commit_every: int    # optimizer steps between in-memory commits
     vote: stop.StopVote  # the stop agreement (its vote in flight died with the old Horovod at a reset)
+    source: str          # where training goes on from: 'fresh' or a checkpoint, then 'elastic reset'
 
     def on_reset(self) -> None:
         """After workers came or went: rebuild what the world size decides, and the rank-0 outputs."""
@@ -69,6 +70,9 @@ class ElasticRun:
     def train(self, state) -> None:
         # Horovod: after a reset `state` holds the last commit; the run goes on from the images it had seen.
         self.st.step = state.images // self.job.plan.global_batch
+        p = self.job.plan
+        self.rep.start(self.st.step, p.global_batch, p.info.size, self.source)  # what came after it is superseded
+        self.source = "elastic reset"
         dist.rejoin(self.job.opt, self.job.plan.info.size)  # every rank of the new world, joiners included
         fit(self.job, self.st, self.rep, self.wd, self.after_step, self.vote)
         state.commit()
@@ -87,7 +91,8 @@ def run(cfg: config.Config, notes, vote: stop.StopVote) -> dict:
     er = ElasticRun(job=job, st=st, rep=Reporter(job.run_dir, info.is_main, "lines", job.plan.total_steps),
                     wd=Watchdog(job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s),
                     state=dist.elastic_state(job.model, job.opt, images=st.step * job.plan.global_batch),
-                    commit_every=cfg.train.checkpoint_every_steps or 10, vote=vote)
+                    commit_every=cfg.train.checkpoint_every_steps or 10, vote=vote,
+                    source=str(path) if path else "fresh")
     summary.announce(job, st, er.rep, path)
     er.announce_world()
     er.state.register_reset_callbacks([er.on_reset])

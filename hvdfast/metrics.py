@@ -56,29 +56,53 @@ def _quiet_tensorboard_thread() -> None:
 
 
 class Reporter:
-    """Does nothing on ranks other than 0, so callers need no `if rank == 0`."""
+    """Does nothing on ranks other than 0, so callers need no `if rank == 0`.
+
+    Every record carries `images_seen` (all workers), the run's position: optimizer steps are renumbered when a
+    run resumes or an elastic reset goes on at another world size (run.resume), images seen are not, so
+    TensorBoard's step axis counts them too (and runs of different global batch line up). `start()` marks where
+    this process, or an elastic reset, continues the run: what an earlier attempt logged beyond that point (after
+    the checkpoint a crashed run resumes from, or the commit an elastic reset rolls back to) is superseded, and
+    TensorBoard hides it (purge_step) as hvdfast plot drops it."""
 
     def __init__(self, run_dir: Path, enabled: bool, progress: str = "auto", total_steps: int = 0):
         self.enabled = enabled
         self.t0 = time.perf_counter()
+        self.images_per_step = 0  # the global batch, from start()
         self._bar = None
         self._tb = None
+        self._tb_failed = False
         self._file = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self._path = run_dir / "metrics.jsonl"
+        self._tb_dir = run_dir / "tensorboard"
         self._file = open(self._path, "a", buffering=1)
         _quiet_tensorboard_thread()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        except Exception as exc:  # tensorboard missing, or its folder cannot be written
-            self._tb_off(exc)
         use_bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
         if use_bar:
             from tqdm import tqdm
             self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def start(self, step: int, global_batch: int, workers: int, source: str) -> None:
+        """Training goes on from `step` at `global_batch` (source: 'fresh', the checkpoint's path, 'elastic
+        reset'): a `start` record, and TensorBoard's writer (re)opened to purge what was logged beyond it."""
+        self.images_per_step = global_batch
+        if not self.enabled:
+            return
+        seen = step * global_batch
+        if self._tb is not None:
+            self._close_tb()
+        if not self._tb_failed:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                # events of an earlier attempt at images_seen > seen are hidden (the ones at `seen` are this
+                # run's history: nothing is logged there again)
+                self._tb = SummaryWriter(log_dir=str(self._tb_dir), purge_step=seen + 1)
+            except Exception as exc:  # tensorboard missing, or its folder cannot be written
+                self._tb_off(exc)
+        self.record("start", step, {"global_batch": global_batch, "workers": workers, "from": source})
 
     @property
     def has_bar(self) -> bool:
@@ -101,27 +125,35 @@ class Reporter:
     def record(self, kind: str, step: int, values: dict, show: Optional[str] = None) -> None:
         if not self.enabled:
             return
-        rec = {"kind": kind, "step": step, "time_s": round(self.elapsed(), 3)}
+        seen = step * self.images_per_step
+        rec = {"kind": kind, "step": step, "images_seen": seen, "time_s": round(self.elapsed(), 3)}
         rec.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()})
         if self._file is not None:  # None once it could not be written (the run is ending)
             try:
                 self._file.write(json.dumps(rec) + "\n")
             except OSError as exc:
                 self._lost(exc)
-        if self._tb is not None:
+        if self._tb is not None and kind != "start":
             try:
                 for k, v in values.items():
                     if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                        self._tb.add_scalar(f"{kind}/{k}", v, step)
+                        self._tb.add_scalar(f"{kind}/{k}", v, seen)
             except OSError as exc:  # TensorBoard is a view of metrics.jsonl: training goes on without it
-                tb, self._tb = self._tb, None
-                with contextlib.suppress(OSError):
-                    tb.close()
                 self._tb_off(exc)
+                self._close_tb()
         if show:
             self.line(show)
 
+    def _close_tb(self) -> None:
+        tb, self._tb = self._tb, None
+        try:
+            tb.close()
+        except OSError as exc:
+            if not self._tb_failed:  # said once
+                self._tb_off(exc)
+
     def _tb_off(self, exc: Exception) -> None:
+        self._tb_failed = True
         self.line(f"TensorBoard events off from here ({getattr(exc, 'strerror', None) or exc}); metrics.jsonl keeps "
                   f"every record (hvdfast plot draws it)")
 
@@ -146,9 +178,6 @@ class Reporter:
         if self._bar is not None:
             self._bar.close()
         if self._tb is not None:
-            try:
-                self._tb.close()
-            except OSError as exc:
-                self._tb_off(exc)
+            self._close_tb()
         if self._file is not None:
             self._file.close()

@@ -36,6 +36,7 @@ def run(cfg: config.Config, notes=()) -> dict:
     summary.write_run_files(job)
     rep = Reporter(job.run_dir, job.plan.info.is_main, cfg.train.progress, job.plan.total_steps)
     summary.announce(job, st, rep, path)
+    rep.start(st.step, job.plan.global_batch, job.plan.info.size, str(path) if path else "fresh")
     wd = Watchdog(job.run_dir, job.plan.info.rank, job.plan.info.size, cfg.train.hang_timeout_s)
     st.t_start = time.perf_counter() - st.trained_s
     if job.plan.info.is_main:

@@ -12,12 +12,13 @@ import time
 import pytest
 from conftest import ROOT, SIGNAL_AFTER_STEP, hvdfast_cmd, launcher_env, worker_pid
 
+from hvdfast import plot
 from hvdfast.launch import commands
 
 
 def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tuple = ("horovod.bucket_mb=0",),
-                via_launch: bool = False) -> tuple[str, int, dict]:
-    """(output, exit code, rank 0's summary record) of a 2-worker elastic run whose 127.0.0.1 worker is killed
+                via_launch: bool = False) -> tuple[str, int, dict, list[dict]]:
+    """(output, exit code, rank 0's summary record, its records as hvdfast plot reads them) of a 2-worker elastic run whose 127.0.0.1 worker is killed
     at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per epoch on the short digits). via_launch: started as a user
     would, `hvdfast launch hosts --hosts localhost:1,127.0.0.1:1` (which writes the discovery script), instead of
     horovodrun's elastic options given here."""
@@ -53,14 +54,21 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tu
     assert killed, out[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] \
         if (run / "metrics.jsonl").is_file() else []
-    return out, job.returncode, next((r for r in rows if r["kind"] == "summary"), {})
+    kept = plot.current(rows)
+    # one history: an elastic reset goes on from the last commit, and what was logged after it is superseded
+    seen = [r["images_seen"] for r in kept if r["kind"] == "train"]
+    assert seen == sorted(set(seen)), seen
+    return out, job.returncode, next((r for r in rows if r["kind"] == "summary"), {}), rows
 
 
 def test_elastic_run_survives_a_dead_worker(short_digits_dir, tmp_path):
     """Through `hvdfast launch hosts` with train.elastic=true, as a user starts it: horovodrun's elastic driver
     (Gloo, --min-np 1 --max-np 2, a discovery script in the run folder listing the hosts)."""
-    out, rc, summary = elastic_run(short_digits_dir, tmp_path, epochs=2, extra=[], via_launch=True)
+    out, rc, summary, rows = elastic_run(short_digits_dir, tmp_path, epochs=2, extra=[], via_launch=True)
     assert rc == 0, out[-4000:]
+    starts = [(r["from"], r["workers"], r["images_seen"]) for r in rows if r["kind"] == "start"]
+    assert [s[:2] for s in starts] == [("fresh", 2), ("elastic reset", 1)], starts
+    assert starts[1][2] % (5 * 32) == 0, starts  # a commit: every 5 steps of global batch 32
     assert f"--min-np 1 --max-np 2 --host-discovery-script {tmp_path / 'run' / 'discover-hosts.sh'} --gloo" in out
     assert "not started by horovodrun's elastic driver" not in out
     assert "elastic: 1 worker(s), global batch 16" in out        # rebuilt for the smaller world
@@ -80,7 +88,7 @@ def test_elastic_run_takes_the_worker_back(short_digits_dir, tmp_path, horovod):
     step in flight; and with PowerSGD on them: every world starts from rank 0's Q with its errors at zero, so the
     ranks still end bit-identical. 4 epochs of 20 steps: the worker is back about 8 two-worker steps after the
     kill at step 25 (9 s here), with 55 left."""
-    out, rc, summary = elastic_run(short_digits_dir, tmp_path, epochs=4,
+    out, rc, summary, _ = elastic_run(short_digits_dir, tmp_path, epochs=4,
                                    extra=["--blacklist-cooldown-range", "2", "4"], horovod=horovod)
     assert rc == 0, out[-4000:]
     assert "elastic: 1 worker(s), global batch 16" in out

@@ -1,5 +1,7 @@
 """A worker SIGKILLed mid-epoch: the launcher exits, the same command resumes, and the result is bit-identical
-to an uninterrupted run (deterministic mode, CPU, 2 ranks through the real horovodrun)."""
+to an uninterrupted run (deterministic mode, CPU, 2 ranks through the real horovodrun). A resumed run's records:
+one history in metrics.jsonl's reading (hvdfast plot) and in TensorBoard."""
+import json
 import os
 import signal
 import subprocess
@@ -7,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from hvdfast import checkpoint
+from hvdfast import checkpoint, plot
 
-from conftest import ROOT, STEPS, STEPS_PER_EPOCH, launch_cmd, launcher_env, worker_pid
+from conftest import ROOT, STEPS, STEPS_PER_EPOCH, launch_cmd, launcher_env, train_args, worker_pid
 
 KILL_AFTER_STEP = 30    # epoch 2 of 2 starts at step STEPS_PER_EPOCH (20): the kill lands mid-epoch
 assert STEPS_PER_EPOCH < KILL_AFTER_STEP < STEPS and KILL_AFTER_STEP % 10 == 0  # right after a checkpoint
@@ -67,3 +70,43 @@ def test_killed_worker_ends_the_job_and_the_rerun_matches_an_uninterrupted_run(s
     # the uninterrupted run's checkpoints at the same steps do), not rank 0's alone
     assert any(k.endswith("running_var") for k in a) and a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_a_resumed_run_has_one_history_in_images_seen(short_digits_dir, tmp_path):
+    """A run whose newest checkpoint is older than its last records (what a crash after a checkpoint leaves: here
+    the later checkpoints are removed), resumed at another global batch (as after a change of worker count): steps
+    are renumbered (step 10 at batch 32 is step 20 at batch 16), so both views count images seen, and what the
+    first attempt logged beyond the checkpoint is superseded: hvdfast plot drops it (plot.current) and TensorBoard
+    purges it (purge_step). Before, TensorBoard kept both attempts' points at the same steps, and the plot drew
+    the first attempt's steps 15-20 beside the second's 25-40."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    common = ["train.epochs=1", "train.checkpoint_every_steps=5", "train.keep_checkpoints=20"]
+    first = subprocess.run(train_args(short_digits_dir, run, *common, "data.batch_size=32"), env=launcher_env(),
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for ckpt in checkpoint.list_checkpoints(run / "checkpoints"):
+        if checkpoint.load(ckpt)["step"] > 10:
+            ckpt.unlink()
+    again = subprocess.run(train_args(short_digits_dir, run, *common, "data.batch_size=16"), env=launcher_env(),
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming from" in again.stdout and "(step 20, epoch 0)" in again.stdout, \
+        again.stdout[-3000:] + again.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    starts = [(r["images_seen"], r["global_batch"]) for r in rows if r["kind"] == "start"]
+    assert starts == [(0, 32), (320, 16)]
+    kept = plot.current(rows)
+    train = [r for r in kept if r["kind"] == "train"]
+    # logged every 5 steps: 160 images at batch 32 up to the checkpoint at 320, then 80 at batch 16
+    assert [r["images_seen"] for r in train] == [160, 320, 400, 480, 560, 640]
+    assert [r["step"] for r in train] == [5, 10, 25, 30, 35, 40]
+    assert [r["images_seen"] for r in kept if r["kind"] in ("val", "summary")] == [640, 640]
+    assert sum(r["kind"] == "summary" for r in rows) == 2 and kept[-1] == rows[-1]  # the second attempt's
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    for tag, kind, key in (("train/loss", "train", "loss"), ("train/top1", "train", "top1"),
+                           ("val/top1", "val", "top1"), ("summary/best_top1", "summary", "best_top1")):
+        points = [(e.step, e.value) for e in events.Scalars(tag)]
+        want = [(r["images_seen"], r[key]) for r in kept if r["kind"] == kind]
+        assert [s for s, _ in points] == [s for s, _ in want], tag
+        assert [v for _, v in points] == pytest.approx([v for _, v in want], rel=1e-6, abs=1e-6), tag
