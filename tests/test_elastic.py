@@ -18,9 +18,9 @@ from hvdfast.launch import commands
 
 def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tuple = ("horovod.bucket_mb=0",),
                 via_launch: bool = False) -> tuple[str, int, dict, list[dict]]:
-    """(output, exit code, rank 0's summary record, its records as hvdfast plot reads them) of a 2-worker elastic run whose 127.0.0.1 worker is killed
-    at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per epoch on the short digits). via_launch: started as a user
-    would, `hvdfast launch hosts --hosts localhost:1,127.0.0.1:1` (which writes the discovery script), instead of
+    """(output, exit code, rank 0's summary record, all its records) of a 2-worker elastic run whose 127.0.0.1
+    worker is killed at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per epoch on the short digits). The records
+    must read as one history (plot.current). via_launch: started as a user would, `hvdfast launch hosts --hosts localhost:1,127.0.0.1:1` (which writes the discovery script), instead of
     horovodrun's elastic options given here."""
     run = tmp_path / "run"
     config = ["--config", str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", *horovod,
