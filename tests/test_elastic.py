@@ -20,8 +20,9 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tu
                 via_launch: bool = False) -> tuple[str, int, dict, list[dict]]:
     """(output, exit code, rank 0's summary record, all its records) of a 2-worker elastic run whose 127.0.0.1
     worker is killed at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per epoch on the short digits). The records
-    must read as one history (plot.current). via_launch: started as a user would, `hvdfast launch hosts --hosts localhost:1,127.0.0.1:1` (which writes the discovery script), instead of
-    horovodrun's elastic options given here."""
+    must read as one history (plot.current). via_launch: started as a user would, `hvdfast launch hosts --hosts
+    localhost:1,127.0.0.1:1` (which writes the discovery script), instead of horovodrun's elastic options given
+    here."""
     run = tmp_path / "run"
     config = ["--config", str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", *horovod,
               f"data.dir={digits_dir}", "data.backend=torchvision", "data.workers=0", "model.name=resnet18",
