@@ -9,7 +9,7 @@ import time
 from . import config
 from .metrics import Reporter
 from .run import resume, stop, summary
-from .run.fit import TrainingError, fit  # noqa: F401  (TrainingError: cli reports it as a user error)
+from .run.fit import TrainingError, fit, out_of_memory_in_one_line  # noqa: F401  (TrainingError: cli's user error)
 from .run.setup import setup
 from .run.summary import consistency, param_digest  # noqa: F401  (used by tests and bench)
 from .watchdog import Watchdog
@@ -22,6 +22,11 @@ def process_start() -> float:
 
 
 def run(cfg: config.Config, notes=()) -> dict:
+    with out_of_memory_in_one_line(cfg):  # the same line from setup (data, model, placement) as from training
+        return _run(cfg, notes)
+
+
+def _run(cfg: config.Config, notes) -> dict:
     # first, so that a scheduler's warning during setup is kept for the first step instead of killing the process
     vote = stop.StopVote(cfg.train.max_time, process_start()).install()
     if cfg.train.elastic:

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT, hvdfast_cmd, launcher_env, make_jpeg_tree, run_launcher
+from conftest import ROOT, hvdfast_cmd, launch_cmd, launcher_env, make_jpeg_tree, run_launcher
 
 SMALL = ["model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16",
          "data.backend=torchvision", "train.progress=lines", "train.target_top1=0"]
@@ -291,3 +291,37 @@ def test_more_threads_than_owned_cores_is_said_at_start():
     assert threads_note(0, 2) is None and threads_note(2, 2) is None  # 0: one per owned core
     assert threads_note(4, 2).startswith("train.threads=4 on the 2 core(s) this worker owns: torch's threads then "
                                          "wait on each other")
+
+
+def test_memory_that_runs_out_is_one_line_from_each_rank_it_ran_out_on(tmp_path):
+    """A batch too large for the memory (here each worker's address space capped at 10 GiB by `prlimit --as`,
+    under 1,024 ResNet-50 images of 224 px per worker; on a GPU, CUDA's allocator) ended the run in a 40-line
+    traceback from every rank. Now each rank whose allocation failed says so in one line naming the knobs to
+    lower (each: where a host's workers share its memory, rank 0 may not be one of them), and the job fails.
+    Two ranks under the real horovodrun --gloo."""
+    args = [*hvdfast_cmd("train", "--config", str(ROOT / "launch/configs/digits-cpu.yaml")), "data.backend=synthetic",
+            "data.image_size=224", "data.batch_size=1024", "train.epochs=1", f"train.run_dir={tmp_path / 'run'}"]
+    p = subprocess.run(["prlimit", f"--as={10 << 30}", *launch_cmd("gloo", 2, args)], env=launcher_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    # (horovodrun --gloo's own traceback on a failed worker stays: `hvdfast launch` condenses it to a line)
+    assert p.returncode != 0 and not [r for r in out.splitlines() if r.startswith("[") and "Traceback" in r], out
+    errors = sorted(line.split(">:", 1)[-1] for line in out.splitlines() if "hvdfast: error" in line)
+    line = ("out of CPU memory (asked for {} GiB) at data.batch_size=1024 per worker, data.image_size=224, "
+            "model.name=resnet50, train.precision=auto: lower data.batch_size (divided by K, with "
+            "horovod.backward_passes_per_step=K, the global batch stays) or data.image_size; this host's 2 workers "
+            "share its memory.")
+    assert len(errors) == 2, out[-3000:]
+    asked = [e.split("asked for ")[1].split(" GiB")[0] for e in errors]
+    assert errors == [f"hvdfast: error (rank 1): {line.format(asked[0])}", f"hvdfast: error: {line.format(asked[1])}"]
+
+
+def test_a_gpu_allocation_that_failed_is_read_as_one():
+    """CUDA's allocator raises torch.cuda.OutOfMemoryError with what it tried to allocate (no GPU here to make one
+    fail): read as GPU memory and the size asked for; other errors are left alone."""
+    from hvdfast.run.fit import _failed_allocation
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                      "of 79.10 GiB of which 1.06 GiB is free.")
+    assert _failed_allocation(oom) == ("GPU", "2.00 GiB")
+    assert _failed_allocation(MemoryError()) == ("CPU", "")
+    assert _failed_allocation(RuntimeError("Kernel size can't be greater than actual input size")) is None

@@ -4,11 +4,16 @@ re-enter the loop after a reset and a checkpoint is a plain copy of it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+
+import torch
 
 from .. import checkpoint, config, dist, engine
 from ..metrics import Reporter, eval_metrics, window_metrics
@@ -19,6 +24,57 @@ from .setup import Job
 
 class TrainingError(RuntimeError):
     """A run that must stop (e.g. loss diverged); the message says what to try."""
+
+
+class OutOfMemory(TrainingError):
+    """A rank's allocation failed. Each rank it happened to says so in one line: where workers share a host's
+    memory (or GPUs differ) rank 0 may not be one of them, and its own line would only say a worker left."""
+    rank_local = True
+
+
+def _failed_allocation(exc: BaseException) -> Optional[tuple[str, str]]:
+    """(which memory, what was asked for) when `exc` is an allocation that failed (torch's CUDA or CPU allocator,
+    or Python's MemoryError); None for anything else."""
+    text = str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in text:
+        asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
+        return "GPU", asked.group(1) if asked else ""
+    asked = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if asked:
+        return "CPU", f"{int(asked.group(1)) / 2**30:.2f} GiB"
+    if isinstance(exc, MemoryError):
+        return "CPU", ""
+    return None
+
+
+def _workers_here() -> int:
+    """The workers on this host as the launcher says (before Horovod starts, too); 1 where it does not say."""
+    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "HOROVOD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"):
+        with contextlib.suppress(KeyError, ValueError):
+            return int(os.environ[var])
+    return 1
+
+
+@contextlib.contextmanager
+def out_of_memory_in_one_line(cfg: config.Config):
+    """Around a run (setup, where the data and model are placed, and training): a failed allocation (a batch too
+    large for the device) becomes OutOfMemory, one line that says which knobs to lower, instead of a traceback
+    from every rank."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        failed = _failed_allocation(exc)
+        if failed is None:
+            raise
+        memory, asked = failed
+        here = _workers_here()
+        raise OutOfMemory(
+            f"out of {memory} memory" + (f" (asked for {asked})" if asked else "") + f" at data.batch_size="
+            f"{cfg.data.batch_size} per worker, data.image_size={cfg.data.image_size}, model.name={cfg.model.name}, "
+            f"train.precision={cfg.train.precision}: lower data.batch_size (divided by K, with "
+            f"horovod.backward_passes_per_step=K, the global batch stays) or data.image_size"
+            + (f"; this host's {here} workers share its memory" if memory == "CPU" and here > 1 else "")
+            + ".") from None
 
 
 @dataclass
