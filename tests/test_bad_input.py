@@ -317,11 +317,17 @@ def test_memory_that_runs_out_is_one_line_from_each_rank_it_ran_out_on(tmp_path)
 
 
 def test_a_gpu_allocation_that_failed_is_read_as_one():
-    """CUDA's allocator raises torch.cuda.OutOfMemoryError with what it tried to allocate (no GPU here to make one
-    fail): read as GPU memory and the size asked for; other errors are left alone."""
+    """CUDA's allocator raises torch.cuda.OutOfMemoryError with what it tried to allocate, DALI's its own words (no
+    GPU here to make one fail; the texts are torch's and DALI's): read as GPU memory and the size asked for; other
+    errors are left alone."""
     from hvdfast.run.fit import _failed_allocation
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
                                       "of 79.10 GiB of which 1.06 GiB is free.")
     assert _failed_allocation(oom) == ("GPU", "2.00 GiB")
     assert _failed_allocation(MemoryError()) == ("CPU", "")
+    # DALI's (its CUDABadAlloc, through a pipeline's error or pybind11's MemoryError)
+    assert _failed_allocation(RuntimeError("Critical error in pipeline:\nError in MIXED operator "
+                                           "`nvidia.dali.fn.decoders.image`: CUDA allocation failed")) == ("GPU", "")
+    assert _failed_allocation(MemoryError("Can't allocate 1073741824 bytes on device 0.")) == ("GPU", "1.00 GiB")
+    assert _failed_allocation(MemoryError("Can't allocate 536870912 bytes on host.")) == ("CPU", "0.50 GiB")
     assert _failed_allocation(RuntimeError("Kernel size can't be greater than actual input size")) is None

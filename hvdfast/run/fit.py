@@ -33,15 +33,20 @@ class OutOfMemory(TrainingError):
 
 
 def _failed_allocation(exc: BaseException) -> Optional[tuple[str, str]]:
-    """(which memory, what was asked for) when `exc` is an allocation that failed (torch's CUDA or CPU allocator,
-    or Python's MemoryError); None for anything else."""
+    """(which memory, what was asked for) when `exc` is an allocation that failed: torch's CUDA allocator
+    (OutOfMemoryError, 'Tried to allocate 2.00 GiB'), its CPU allocator ('you tried to allocate N bytes'), DALI's
+    (dali/core/cuda_error.h's CUDABadAlloc: 'CUDA allocation failed', 'Can't allocate N bytes on device D.' or
+    '... on host.', as a pipeline's RuntimeError or pybind11's MemoryError) or Python's MemoryError; None for
+    anything else."""
     text = str(exc)
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in text:
         asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
         return "GPU", asked.group(1) if asked else ""
-    asked = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    asked = re.search(r"(?:you tried to allocate|Can't allocate) (\d+) bytes( on device)?", text)
     if asked:
-        return "CPU", f"{int(asked.group(1)) / 2**30:.2f} GiB"
+        return "GPU" if asked.group(2) else "CPU", f"{int(asked.group(1)) / 2**30:.2f} GiB"
+    if "CUDA allocation failed" in text:
+        return "GPU", ""
     if isinstance(exc, MemoryError):
         return "CPU", ""
     return None
