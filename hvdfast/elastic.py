@@ -86,26 +86,26 @@ def run(cfg: config.Config, notes, vote: stop.StopVote) -> dict:
     job = setup(cfg, notes, elastic=True)
     vote.size = job.plan.info.size
     st, path = resume.resume(job, broadcast=False)  # no collective before Horovod's state sync
-    summary.write_run_files(job, agree=False)
-    info = job.plan.info
-    er = ElasticRun(job=job, st=st, rep=Reporter(job.run_dir, info.is_main, "lines", job.plan.total_steps),
-                    wd=Watchdog(job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s),
-                    state=dist.elastic_state(job.model, job.opt, images=st.step * job.plan.global_batch),
-                    commit_every=cfg.train.checkpoint_every_steps or 10, vote=vote,
-                    source=str(path) if path else "fresh")
-    summary.announce(job, st, er.rep, path)
-    er.announce_world()
-    er.state.register_reset_callbacks([er.on_reset])
-    st.t_start = time.perf_counter() - st.trained_s
-    if info.is_main:
-        stop.clear(job.run_dir)
-    try:
-        dist.elastic_run(er.train)(er.state)
-    except stop.Stopped:
-        er.rep.close()  # done at the agreed step (run.fit.stop_early); here for a stop raised anywhere else
-        raise
-    finally:
-        er.wd.stop()
-    out = summary.summarize(job, st, er.rep)
-    er.rep.close()
-    return {**out, "model": job.model, "rank": job.plan.info.rank}
+    with summary.run_folder(job, agree=False):
+        info = job.plan.info
+        er = ElasticRun(job=job, st=st, rep=Reporter(job.run_dir, info.is_main, "lines", job.plan.total_steps),
+                        wd=Watchdog(job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s),
+                        state=dist.elastic_state(job.model, job.opt, images=st.step * job.plan.global_batch),
+                        commit_every=cfg.train.checkpoint_every_steps or 10, vote=vote,
+                        source=str(path) if path else "fresh")
+        summary.announce(job, st, er.rep, path)
+        er.announce_world()
+        er.state.register_reset_callbacks([er.on_reset])
+        st.t_start = time.perf_counter() - st.trained_s
+        if info.is_main:
+            stop.clear(job.run_dir)
+        try:
+            dist.elastic_run(er.train)(er.state)
+        except stop.Stopped:
+            er.rep.close()  # done at the agreed step (run.fit.stop_early); here for a stop raised anywhere else
+            raise
+        finally:
+            er.wd.stop()
+        out = summary.summarize(job, st, er.rep)
+        er.rep.close()
+        return {**out, "model": job.model, "rank": job.plan.info.rank}

@@ -331,3 +331,29 @@ def test_a_gpu_allocation_that_failed_is_read_as_one():
     assert _failed_allocation(MemoryError("Can't allocate 1073741824 bytes on device 0.")) == ("GPU", "1.00 GiB")
     assert _failed_allocation(MemoryError("Can't allocate 536870912 bytes on host.")) == ("CPU", "0.50 GiB")
     assert _failed_allocation(RuntimeError("Kernel size can't be greater than actual input size")) is None
+
+
+def test_a_run_folder_in_use_by_another_run_is_refused_in_one_line(short_digits_dir, tmp_path):
+    """Two runs in one train.run_dir (the same job submitted twice, a second terminal) both trained and overwrote
+    each other's checkpoints and metrics.jsonl, each ending in its own SUMMARY. The run that writes there holds an
+    flock on RUN_DIR/.lock (here this test holds it, as such a run's rank 0 would): the second is refused by rank 0
+    in one line naming the holder, before it writes anything, and leaves the holder's lock as it was."""
+    import fcntl
+    import json
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = {"pid": 4242, "host": "nodea", "since": "2026-12-07 09:00:00"}
+    with open(run / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(json.dumps(holder))
+        lock.flush()
+        p = run_launcher("gloo", 2, [*hvdfast_cmd("train", "--config", str(ROOT / "launch/configs/digits-cpu.yaml")),
+                                     f"data.dir={short_digits_dir}", "data.backend=torchvision", "data.workers=0",
+                                     "model.name=resnet18", "train.epochs=1", f"train.run_dir={run}"])
+        errors = [line.split(">:", 1)[1] for line in p.stderr.splitlines() if "hvdfast: error" in line]
+        assert errors == [f"hvdfast: error: train.run_dir '{run}' is in use by another run (pid 4242, host nodea, "
+                          f"since 2026-12-07 09:00:00): two runs in one folder overwrite each other's checkpoints "
+                          f"and records. Wait for it to end, or set another train.run_dir."], p.stdout + p.stderr
+        assert not [r for r in (p.stdout + p.stderr).splitlines() if r.startswith("[") and "Traceback" in r]
+        assert sorted(f.name for f in run.iterdir()) == [".lock"]
+        assert json.loads((run / ".lock").read_text()) == holder

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class Job:
     criterion: torch.nn.Module
     notes: list                     # lines for the run log (tuned settings left out, resume notes, ...)
     writer: checkpoint.Writer = field(default_factory=checkpoint.Writer)  # checkpoints, in the background
+    folder_lock: Optional[int] = None  # rank 0: the descriptor of its hold on the run folder (summary.run_folder)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

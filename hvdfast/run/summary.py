@@ -2,11 +2,14 @@
 (the ranks must agree), the skipped files, and one SUMMARY line with accuracy and throughput."""
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import time
 
 import numpy as np
 import torch
@@ -42,21 +45,72 @@ def dali_version() -> str | None:
     return None
 
 
+LOCK = ".lock"  # in the run folder: held by the process of rank 0 of the run that writes there
+
+
+@contextlib.contextmanager
+def run_folder(job: Job, agree: bool = True):
+    """The run folder is this run's while the block runs: write_run_files, and rank 0's hold on it let go at the
+    end (the kernel lets go of it too, however the process ends)."""
+    try:
+        write_run_files(job, agree)
+        yield
+    finally:
+        if job.folder_lock is not None:
+            os.close(job.folder_lock)
+            job.folder_lock = None
+
+
+def _hold(job: Job) -> str | None:
+    """Rank 0 takes an exclusive flock on RUN_DIR/.lock for the run: a second run started in the same folder (the
+    same job submitted twice, a second terminal) is refused, where both trained and overwrote each other's
+    checkpoints and records. The problem, or None. A file system without flock (Lustre mounted without it) is
+    said in a note and the run goes on unguarded."""
+    path = job.run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            os.close(fd)
+            job.notes.append(f"note: {path} cannot be locked here ({exc.strerror}): nothing stops a second run from "
+                             f"writing to this folder at the same time")
+            return None
+        try:
+            holder = json.loads(os.read(fd, 4096) or b"{}")
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        who = ", ".join(f"{k} {holder[k]}" for k in ("pid", "host", "since") if k in holder)
+        return (f"train.run_dir '{job.run_dir}' is in use by another run ({who or 'its holder unknown'}): two runs "
+                f"in one folder overwrite each other's checkpoints and records. Wait for it to end, or set another "
+                f"train.run_dir.")
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    job.folder_lock = fd
+    return None
+
+
 def write_run_files(job: Job, agree: bool = True) -> None:
-    """The resolved config and the software versions, next to the results (rank 0). A run folder rank 0 cannot
-    write stops every rank with one line (from rank 0), where the others would otherwise meet it as Horovod shutting
-    down under them, a traceback each. With `agree` the others learn rank 0's answer (one broadcast); elastic runs
-    (agree=False: no collective before Horovod's state sync, which a joiner enters first) have every rank make and
-    check the folder itself, as they already assume a file system every rank shares (resume reads the checkpoint
-    on every rank) — else rank 0's host would be blacklisted and the others train on without it."""
+    """The resolved config and the software versions, next to the results (rank 0), once rank 0 holds the folder
+    (_hold). A run folder rank 0 cannot write, or one another run holds, stops every rank with one line (from rank
+    0), where the others would otherwise meet it as Horovod shutting down under them, a traceback each. With
+    `agree` the others learn rank 0's answer (one broadcast); elastic runs (agree=False: no collective before
+    Horovod's state sync, which a joiner enters first) have every rank make and check the folder itself, as they
+    already assume a file system every rank shares (resume reads the checkpoint on every rank) — else rank 0's host
+    would be blacklisted and the others train on without it (a folder another run holds is seen by rank 0 alone
+    there: the elastic driver then goes on without rank 0's host)."""
     info = job.plan.info
     problem = None
     if info.is_main or not agree:
         try:
             job.run_dir.mkdir(parents=True, exist_ok=True)
             if info.is_main:
-                (job.run_dir / "config.yaml").write_text(config.dump(job.cfg))
-                (job.run_dir / "versions.json").write_text(json.dumps(versions(info), indent=2) + "\n")
+                problem = _hold(job)
+                if problem is None:
+                    (job.run_dir / "config.yaml").write_text(config.dump(job.cfg))
+                    (job.run_dir / "versions.json").write_text(json.dumps(versions(info), indent=2) + "\n")
             elif not os.access(job.run_dir, os.W_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(job.run_dir))
         except OSError as exc:
