@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from hvdfast import checkpoint
 from hvdfast.run.stop import EXIT_STOPPED
@@ -114,6 +115,34 @@ def test_ctrl_c_in_a_terminal_checkpoints_and_stops(short_digits_dir, tmp_path, 
     check_stopped_and_resume(out, job.returncode, run, cmd, reference, "SIGTERM")
 
 
+def test_ctrl_c_to_hvdfast_train_in_a_terminal_checkpoints_and_stops(short_digits_dir, tmp_path):
+    """`hvdfast train` alone (one worker, the README's first form) gets Ctrl-C itself: it ended with exit 130 and
+    nothing saved since its last checkpoint (the recipe's: only the run's end). Now the first Ctrl-C is a stop
+    request like a scheduler's: a line at once, a checkpoint at the step, exit 75, and the same command resumes to
+    the parameters of an uninterrupted run, bit for bit."""
+    one = ["data.batch_size=32"]  # one worker at the 2-rank tests' global batch: the same 40 steps
+    ref = subprocess.run(train_args(short_digits_dir, tmp_path / "ref", *one), env=launcher_env(), cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    run = tmp_path / "run"
+    cmd = train_args(short_digits_dir, run, *one)
+    job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
+    signal_midway(job, run, lambda: os.killpg(job.pid, signal.SIGINT))
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == EXIT_STOPPED, out[-3000:]
+    assert "hvdfast: Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit without one)" in out
+    record = json.loads((run / "stopped.json").read_text())
+    assert record["reason"] == "SIGINT on 1 rank(s)" and SIGNAL_AFTER_STEP < record["step"] < STEPS, record
+    assert checkpoint.load(Path(record["checkpoint"]))["step"] == record["step"]
+    assert "Traceback" not in out and "SUMMARY" not in out, out[-3000:]
+    again = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"resuming from {record['checkpoint']}" in again.stdout, \
+        again.stdout[-3000:] + again.stderr[-3000:]
+    a, b = params(tmp_path / "ref"), params(run)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 def test_max_time_stops_before_the_budget_with_a_checkpoint(short_digits_dir, tmp_path):
     run = tmp_path / "run"
     budget = 14.0  # start-up takes ~5 s here; 50 epochs (1,000 steps) outlast it on any machine (2 epochs took 8 s)
@@ -180,9 +209,22 @@ def test_stop_vote_phases(tmp_path):
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGUSR1)  # a repeat (a launcher's forwarded copy) changes nothing
         assert vote.vote(2) == "SIGUSR1 on 1 rank(s)"
+        vote.signals.clear()
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while training: a stop request like the others
+        time.sleep(0.1)
+        assert vote.vote(3) == "SIGINT on 1 rank(s)"
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        vote.phase = "setup"
+        vote.signals.clear()
+        with pytest.raises(KeyboardInterrupt):  # outside training: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
     finally:
         vote.uninstall()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     budget = StopVote("10s", time.time() - 10.5)
     budget.phase = "training"
     assert budget.vote(1) == "train.max_time"  # spent

@@ -28,7 +28,7 @@ from .. import config, dist
 EXIT_STOPPED = 75           # sysexits.h EX_TEMPFAIL: stopped early with a checkpoint; run it again to continue
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 RECORD = "stopped.json"     # in the run directory, written by rank 0 when a run stops early
-_REASONS = ("SIGUSR1", "SIGTERM", "train.max_time")
+_REASONS = ("SIGUSR1", "SIGTERM", "train.max_time", "SIGINT")
 
 
 class Stopped(Exception):
@@ -77,6 +77,8 @@ class StopVote:
     def install(self) -> "StopVote":
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where a shell ignores it (`&`)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_interrupt)
         return self
 
     def uninstall(self) -> None:
@@ -101,16 +103,30 @@ class StopVote:
         self.uninstall()
         signal.raise_signal(signum)
 
+    def _on_interrupt(self, signum, frame) -> None:
+        """Ctrl-C, where it reaches a worker (`hvdfast train` started in a terminal; under a launcher the ranks
+        have process groups of their own and horovodrun or mpirun turns it into SIGTERM): while training, the first
+        is a stop request like a scheduler's, a checkpoint at the agreed step and exit 75 — before, the run ended
+        with exit 130 and nothing saved since its last checkpoint (with the recipe's checkpoint_every 0: the whole
+        run). A second Ctrl-C, or one outside training, interrupts at once, as Python does."""
+        if self.phase != "training" or "SIGINT" in self.signals:
+            raise KeyboardInterrupt
+        self.signals.append("SIGINT")
+        sys.stderr.write("hvdfast: Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit without "
+                         "one)\n")
+        sys.stderr.flush()
+
     def budget_left(self) -> float:
         return self.budget_s - (time.time() - self.process_start) if self.budget_s else float("inf")
 
     def _wish(self) -> list[float]:
-        """[SIGUSR1 seen, SIGTERM seen, budget nearly spent] on this rank."""
+        """[SIGUSR1 seen, SIGTERM seen, budget nearly spent, SIGINT seen] on this rank."""
         # Two steps of margin (the vote is read one step late) plus the slowest end-of-epoch work seen, which the
         # next step may run into (validation, checkpoint), and the stop's own checkpoint; a checkpoint's write, in
         # the background, counts twice too (a stop waits for the one in flight, then writes its own).
         near_end = self.budget_left() < 3 * self.step_s + 2 * (self.epoch_end_s + self.write_s)
-        return [float("SIGUSR1" in self.signals), float("SIGTERM" in self.signals), float(near_end)]
+        return [float("SIGUSR1" in self.signals), float("SIGTERM" in self.signals), float(near_end),
+                float("SIGINT" in self.signals)]
 
     def vote(self, step: int) -> Optional[str]:
         now = time.perf_counter()
