@@ -39,6 +39,8 @@ def build(name: str, num_classes: int, zero_init_residual: bool = True,
         kwargs["image_size"] = image_size  # torchvision's VisionTransformer sizes its position embedding by it
     if name in ("inception_v3", "googlenet"):
         kwargs["aux_logits"] = False  # training's forward then returns the logits, as every other model's does
+        # torchvision's own initialisation, named: its default is to change (a FutureWarning in every run's log)
+        kwargs["init_weights"] = True
     try:
         model = ctor(**kwargs)
     except (AssertionError, ValueError) as exc:  # e.g. an image size that is no multiple of ViT's patch

@@ -137,6 +137,39 @@ def test_an_elastic_run_whose_folder_cannot_be_written_stops_every_worker(short_
     assert f'File "{ROOT / "hvdfast"}' not in out, out[-3000:]  # no worker's traceback
 
 
+def test_an_elastic_run_in_a_folder_another_run_holds_stops_every_worker(short_digits_dir, tmp_path):
+    """The lock on RUN_DIR/.lock (summary._hold) in an elastic run, where rank 0 cannot tell the others before
+    Horovod's state sync: every rank looks at the holder, and one not of this job (another rendezvous server) stops
+    them all, one line from rank 0. Before the others looked, rank 0's refusal got its host blacklisted and the other
+    worker trained on in the held folder. The holder here is this test (an flock, as another run's rank 0 holds)."""
+    import fcntl
+    discover = tmp_path / "discover.sh"
+    discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = {"pid": 4242, "host": "nodea", "since": "2026-12-07 09:00:00", "job": "10.0.0.9:4711"}
+    cmd = commands.horovodrun(2, [
+        sys.executable, "-m", "hvdfast.cli", "train", "--config", str(ROOT / "launch/configs/digits-cpu.yaml"),
+        "train.elastic=true", f"data.dir={short_digits_dir}", "data.backend=torchvision", "data.workers=0",
+        "model.name=resnet18", "data.image_size=32", "data.val_resize=32", "data.batch_size=16", "train.epochs=1",
+        "train.threads=1", f"train.run_dir={run}"], controller="gloo", elastic=(1, 2, str(discover)), options=[])
+    with open(run / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(json.dumps(holder))
+        lock.flush()
+        p = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=240, cwd=ROOT)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and "SUMMARY" not in out and "elastic: 1 worker(s)" not in out, out[-3000:]
+        errors = [line.split(">:", 1)[-1] for line in out.splitlines() if "hvdfast: error" in line]
+        assert errors == [f"hvdfast: error: train.run_dir '{run}' is in use by another run (pid 4242, host nodea, "
+                          f"since 2026-12-07 09:00:00): two runs in one folder overwrite each other's checkpoints "
+                          f"and records. Wait for it to end, or set another train.run_dir."], out[-3000:]
+        assert f'File "{ROOT / "hvdfast"}' not in out, out[-3000:]  # no worker's traceback
+        assert sorted(f.name for f in run.iterdir()) == [".lock"]
+        assert json.loads((run / ".lock").read_text()) == holder
+
+
 def test_an_elastic_recipe_without_the_elastic_driver_says_its_workers_are_fixed(short_digits_dir, tmp_path):
     """train.elastic=true started without horovodrun's elastic driver (alone here; mpirun alike) trains, and the
     log says that a lost worker would end it rather than leave the user believing the job is elastic."""

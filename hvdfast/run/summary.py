@@ -61,35 +61,81 @@ def run_folder(job: Job, agree: bool = True):
             job.folder_lock = None
 
 
+def _job_key() -> str:
+    """What the ranks of one elastic job share and another job's do not: the address of horovodrun's rendezvous
+    server, which its elastic driver gives every worker it starts ('' outside horovodrun)."""
+    return ":".join(os.environ.get(f"HOROVOD_GLOO_RENDEZVOUS_{k}", "") for k in ("ADDR", "PORT")).strip(":")
+
+
+def _in_use(job: Job, holder: dict) -> str:
+    who = ", ".join(f"{k} {holder[k]}" for k in ("pid", "host", "since") if k in holder)
+    return (f"train.run_dir '{job.run_dir}' is in use by another run ({who or 'its holder unknown'}): two runs in "
+            f"one folder overwrite each other's checkpoints and records. Wait for it to end, or set another "
+            f"train.run_dir.")
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+
+
 def _hold(job: Job) -> str | None:
     """Rank 0 takes an exclusive flock on RUN_DIR/.lock for the run: a second run started in the same folder (the
     same job submitted twice, a second terminal) is refused, where both trained and overwrote each other's
     checkpoints and records. The problem, or None. A file system without flock (Lustre mounted without it) is
-    said in a note and the run goes on unguarded."""
+    said in a note and the run goes on unguarded. Tried for a second: an elastic job's other ranks look at the
+    lock for a moment each (_check_holder)."""
     path = job.run_dir / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            os.close(fd)
-            job.notes.append(f"note: {path} cannot be locked here ({exc.strerror}): nothing stops a second run from "
-                             f"writing to this folder at the same time")
-            return None
+    for attempt in range(20):
         try:
-            holder = json.loads(os.read(fd, 4096) or b"{}")
-        except ValueError:
-            holder = {}
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                job.notes.append(f"note: {path} cannot be locked here ({exc.strerror}): nothing stops a second run "
+                                 f"from writing to this folder at the same time")
+                return None
+            time.sleep(0.05)
+    else:
+        holder = _read_holder(fd)
         os.close(fd)
-        who = ", ".join(f"{k} {holder[k]}" for k in ("pid", "host", "since") if k in holder)
-        return (f"train.run_dir '{job.run_dir}' is in use by another run ({who or 'its holder unknown'}): two runs "
-                f"in one folder overwrite each other's checkpoints and records. Wait for it to end, or set another "
-                f"train.run_dir.")
+        return _in_use(job, holder)
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": time.strftime(
+        "%Y-%m-%d %H:%M:%S"), "job": _job_key()}).encode(), 0)
     job.folder_lock = fd
     return None
+
+
+def _check_holder(job: Job) -> str | None:
+    """An elastic run's other ranks (no collective may come before Horovod's state sync, so rank 0 cannot tell
+    them): the folder is in use when another process holds its lock and that holder is not this job's (its rendezvous
+    server differs). Rank 0 may be between taking the lock and writing its name: asked again for two seconds."""
+    path = job.run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        for attempt in range(20):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # nobody holds it: free, or not yet taken
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return None  # no flock here (rank 0 noted it)
+            holder = _read_holder(fd)
+            if holder.get("job") == _job_key():
+                return None
+            time.sleep(0.1)
+        return _in_use(job, holder)
+    finally:
+        os.close(fd)
 
 
 def write_run_files(job: Job, agree: bool = True) -> None:
@@ -99,8 +145,7 @@ def write_run_files(job: Job, agree: bool = True) -> None:
     `agree` the others learn rank 0's answer (one broadcast); elastic runs (agree=False: no collective before
     Horovod's state sync, which a joiner enters first) have every rank make and check the folder itself, as they
     already assume a file system every rank shares (resume reads the checkpoint on every rank) — else rank 0's host
-    would be blacklisted and the others train on without it (a folder another run holds is seen by rank 0 alone
-    there: the elastic driver then goes on without rank 0's host)."""
+    would be blacklisted and the others train on without it (a folder another run holds: _check_holder)."""
     info = job.plan.info
     problem = None
     if info.is_main or not agree:
@@ -113,6 +158,8 @@ def write_run_files(job: Job, agree: bool = True) -> None:
                     (job.run_dir / "versions.json").write_text(json.dumps(versions(info), indent=2) + "\n")
             elif not os.access(job.run_dir, os.W_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(job.run_dir))
+            else:
+                problem = _check_holder(job)
         except OSError as exc:
             problem = (f"train.run_dir '{job.run_dir}' cannot be written: {exc.strerror}. Point train.run_dir at a "
                        f"folder this user can write.")
