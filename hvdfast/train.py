@@ -9,7 +9,7 @@ import time
 from . import config
 from .metrics import Reporter
 from .run import resume, stop, summary
-from .run.fit import TrainingError, fit, out_of_memory_in_one_line  # noqa: F401  (TrainingError: cli's user error)
+from .run.fit import TrainingError, fit, memory_knobs, out_of_memory_in_one_line  # noqa: F401 (cli's error)
 from .run.setup import setup
 from .run.summary import consistency, param_digest  # noqa: F401  (used by tests and bench)
 from .watchdog import Watchdog
@@ -22,7 +22,7 @@ def process_start() -> float:
 
 
 def run(cfg: config.Config, notes=()) -> dict:
-    with out_of_memory_in_one_line(cfg):  # the same line from setup (data, model, placement) as from training
+    with out_of_memory_in_one_line(*memory_knobs(cfg)):  # the same line from setup (data, model) as from training
         return _run(cfg, notes)
 
 

@@ -72,6 +72,24 @@ def test_bench_train_runs_hvdfast_beside_torchrun_ddp(tmp_path):
     assert any(line.startswith("hvdfast / ddp at 2 worker(s): ") for line in result["ratios"])
 
 
+@pytest.mark.parametrize("variant", ["hvdfast", "ddp"])
+def test_bench_workers_out_of_memory_are_one_line(tmp_path, variant):
+    """A benchmark asked for more than the memory holds (each worker's address space capped at 10 GiB by
+    `prlimit --as`, 1,024 images of 224 px per worker): the driver's failure was the last 3,000 characters of the
+    launcher's output, every rank's traceback; now it is the workers' one line, once, naming the bench's flags."""
+    extra = ["--baseline", "ddp"] if variant == "ddp" else []  # (the DDP peer runs first)
+    p = subprocess.run(["prlimit", f"--as={10 << 30}", *hvdfast_cmd(
+        "bench", "train", *extra, "--np", "2", "--batch", "1024", "--image-size", "224", "--steps", "2", "--warmup",
+        "1", "--controller", "gloo", "--out-dir", str(tmp_path))], capture_output=True, text=True, timeout=600,
+        env=launcher_env(), cwd=ROOT)
+    last = p.stderr.strip().splitlines()[-1]
+    asked = last.split("asked for ")[-1].split(" GiB")[0]
+    assert p.returncode != 0 and last == (
+        f"hvdfast bench: the {variant} run at 2 worker(s) failed: out of CPU memory (asked for {asked} GiB) at --batch "
+        f"1024 per worker, --image-size 224, --model resnet50: lower --batch or --image-size; this host's 2 workers "
+        f"share its memory."), p.stdout[-2000:] + p.stderr[-3000:]
+
+
 def test_cluster_model_recovers_what_made_the_points():
     """Points made by the model itself (known CPU share per wire format, eta per family; 2 hosts on 2 cores and 4
     hosts sharing them) must be fitted back exactly, every prediction then equal to its point; the roles say which

@@ -45,9 +45,7 @@ def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter
 
 
 def main(argv=None) -> int:
-    from .. import engine, models
-    from ..train import param_digest
-    from .worker import UNTIMED_CYCLES, cpus, interleaved, lone_figures, net_bytes_sent, peak_rss_mb, synthetic_batch
+    from .worker import memory_in_one_line
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
@@ -64,7 +62,13 @@ def main(argv=None) -> int:
                    help="time this worker alone and every worker alone at once between the run's steps")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    return memory_in_one_line(args, lambda: _run(args))
 
+
+def _run(args) -> int:
+    from .. import engine, models
+    from ..train import param_digest
+    from .worker import UNTIMED_CYCLES, cpus, interleaved, lone_figures, net_bytes_sent, peak_rss_mb, synthetic_batch
     tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, size = tdist.get_rank(), tdist.get_world_size()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -58,8 +58,11 @@ def launcher_cmd(variant: str, args, np_: int, program: list[str], hosts: str | 
 
 def read_result(variant: str, np_: int, proc: subprocess.CompletedProcess, out: Path) -> list[dict]:
     if proc.returncode != 0 or not out.is_file():
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise SystemExit(f"hvdfast bench: the {variant} run at {np_} worker(s) failed:\n{tail}")
+        text = proc.stdout + proc.stderr
+        said = sorted({line.split(worker.ERROR, 1)[1].strip() for line in text.splitlines() if worker.ERROR in line})
+        if said:  # the workers' own line(s), once each: not the launchers' report and every rank's copy
+            raise SystemExit(f"hvdfast bench: the {variant} run at {np_} worker(s) failed: " + " | ".join(said))
+        raise SystemExit(f"hvdfast bench: the {variant} run at {np_} worker(s) failed:\n{text[-3000:]}")
     return json.loads(out.read_text())
 
 
@@ -254,8 +257,7 @@ def main(argv=None) -> int:
     p.add_argument("--interleave", choices=worker.INTERLEAVE, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        worker.run(args)
-        return 0
+        return worker.memory_in_one_line(args, lambda: worker.run(args) or 0)
     return _driver(args)
 
 

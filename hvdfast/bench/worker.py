@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +22,23 @@ import torch
 # synthetic step timed with plain SGD does not have, so an override of any other key would change nothing.
 READS = ("train.precision", "model.channels_last", "model.compile", "train.gc_every")
 INSTEAD = {"model.name": "--model", "data.batch_size": "--batch", "data.image_size": "--image-size"}
+
+
+ERROR = "hvdfast bench: error:"  # a worker's one-line failure, which the driver shows (train.read_result)
+
+
+def memory_in_one_line(args, body) -> int:
+    """A benchmark worker's body (-> exit code), with memory that runs out said in one line naming the benchmark's
+    flags (run.fit's reading of the allocator's error), exit code 2, instead of a traceback from every rank."""
+    from ..run.fit import OutOfMemory, out_of_memory_in_one_line
+    try:
+        with out_of_memory_in_one_line(f"--batch {args.batch} per worker, --image-size {args.image_size}, --model "
+                                       f"{args.model}", "--batch or --image-size"):
+            return body()
+    except OutOfMemory as exc:
+        sys.stderr.write(f"{ERROR} {exc}\n")  # one write: launchers tag output per chunk they read
+        sys.stderr.flush()
+        return 2
 
 
 def check_overrides(overrides) -> None:

@@ -54,17 +54,26 @@ def _failed_allocation(exc: BaseException) -> Optional[tuple[str, str]]:
 
 def _workers_here() -> int:
     """The workers on this host as the launcher says (before Horovod starts, too); 1 where it does not say."""
-    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "HOROVOD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"):
+    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "HOROVOD_LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS",
+                "SLURM_NTASKS_PER_NODE"):
         with contextlib.suppress(KeyError, ValueError):
             return int(os.environ[var])
     return 1
 
 
+def memory_knobs(cfg: config.Config) -> tuple[str, str]:
+    """(what the run asked for, what to lower) in a training run's out-of-memory line."""
+    return (f"data.batch_size={cfg.data.batch_size} per worker, data.image_size={cfg.data.image_size}, "
+            f"model.name={cfg.model.name}, train.precision={cfg.train.precision}",
+            "data.batch_size (divided by K, with horovod.backward_passes_per_step=K, the global batch stays) or "
+            "data.image_size")
+
+
 @contextlib.contextmanager
-def out_of_memory_in_one_line(cfg: config.Config):
-    """Around a run (setup, where the data and model are placed, and training): a failed allocation (a batch too
-    large for the device) becomes OutOfMemory, one line that says which knobs to lower, instead of a traceback
-    from every rank."""
+def out_of_memory_in_one_line(at: str, lower: str):
+    """Around a run (setup, where the data and model are placed, and training; a benchmark's worker): a failed
+    allocation (a batch too large for the device) becomes OutOfMemory, one line that says what was asked for (`at`)
+    and what to lower, instead of a traceback from every rank."""
     try:
         yield
     except (RuntimeError, MemoryError) as exc:
@@ -74,10 +83,7 @@ def out_of_memory_in_one_line(cfg: config.Config):
         memory, asked = failed
         here = _workers_here()
         raise OutOfMemory(
-            f"out of {memory} memory" + (f" (asked for {asked})" if asked else "") + f" at data.batch_size="
-            f"{cfg.data.batch_size} per worker, data.image_size={cfg.data.image_size}, model.name={cfg.model.name}, "
-            f"train.precision={cfg.train.precision}: lower data.batch_size (divided by K, with "
-            f"horovod.backward_passes_per_step=K, the global batch stays) or data.image_size"
+            f"out of {memory} memory" + (f" (asked for {asked})" if asked else "") + f" at {at}: lower {lower}"
             + (f"; this host's {here} workers share its memory" if memory == "CPU" and here > 1 else "")
             + ".") from None
 
