@@ -42,7 +42,10 @@ def horovod_env(cfg: HorovodConfig) -> dict:
         # Horovod: reduce inside each node over NCCL, across nodes over MPI (one inter-node hop per node).
         env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1"
     if cfg.mpi_yield_when_idle:
-        # Horovod (MPI controller): a spinning MPI progress loop steals the core its rank computes on.
+        # Horovod (MPI controller): a spinning MPI progress loop steals the core its rank computes on. Unlike
+        # Horovod's variables (FROM_ENVIRONMENT) this one is not read back as the user's choice: the launcher of
+        # older Open MPI releases (ORTE's odls) itself sets it to 0 in every rank's environment on a node it did not
+        # oversubscribe, which would switch the recipe's setting off unasked (4.1.4's mpirun, here, sets none).
         env["OMPI_MCA_mpi_yield_when_idle"] = "1"
     if cfg.mpi_allreduce != "auto":
         # Horovod (MPI operations): Horovod calls MPI_Allreduce; Open MPI's coll/tuned picks its algorithm unless
