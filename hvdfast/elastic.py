@@ -69,11 +69,11 @@ class ElasticRun:
 
     def train(self, state) -> None:
         # Horovod: after a reset `state` holds the last commit; the run goes on from the images it had seen.
-        self.st.step = state.images // self.job.plan.global_batch
         p = self.job.plan
+        self.st.step = state.images // p.global_batch
         self.rep.start(self.st.step, p.global_batch, p.info.size, self.source)  # what came after it is superseded
         self.source = "elastic reset"
-        dist.rejoin(self.job.opt, self.job.plan.info.size)  # every rank of the new world, joiners included
+        dist.rejoin(self.job.opt, p.info.size)  # every rank of the new world, joiners included
         fit(self.job, self.st, self.rep, self.wd, self.after_step, self.vote)
         state.commit()
 

@@ -50,10 +50,10 @@ LOCK = ".lock"  # in the run folder: held by the process of rank 0 of the run th
 
 @contextlib.contextmanager
 def run_folder(job: Job, agree: bool = True):
-    """The run folder is this run's while the block runs: write_run_files, and rank 0's hold on it let go at the
+    """The run folder is this run's while the block runs: _write_run_files, and rank 0's hold on it let go at the
     end (the kernel lets go of it too, however the process ends)."""
     try:
-        write_run_files(job, agree)
+        _write_run_files(job, agree)
         yield
     finally:
         if job.folder_lock is not None:
@@ -89,7 +89,7 @@ def _hold(job: Job) -> str | None:
     lock for a moment each (_check_holder)."""
     path = job.run_dir / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    for attempt in range(20):
+    for _ in range(20):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
@@ -121,7 +121,7 @@ def _check_holder(job: Job) -> str | None:
     except FileNotFoundError:
         return None
     try:
-        for attempt in range(20):
+        for _ in range(20):
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # nobody holds it: free, or not yet taken
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -138,7 +138,7 @@ def _check_holder(job: Job) -> str | None:
         os.close(fd)
 
 
-def write_run_files(job: Job, agree: bool = True) -> None:
+def _write_run_files(job: Job, agree: bool = True) -> None:
     """The resolved config and the software versions, next to the results (rank 0), once rank 0 holds the folder
     (_hold). A run folder rank 0 cannot write, or one another run holds, stops every rank with one line (from rank
     0), where the others would otherwise meet it as Horovod shutting down under them, a traceback each. With
