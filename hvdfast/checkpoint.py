@@ -2,6 +2,12 @@
 load, written in the background while training goes on (encode() in the training thread, then Writer: the bytes to
 disk on a thread of their own).
 
+Which checkpoint is newest is written down, not inferred: checkpoints/index.json lists them newest first (as
+TensorFlow's CheckpointManager keeps its `checkpoint` state file), updated before each new file is renamed into
+place. File modification times decide only for files it does not list (a run directory written before the index
+existed, a node's own folder of rank parts); a copy made with `cp -r`, scp or an object-store download gives
+every file a new time in whatever order it copied them, and resume then went back to an older checkpoint.
+
 Files are torch.save'd plain containers (tensors, numbers, strings, lists, dicts) and are loaded with
 weights_only=True, so a checkpoint cannot run code.
 """
@@ -10,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import io
+import json
 import os
 import random
 import re
@@ -24,6 +31,7 @@ import torch
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
 _STEP = re.compile(r"^ckpt-e\d+-s(\d+)\.pt(\.rank\d+)?$")  # a checkpoint or a rank's part of it
+INDEX = "index.json"  # the checkpoints, newest first (rank 0 writes it; module docstring)
 
 
 class CheckpointError(RuntimeError):
@@ -35,10 +43,10 @@ def name_for(epoch: int, step: int) -> str:
 
 
 def _newest_first(paths) -> list[Path]:
-    """Checkpoints (or the ranks' parts of them) most recently written first: modification time, then step. Not by
-    step alone: a run's step numbers restart when it resumes with a larger global batch (step 23 of 64 images =
-    step 15 of 96) or starts over in the same run_dir (train.resume=never), and the step order would then keep and
-    resume the other run's files."""
+    """Checkpoints (or the ranks' parts of them) that the index does not list, most recently modified first: time,
+    then step. Not by step alone: a run's step numbers restart when it resumes with a larger global batch (step 23
+    of 64 images = step 15 of 96) or starts over in the same run_dir (train.resume=never), and the step order would
+    then keep and resume the other run's files."""
     found = []
     for p in paths:
         if not (m := _STEP.match(p.name)):
@@ -50,11 +58,47 @@ def _newest_first(paths) -> list[Path]:
     return [p for *_, p in sorted(found, key=lambda f: f[:2], reverse=True)]
 
 
+def read_index(directory: Path) -> list[str]:
+    """The checkpoint names index.json lists, newest first ([] when there is none or it cannot be read: the
+    modification times decide then)."""
+    try:
+        names = json.loads((directory / INDEX).read_text()).get("newest_first")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str) and _NAME.match(n)] if isinstance(names, list) else []
+
+
+def _write_index(directory: Path, newest_first: list[Path]) -> None:
+    """index.json, atomically (tmp -> fsync -> rename; the directory is fsynced with the checkpoint's rename)."""
+    tmp = directory / f".{INDEX}.tmp-{os.getpid()}"
+    text = json.dumps({"about": "hvdfast's checkpoints in this folder, newest first: the order resume and pruning "
+                                "follow (file times are not used)",
+                       "newest_first": [p.name for p in newest_first]}, indent=1)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / INDEX)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _ordered(paths, directory: Path) -> list[Path]:
+    """Checkpoints, or the ranks' parts of them, newest first: in the index's order (a part goes where its
+    checkpoint is listed), then those it does not list by modification time (_newest_first)."""
+    paths = list(paths)
+    position = {name: i for i, name in reversed(list(enumerate(read_index(directory))))}
+    of = {p: p.name.split(".pt")[0] + ".pt" for p in paths}  # the checkpoint a file is (part of)
+    listed = sorted((p for p in paths if of[p] in position), key=lambda p: position[of[p]])
+    return listed + _newest_first(p for p in paths if of[p] not in position)
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoints in `directory`, newest (most recently written) first."""
     if not directory.is_dir():
         return []
-    return _newest_first(p for p in directory.iterdir() if _NAME.match(p.name))
+    return _ordered((p for p in directory.iterdir() if _NAME.match(p.name)), directory)
 
 
 def rng_state() -> dict:
@@ -90,11 +134,16 @@ def store(directory: Path, epoch: int, step: int, data, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name_for(epoch, step)
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
-    for stale in directory.glob(".ckpt-*.pt.tmp-*"):  # left by a process killed mid-write (not the ranks' files)
-        if stale != tmp:
+    for stale in [*directory.glob(".ckpt-*.pt.tmp-*"), *directory.glob(f".{INDEX}.tmp-*")]:
+        if stale != tmp:  # left by a process killed mid-write (not the ranks' files)
             stale.unlink(missing_ok=True)
-    _write(final, tmp, data)
-    for old in list_checkpoints(directory)[keep:]:
+    kept = [final] + [p for p in list_checkpoints(directory) if p != final][:keep - 1]
+    # the index names the new file before it is renamed into place: a crash in between leaves a name with no file
+    # (skipped), never a newest file the index ranks below older ones
+    _write(final, tmp, data, before_rename=lambda: _write_index(directory, kept))
+    for old in list_checkpoints(directory):
+        if old in kept:
+            continue
         old.unlink(missing_ok=True)
         # the ranks' parts of a checkpoint that is gone: on a shared file system rank 0 sees them all (a rank's own
         # pruning keeps its newest `keep`, which can outlive the checkpoint after a resume at another world size)
@@ -170,8 +219,10 @@ def store_rank_state(directory: Path, epoch: int, step: int, rank: int, data, ke
     directory.mkdir(parents=True, exist_ok=True)
     final = rank_state_path(directory / name_for(epoch, step), rank)
     _write(final, directory / f".{final.name}.tmp-{os.getpid()}", data)
-    mine = _newest_first(directory.glob(f"ckpt-e*-s*.pt.rank{rank:05d}"))
-    for old in mine[keep:]:
+    # this part is the newest (its checkpoint is written after it, and then indexed); the others in the index's
+    # order where rank 0's index is here (a shared file system), else by modification time
+    others = _ordered((p for p in directory.glob(f"ckpt-e*-s*.pt.rank{rank:05d}") if p != final), directory)
+    for old in others[keep - 1:]:
         old.unlink(missing_ok=True)
     return final
 
@@ -186,13 +237,15 @@ def load_rank_state(ckpt: Path, rank: int) -> Optional[dict]:
     return state if isinstance(state, dict) and state.get("format_version") == FORMAT_VERSION else None
 
 
-def _write(final: Path, tmp: Path, data) -> None:
+def _write(final: Path, tmp: Path, data, before_rename: Optional[Callable[[], None]] = None) -> None:
     directory = final.parent
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, final)
         dir_fd = os.open(directory, os.O_RDONLY)
         try:

@@ -35,7 +35,7 @@ def test_pruning_a_checkpoint_removes_the_ranks_parts_beside_it(tmp_path):
         checkpoint.store_rank_state(tmp_path, 1, 20, r, checkpoint.encode({"error": [], "world_size": 2}), keep=2)
     checkpoint.save(tmp_path, _state(20), keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [checkpoint.name_for(1, 14), checkpoint.name_for(1, 20)]
+        [checkpoint.INDEX, checkpoint.name_for(1, 14), checkpoint.name_for(1, 20)]
         + [checkpoint.rank_state_path(Path(checkpoint.name_for(1, 14)), r).name for r in (0, 1, 2)]
         + [checkpoint.rank_state_path(Path(checkpoint.name_for(1, 20)), r).name for r in (0, 1)])
 
@@ -54,6 +54,61 @@ def test_newest_is_the_last_written_not_the_highest_step(tmp_path):
         os.utime(p, ns=(10**18, 10**18))
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [checkpoint.name_for(1, 20),
                                                                       checkpoint.name_for(1, 17)]
+
+
+def _copy_newest_last_written_first(src: Path, dst: Path) -> None:
+    """A copy as `cp -r`, scp or a parallel object-store download makes one: every file gets the time it was
+    copied, here the newest checkpoint first (so it looks the oldest)."""
+    import shutil
+    dst.mkdir(parents=True)
+    for p in sorted(src.iterdir(), key=lambda p: p.name, reverse=True):
+        shutil.copyfile(p, dst / p.name)
+        os.utime(dst / p.name, ns=(10**18 + len(os.listdir(dst)), 10**18 + len(os.listdir(dst))))
+
+
+def test_a_copied_run_resumes_from_its_newest_checkpoint_whatever_the_file_times(tmp_path):
+    # seen before the index: a run folder copied with `cp -r` (files written in the order the copy met them)
+    # resumed from step 35 of a run that had reached step 45, and trained those 10 steps again
+    for s in (35, 40, 45):
+        for r in (0, 1):
+            checkpoint.store_rank_state(tmp_path / "a" / "checkpoints", 1, s, r, checkpoint.encode({"error": []}), 3)
+        checkpoint.save(tmp_path / "a" / "checkpoints", _state(s), keep=3)
+    _copy_newest_last_written_first(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
+    copy = tmp_path / "b" / "checkpoints"
+    assert [p.name for p in checkpoint.list_checkpoints(copy)] == [checkpoint.name_for(1, s) for s in (45, 40, 35)]
+    path, state, notes = checkpoint.find_resume(tmp_path / "b", "auto")
+    assert path == copy / checkpoint.name_for(1, 45) and state["step"] == 45 and notes == []
+    # the next checkpoint prunes the oldest, and each rank's part of it (not of the newest)
+    for r in (0, 1):
+        checkpoint.store_rank_state(copy, 1, 50, r, checkpoint.encode({"error": []}), keep=3)
+    checkpoint.save(copy, _state(50), keep=3)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        [checkpoint.INDEX] + [n for s in (40, 45, 50) for n in
+                              [checkpoint.name_for(1, s)] + [f"{checkpoint.name_for(1, s)}.rank{r:05d}" for r in (0, 1)]])
+    # a run folder from before the index (or an index that cannot be read): the file times decide, as they did
+    (copy / checkpoint.INDEX).write_text("{not json")
+    assert [p.name for p in checkpoint.list_checkpoints(copy)] == [checkpoint.name_for(1, s) for s in (50, 40, 45)]
+
+
+def test_a_write_killed_after_the_index_names_it_resumes_from_the_previous_checkpoint(tmp_path, monkeypatch):
+    checkpoint.save(tmp_path, _state(10), keep=2)
+    real = os.replace
+
+    def killed(src, dst):
+        if Path(dst).name == checkpoint.name_for(1, 20):
+            raise KeyboardInterrupt  # the process ends between the index's rename and the checkpoint's
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, _state(20), keep=2)
+    monkeypatch.setattr(os, "replace", real)
+    assert checkpoint.read_index(tmp_path)[0] == checkpoint.name_for(1, 20)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [checkpoint.name_for(1, 10)]
+    checkpoint.save(tmp_path, _state(30), keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [checkpoint.name_for(1, 30),
+                                                                      checkpoint.name_for(1, 10)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [checkpoint.INDEX, checkpoint.name_for(1, 30), checkpoint.name_for(1, 10)])
 
 
 def test_resume_never_says_the_earlier_checkpoints_give_way(tmp_path):
