@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
 _STEP = re.compile(r"^ckpt-e\d+-s(\d+)\.pt(\.rank\d+)?$")  # a checkpoint or a rank's part of it
 INDEX = "index.json"  # the checkpoints, newest first (rank 0 writes it; module docstring)
+BEST = "best.pt"      # in the run folder: the best validation's weights (store_best)
 
 
 class CheckpointError(RuntimeError):
@@ -213,6 +214,18 @@ def rank_state_path(ckpt: Path, rank: int) -> Path:
     return ckpt.with_name(f"{ckpt.name}.rank{rank:05d}")
 
 
+def store_best(run_dir: Path, data) -> Path:
+    """RUN_DIR/best.pt, atomically: the weights of the best validation top-1 and what to use them with (encode()d
+    by the caller: model, model_name, num_classes, classes, top1, epoch, step, config; kind "best weights")."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final, tmp = run_dir / BEST, run_dir / f".{BEST}.tmp-{os.getpid()}"
+    for stale in run_dir.glob(f".{BEST}.tmp-*"):  # left by a process killed mid-write
+        if stale != tmp:
+            stale.unlink(missing_ok=True)
+    _write(final, tmp, data, checkpoints=run_dir / "checkpoints")
+    return final
+
+
 def store_rank_state(directory: Path, epoch: int, step: int, rank: int, data, keep: int) -> Path:
     """Every rank writes its own part (encode()d) beside the checkpoint of (epoch, step), atomically, and keeps its
     newest `keep`. Rank-local: with no shared file system each node keeps its ranks' parts."""
@@ -237,7 +250,9 @@ def load_rank_state(ckpt: Path, rank: int) -> Optional[dict]:
     return state if isinstance(state, dict) and state.get("format_version") == FORMAT_VERSION else None
 
 
-def _write(final: Path, tmp: Path, data, before_rename: Optional[Callable[[], None]] = None) -> None:
+def _write(final: Path, tmp: Path, data, before_rename: Optional[Callable[[], None]] = None,
+           checkpoints: Optional[Path] = None) -> None:
+    """`checkpoints`: the folder whose newest checkpoint a failure names as intact (default: final's folder)."""
     directory = final.parent
     try:
         with open(tmp, "wb") as f:
@@ -254,9 +269,10 @@ def _write(final: Path, tmp: Path, data, before_rename: Optional[Callable[[], No
             os.close(dir_fd)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        previous = list_checkpoints(directory)
+        previous = list_checkpoints(checkpoints or directory)
         kept = f"the previous checkpoint {previous[0]} is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write checkpoint {final} ({exc.strerror or exc}); {kept}. Free space "
+        what = "" if final.name == BEST else "checkpoint "
+        raise CheckpointError(f"could not write {what}{final} ({exc.strerror or exc}); {kept}. Free space "
                               f"in {directory} (or set train.run_dir elsewhere) and rerun the same command to "
                               f"resume.") from None
     except BaseException:
@@ -274,6 +290,10 @@ def load(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "model" not in state:
         raise CheckpointError(f"'{path}' is not an hvdfast checkpoint (format {FORMAT_VERSION}); "
                               f"point train.resume at one written by hvdfast, or set train.resume=never.")
+    if state.get("kind") == "best weights":
+        raise CheckpointError(f"'{path}' holds the weights of a run's best validation only (no optimizer state, "
+                              f"step or RNG to continue from); point train.resume at a checkpoint in the run's "
+                              f"checkpoints/ folder.")
     return state
 
 

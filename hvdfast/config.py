@@ -133,6 +133,8 @@ class TrainConfig:
     checkpoint_every: int = 1         # epochs between checkpoints; 0 = only at the end
     checkpoint_every_steps: int = 0   # also checkpoint every N optimizer steps (mid-epoch); 0 = off
     keep_checkpoints: int = 2         # newest checkpoints kept
+    keep_best: bool = True            # the weights of the best validation top-1 in RUN_DIR/best.pt (with the class
+                                      # names; written with the next checkpoint)
     progress: str = "auto"            # auto (bar on a TTY, lines otherwise) | bar | lines
     gc_every: int = 50                # optimizer steps between Python garbage collections, at the same step on
                                       # every rank (automatic collection is off while training); 0 = Python's own

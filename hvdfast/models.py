@@ -53,6 +53,23 @@ def build(name: str, num_classes: int, zero_init_residual: bool = True,
     return model
 
 
+def from_best(path) -> tuple[torch.nn.Module, dict]:
+    """A run's best.pt (train.keep_best) as a model to use: built as training built it (so any model.name loads),
+    its weights in, eval mode, on the CPU in fp32; and what came with it: classes (names in label order), top1,
+    epoch, step and the run's config (config['data'] has the validation's image_size and val_resize, which
+    hvdfast.data.torchvision.val_transform turns into the validation's preprocessing)."""
+    from .checkpoint import CheckpointError
+    try:
+        best = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"'{path}' cannot be read ({_first_line(exc)}).") from None
+    if not isinstance(best, dict) or best.get("kind") != "best weights":
+        raise CheckpointError(f"'{path}' is not a best.pt written by hvdfast train (train.keep_best).")
+    model = build(best["model_name"], best["num_classes"], image_size=best["config"]["data"]["image_size"])
+    model.load_state_dict(best["model"])
+    return model.eval(), {k: v for k, v in best.items() if k != "model"}
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

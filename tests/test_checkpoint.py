@@ -82,9 +82,9 @@ def test_a_copied_run_resumes_from_its_newest_checkpoint_whatever_the_file_times
     for r in (0, 1):
         checkpoint.store_rank_state(copy, 1, 50, r, checkpoint.encode({"error": []}), keep=3)
     checkpoint.save(copy, _state(50), keep=3)
+    kept = [checkpoint.name_for(1, s) for s in (40, 45, 50)]
     assert sorted(p.name for p in copy.iterdir()) == sorted(
-        [checkpoint.INDEX] + [n for s in (40, 45, 50) for n in
-                              [checkpoint.name_for(1, s)] + [f"{checkpoint.name_for(1, s)}.rank{r:05d}" for r in (0, 1)]])
+        [checkpoint.INDEX, *kept] + [f"{name}.rank{r:05d}" for name in kept for r in (0, 1)])
     # a run folder from before the index (or an index that cannot be read): the file times decide, as they did
     (copy / checkpoint.INDEX).write_text("{not json")
     assert [p.name for p in checkpoint.list_checkpoints(copy)] == [checkpoint.name_for(1, s) for s in (50, 40, 45)]

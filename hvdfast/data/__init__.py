@@ -73,7 +73,7 @@ def build(cfg, dist, collectives: bool = True) -> Data:
         train, val = dali.build(cfg, dist, None, None, threads=max(1, workers))
         check_size(train.images, dist.size, cfg.data.batch_size, f"training shards in '{cfg.data.dir}'")
         classes = (Path(cfg.data.dir) / "classes.txt").read_text().split()
-        return Data(train=train, val=val, num_classes=len(classes), backend="dali-webdataset")
+        return Data(train=train, val=val, num_classes=len(classes), backend="dali-webdataset", classes=tuple(classes))
     train_split, val_split = scan_once(cfg.data.dir, dist, collectives)
     check_size(len(train_split), dist.size, cfg.data.batch_size, f"training split '{train_split.root}'")
     if backend == "dali":
@@ -82,7 +82,8 @@ def build(cfg, dist, collectives: bool = True) -> Data:
     else:
         from . import torchvision as tv
         train, val = tv.build(cfg, dist, train_split, val_split, workers)
-    return Data(train=train, val=val, num_classes=len(train_split.classes), backend=backend)
+    return Data(train=train, val=val, num_classes=len(train_split.classes), backend=backend,
+                classes=tuple(train_split.classes))
 
 
 __all__ = ["Data", "DataError", "Loader", "build", "dali_available", "resolve_backend"]

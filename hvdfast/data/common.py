@@ -27,6 +27,7 @@ class Data:
     num_classes: int
     backend: str
     notes: list[str] = field(default_factory=list)
+    classes: tuple[str, ...] = ()   # the class names, in label order (none for synthetic data)
 
 
 def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):

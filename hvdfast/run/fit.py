@@ -102,6 +102,8 @@ class FitState:
     t_start: float = 0.0                # perf_counter() when this process started training, less trained_s
     stop_reason: Optional[str] = None   # what all ranks agreed to stop for (a signal, train.max_time)
     saved_step: int = -1                # the step of the last checkpoint written
+    best_weights: Optional[tuple] = None  # rank 0: (step, CPU copy of the model) of a best validation that no
+                                          # checkpoint was written at yet; best.pt gets it with the next one
 
     @classmethod
     def from_checkpoint(cls, state: dict, step: int) -> "FitState":
@@ -134,11 +136,32 @@ def checkpoint_path(job: Job, step: int) -> Path:
     return job.run_dir / "checkpoints" / checkpoint.name_for(_epoch_of(job, step), step)
 
 
-def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool) -> None:
+def keep_best_weights(job: Job, st: FitState) -> None:
+    """Rank 0, after a validation that beat the best at a step no checkpoint is written at: a CPU copy of the model
+    (what best.pt gets with the next checkpoint, not a file write per validation)."""
+    if job.cfg.train.keep_best and job.plan.info.is_main:
+        st.best_weights = (st.step, {k: v.detach().to("cpu", copy=True) for k, v in job.model.state_dict().items()})
+
+
+def _best_file(job: Job, st: FitState, best_now: bool) -> Optional[memoryview]:
+    """Rank 0: best.pt's bytes for this checkpoint (the model as it is, where a validation at this step beat the
+    best; else the copy keep_best_weights made), or None when the best has not changed since the last one."""
+    step, weights = (st.step, job.model.state_dict()) if best_now else (st.best_weights or (None, None))
+    st.best_weights = None
+    if weights is None or not job.cfg.train.keep_best:
+        return None
+    return checkpoint.encode({
+        "kind": "best weights", "model": weights, "model_name": job.cfg.model.name,
+        "num_classes": job.plan.data.num_classes, "classes": list(job.plan.data.classes),
+        "top1": st.best_top1, "epoch": st.best_epoch, "step": step, "config": config.to_dict(job.cfg)})
+
+
+def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool, best_now: bool = False) -> None:
     """Called on every rank at the same step: BN statistics are averaged first unless they just were (a checkpoint
     holds one model, not rank 0's shard statistics; running statistics are linear in the batches, so averaging
     mid-epoch does not change the epoch-end average), and the skipped files are gathered; rank 0's checkpoint (and
-    each rank's own part, PowerSGD's error) is encoded here and written in the background (job.writer)."""
+    each rank's own part, PowerSGD's error) is encoded here and written in the background (job.writer), with
+    best.pt where the best validation changed since the last checkpoint (best_now: at this step)."""
     p = job.plan
     if p.info.size > 1 and not buffers_averaged:
         dist.average_buffers(job.model)
@@ -162,8 +185,11 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
             "num_classes": p.data.num_classes, "best": {"top1": st.best_top1, "epoch": st.best_epoch},
             "train_time_s": st.elapsed(), "time_to_target_s": st.time_to_target, "bad_files": sorted(skipped),
             "world_size": p.info.size, "global_batch": p.global_batch,
-            "compressor_q": comp["q"] if comp is not None else None,
+            "compressor_q": comp["q"] if comp is not None else None, "classes": list(p.data.classes),
         })
+        best = _best_file(job, st, best_now)
+        if best is not None:  # first: best.pt is never older than the best the checkpoint records
+            writes.append(lambda: checkpoint.store_best(job.run_dir, best))
         writes.append(lambda: checkpoint.store(directory, epoch, step, state, keep))
     if writes:
         # the state is encoded now; the files are written while the next steps train (waited for before a stop
@@ -172,20 +198,23 @@ def save_checkpoint(job: Job, st: FitState, wd: Watchdog, buffers_averaged: bool
         job.writer.submit(lambda: [write() for write in writes])
 
 
-def validate(job: Job, st: FitState, rep: Reporter, wd: Watchdog, epoch: int, n_epochs: int) -> None:
+def validate(job: Job, st: FitState, rep: Reporter, wd: Watchdog, epoch: int, n_epochs: int) -> bool:
+    """Every rank: score the model on the validation split; True where it beat the best so far."""
     cfg = job.cfg
     val_batches = wd.watch(job.plan.data.val.epoch(0), phase="validation data loader", then="validation")
     ev = eval_metrics(dist.allreduce_sum(engine.evaluate(job.model, val_batches, job.prec, job.criterion),
                                          name=f"eval.{st.step}"))
     elapsed = st.elapsed()
     st.final_top1 = ev["top1"]
-    if ev["top1"] > st.best_top1:
+    improved = ev["top1"] > st.best_top1
+    if improved:
         st.best_top1, st.best_epoch = ev["top1"], epoch + 1
     if cfg.train.target_top1 and st.time_to_target is None and ev["top1"] >= cfg.train.target_top1:
         st.time_to_target = elapsed
     rep.record("val", st.step, {"epoch": epoch + 1, **ev}, show=f"epoch {epoch + 1}/{n_epochs} validation: "
                f"top1 {ev['top1']:.2f}% top5 {ev['top5']:.2f}% loss {ev['loss']:.4f} "
                f"({ev['images']} images) at {elapsed:.1f}s")
+    return improved
 
 
 def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_averaged: bool) -> None:
@@ -289,11 +318,13 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
                 t0 = time.perf_counter()
                 if p.info.size > 1:
                     dist.average_buffers(job.model)  # one model everywhere for validation and the checkpoint
-                if (epoch + 1) % cfg.train.eval_every == 0 or last:
-                    validate(job, st, rep, wd, epoch, n_epochs)
+                due = (epoch + 1) % cfg.train.eval_every == 0 or last
+                improved = due and validate(job, st, rep, wd, epoch, n_epochs)
                 every = cfg.train.checkpoint_every
                 if last or (every > 0 and (epoch + 1) % every == 0):
-                    save_checkpoint(job, st, wd, buffers_averaged=True)
+                    save_checkpoint(job, st, wd, buffers_averaged=True, best_now=improved)
+                elif improved:
+                    keep_best_weights(job, st)  # best.pt gets them with the next checkpoint
                 if vote is not None:
                     vote.epoch_end_took(time.perf_counter() - t0)
             if st.stop_reason and not last:

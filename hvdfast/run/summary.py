@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from .. import config, dist, engine, optim, tuned
+from .. import checkpoint, config, dist, engine, optim, tuned
 from ..metrics import Reporter
 from .fit import FitState, bad_files
 from .setup import Job
@@ -230,6 +230,10 @@ def summarize(job: Job, st: FitState, rep: Reporter) -> dict:
         ttt = st.time_to_target
         target = (f" | time to {cfg.train.target_top1:g}% top-1: " +
                   (f"{ttt:.1f} s" if ttt is not None else "not reached"))
+    best = job.run_dir / checkpoint.BEST
+    if cfg.train.keep_best and best.is_file():
+        rep.line(f"best weights: {best} (top-1 {st.best_top1:.2f}%, epoch {st.best_epoch}; with the class names: "
+                 f"README, 'Using the trained model')")
     rep.record("summary", st.step, summary,
                show=f"SUMMARY best top-1 {st.best_top1:.2f}% (epoch {st.best_epoch})"
                     + (f", final {st.final_top1:.2f}%" if st.final_top1 is not None else "")
