@@ -38,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a YAML recipe",
                        description="Train from a YAML recipe plus section.key=value overrides. Writes config.yaml, "
-                                   "versions.json, metrics.jsonl, TensorBoard events and checkpoints to "
-                                   "train.run_dir.", epilog=EPILOG_TRAIN,
+                                   "versions.json, metrics.jsonl, TensorBoard events, checkpoints and best.pt (the "
+                                   "best validation's weights, with the class names) to train.run_dir.",
+                       epilog=EPILOG_TRAIN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--config", "-c", metavar="FILE", help="recipe, e.g. launch/configs/digits-cpu.yaml "
                                                            "(default: built-in defaults)")
