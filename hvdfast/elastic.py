@@ -18,7 +18,6 @@ run keeps the model in NCHW (setup says so in the log).
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 from . import config, dist
@@ -34,8 +33,7 @@ class ElasticRun:
     job: Job
     st: FitState
     state: object        # Horovod's TorchState: model, optimizer, images (seen, all workers)
-    rep: Reporter
-    wd: Watchdog
+    out: summary.Outputs  # the Reporter and Watchdog, replaced here at a reset (train_in_folder closes the last)
     commit_every: int    # optimizer steps between in-memory commits
     vote: stop.StopVote  # the stop agreement (its vote in flight died with the old Horovod at a reset)
     source: str          # where training goes on from: 'fresh' or a checkpoint, then 'elastic reset'
@@ -50,16 +48,16 @@ class ElasticRun:
         info = self.job.plan.info
         self.vote.size = info.size
         self.vote.forget()
-        if self.rep.enabled != info.is_main:  # another worker may be rank 0 now
-            self.rep.close()
-            self.rep = Reporter(self.job.run_dir, info.is_main, "lines", self.job.plan.total_steps)
-        self.wd.stop()
-        self.wd = Watchdog(self.job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s)
+        if self.out.rep.enabled != info.is_main:  # another worker may be rank 0 now
+            self.out.rep.close()
+            self.out.rep = Reporter(self.job.run_dir, info.is_main, "lines", self.job.plan.total_steps)
+        self.out.wd.stop()
+        self.out.wd = Watchdog(self.job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s)
         self.announce_world()
 
     def announce_world(self) -> None:
         p = self.job.plan
-        self.rep.line(f"elastic: {p.info.size} worker(s), global batch {p.global_batch}, "
+        self.out.rep.line(f"elastic: {p.info.size} worker(s), global batch {p.global_batch}, "
                       f"{p.steps_per_epoch} steps/epoch")
 
     def after_step(self, step: int) -> None:
@@ -71,10 +69,10 @@ class ElasticRun:
         # Horovod: after a reset `state` holds the last commit; the run goes on from the images it had seen.
         p = self.job.plan
         self.st.step = state.images // p.global_batch
-        self.rep.start(self.st.step, p.global_batch, p.info.size, self.source)  # what came after it is superseded
+        self.out.rep.start(self.st.step, p.global_batch, p.info.size, self.source)  # what came after: superseded
         self.source = "elastic reset"
         dist.rejoin(self.job.opt, p.info.size)  # every rank of the new world, joiners included
-        fit(self.job, self.st, self.rep, self.wd, self.after_step, self.vote)
+        fit(self.job, self.st, self.out.rep, self.out.wd, self.after_step, self.vote)
         state.commit()
 
 
@@ -86,26 +84,13 @@ def run(cfg: config.Config, notes, vote: stop.StopVote) -> dict:
     job = setup(cfg, notes, elastic=True)
     vote.size = job.plan.info.size
     st, path = resume.resume(job, broadcast=False)  # no collective before Horovod's state sync
-    with summary.run_folder(job, agree=False):
-        info = job.plan.info
-        er = ElasticRun(job=job, st=st, rep=Reporter(job.run_dir, info.is_main, "lines", job.plan.total_steps),
-                        wd=Watchdog(job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s),
+
+    def body(out: summary.Outputs) -> None:
+        er = ElasticRun(job=job, st=st, out=out, commit_every=cfg.train.checkpoint_every_steps or 10, vote=vote,
                         state=dist.elastic_state(job.model, job.opt, images=st.step * job.plan.global_batch),
-                        commit_every=cfg.train.checkpoint_every_steps or 10, vote=vote,
                         source=str(path) if path else "fresh")
-        summary.announce(job, st, er.rep, path)
         er.announce_world()
         er.state.register_reset_callbacks([er.on_reset])
-        st.t_start = time.perf_counter() - st.trained_s
-        if info.is_main:
-            stop.clear(job.run_dir)
-        try:
-            dist.elastic_run(er.train)(er.state)
-        except stop.Stopped:
-            er.rep.close()  # done at the agreed step (run.fit.stop_early); here for a stop raised anywhere else
-            raise
-        finally:
-            er.wd.stop()
-        out = summary.summarize(job, st, er.rep)
-        er.rep.close()
-        return {**out, "model": job.model, "rank": job.plan.info.rank}
+        dist.elastic_run(er.train)(er.state)
+    # plain log lines, as from the Reporter each reset makes (on_reset)
+    return summary.train_in_folder(job, st, path, body, "lines", agree=False)

@@ -4,15 +4,11 @@ Every rank runs this same function; only rank 0 writes files and prints (through
 """
 from __future__ import annotations
 
-import time
-
 from . import config
-from .metrics import Reporter
 from .run import resume, stop, summary
 from .run.fit import TrainingError, fit, memory_knobs, out_of_memory_in_one_line  # noqa: F401 (cli's error)
 from .run.setup import setup
 from .run.summary import consistency, param_digest  # noqa: F401  (used by tests and bench)
-from .watchdog import Watchdog
 
 
 def process_start() -> float:
@@ -37,23 +33,10 @@ def _run(cfg: config.Config, notes) -> dict:
     vote.size = job.plan.info.size
     # 2. resume: this run's newest checkpoint, if there is one (refused when it belongs to another run)
     st, path = resume.resume(job)
-    # 3. fit, with the run's files and log next to it (the folder is this run's until it ends)
-    with summary.run_folder(job):
-        rep = Reporter(job.run_dir, job.plan.info.is_main, cfg.train.progress, job.plan.total_steps)
-        summary.announce(job, st, rep, path)
-        rep.start(st.step, job.plan.global_batch, job.plan.info.size, str(path) if path else "fresh")
-        wd = Watchdog(job.run_dir, job.plan.info.rank, job.plan.info.size, cfg.train.hang_timeout_s)
-        st.t_start = time.perf_counter() - st.trained_s
-        if job.plan.info.is_main:
-            stop.clear(job.run_dir)  # a record of an earlier early stop is not this run's
-        try:
-            fit(job, st, rep, wd, vote=vote)
-        except stop.Stopped:
-            rep.close()  # done at the agreed step (run.fit.stop_early); here for a stop raised anywhere else
-            raise
-        finally:
-            wd.stop()  # no hang report while the process exits
-        # 4. summarize: ranks agree?, accuracy and throughput
-        out = summary.summarize(job, st, rep)
-        rep.close()
-        return {**out, "model": job.model, "rank": job.plan.info.rank}
+    # 3. fit, with the run's files and log next to it (the folder is this run's until it ends); 4. summarize:
+    # ranks agree?, accuracy and throughput
+
+    def body(out: summary.Outputs) -> None:
+        out.rep.start(st.step, job.plan.global_batch, job.plan.info.size, str(path) if path else "fresh")
+        fit(job, st, out.rep, out.wd, vote=vote)
+    return summary.train_in_folder(job, st, path, body, cfg.train.progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -16,6 +17,8 @@ import torch
 
 from .. import checkpoint, config, dist, engine, optim, tuned
 from ..metrics import Reporter
+from ..watchdog import Watchdog
+from . import stop
 from .fit import FitState, bad_files
 from .setup import Job
 
@@ -59,6 +62,38 @@ def run_folder(job: Job, agree: bool = True):
         if job.folder_lock is not None:
             os.close(job.folder_lock)
             job.folder_lock = None
+
+
+@dataclasses.dataclass
+class Outputs:
+    """A run's Reporter (rank 0 writes, the others' are silent) and Watchdog; an elastic reset replaces both."""
+    rep: Reporter
+    wd: Watchdog
+
+
+def train_in_folder(job: Job, st: FitState, resumed_from, body, progress: str, agree: bool = True) -> dict:
+    """What every training does around its loop, in this order, for train.run and elastic.run alike: the run folder
+    (its files, rank 0's lock), the Reporter and Watchdog, the first lines, the clock (a resumed run's earlier
+    training time carried on), `body(outputs)` trains, the summary. Returns the summary (every rank), with the model
+    and the rank."""
+    info = job.plan.info
+    with run_folder(job, agree):
+        out = Outputs(Reporter(job.run_dir, info.is_main, progress, job.plan.total_steps),
+                      Watchdog(job.run_dir, info.rank, info.size, job.cfg.train.hang_timeout_s))
+        announce(job, st, out.rep, resumed_from)
+        st.t_start = time.perf_counter() - st.trained_s
+        if info.is_main:
+            stop.clear(job.run_dir)  # a record of an earlier early stop is not this run's
+        try:
+            body(out)
+        except stop.Stopped:
+            out.rep.close()  # done at the agreed step (run.fit.stop_early); here for a stop raised anywhere else
+            raise
+        finally:
+            out.wd.stop()  # no hang report while the process exits
+        summary = summarize(job, st, out.rep)
+        out.rep.close()
+        return {**summary, "model": job.model, "rank": info.rank}
 
 
 def _job_key() -> str:
