@@ -2,12 +2,14 @@
 with the survivor; with a blacklist cooldown the killed worker's host comes back and the job grows to 2 workers
 again. The two "hosts" are two names of this machine (localhost, 127.0.0.1), so Horovod can blacklist the failed
 one and keep the other; both run locally, without ssh."""
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, SIGNAL_AFTER_STEP, hvdfast_cmd, launcher_env, worker_pid
@@ -17,12 +19,14 @@ from hvdfast.launch import commands
 
 
 def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tuple = ("horovod.bucket_mb=0",),
-                via_launch: bool = False) -> tuple[str, int, dict, list[dict]]:
+                via_launch: bool = False, kill: str = "HOROVOD_HOSTNAME=127.0.0.1",
+                on_shrunk=None) -> tuple[str, int, dict, list[dict]]:
     """(output, exit code, rank 0's summary record, all its records) of a 2-worker elastic run whose 127.0.0.1
-    worker is killed at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per epoch on the short digits). The records
-    must read as one history (plot.current). via_launch: started as a user would, `hvdfast launch hosts --hosts
-    localhost:1,127.0.0.1:1` (which writes the discovery script), instead of horovodrun's elastic options given
-    here."""
+    worker (`kill`: the entry of its environment) is killed at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per
+    epoch on the short digits). The records must read as one history (plot.current). via_launch: started as a
+    user would, `hvdfast launch hosts --hosts localhost:1,127.0.0.1:1` (which writes the discovery script),
+    instead of horovodrun's elastic options given here. on_shrunk(run_dir): called once the survivor says it
+    trains alone."""
     run = tmp_path / "run"
     config = ["--config", str(ROOT / "launch/configs/digits-cpu.yaml"), "train.elastic=true", *horovod,
               f"data.dir={digits_dir}", "data.backend=torchvision", "data.workers=0", "model.name=resnet18",
@@ -45,10 +49,13 @@ def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tu
     for line in job.stdout:
         lines.append(line)
         if not killed and f"step {SIGNAL_AFTER_STEP}/" in line:  # both workers still in the job
-            pid = worker_pid("HOROVOD_HOSTNAME=127.0.0.1", str(run))
+            pid = worker_pid(kill, str(run))
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             killed = True
+        if killed and on_shrunk is not None and "elastic: 1 worker(s)" in line:
+            on_shrunk(run)
+            on_shrunk = None
         assert time.monotonic() < deadline, "elastic run did not finish:\n" + "".join(lines)[-4000:]
     job.wait(timeout=60)
     out = "".join(lines)
@@ -77,6 +84,32 @@ def test_elastic_run_survives_a_dead_worker(short_digits_dir, tmp_path):
     assert summary["workers"] == 1 and summary["ranks_agree"]
     assert summary["final_top1"] > 30                              # it learned (10 classes: chance is 10%)
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "versions.json").is_file()
+
+
+def test_the_worker_a_reset_makes_rank_0_holds_the_run_folder(short_digits_dir, tmp_path):
+    """RUN_DIR/.lock is rank 0's (summary._hold): when rank 0 died the kernel let go of it, and the survivor, rank 0
+    after the reset, trained on in a folder nothing guarded (seen before: the lock free from the reset to the end,
+    so a second run started then would have trained there too). Now the new rank 0 takes it at the reset."""
+    seen = {}
+
+    def probe(run: Path) -> None:  # the survivor has said "elastic: 1 worker(s)": the reset is done
+        fd = os.open(run / ".lock", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            seen["held"] = False
+        except BlockingIOError:
+            seen["held"] = True
+        finally:
+            os.close(fd)
+        seen["pid"] = json.loads((run / ".lock").read_text())["pid"]
+        seen["survivor"] = worker_pid("HOROVOD_RANK=1", str(run))  # the rank it was started as
+
+    out, rc, summary, _ = elastic_run(short_digits_dir, tmp_path, epochs=2, extra=[], kill="HOROVOD_RANK=0",
+                                      on_shrunk=probe)
+    assert rc == 0, out[-4000:]
+    assert seen["held"] and seen["pid"] == seen["survivor"] is not None, seen
+    assert summary["workers"] == 1 and summary["ranks_agree"]
+    assert "WARNING" not in out
 
 
 @pytest.mark.parametrize("horovod", [("horovod.bucket_mb=0",), ("horovod.bucket_mb=25",),

@@ -146,6 +146,15 @@ def _hold(job: Job) -> str | None:
     return None
 
 
+def take_over(job: Job) -> str | None:
+    """Elastic, in the worker that a reset made rank 0: the run folder's lock, which the old rank 0's death let go
+    (the kernel releases a dead process's flock), so a second run started now is still refused. None when it is
+    held now by this worker or by another of this job (a surviving former rank 0); else the problem."""
+    if job.folder_lock is not None or _hold(job) is None:
+        return None
+    return _check_holder(job)
+
+
 def _check_holder(job: Job) -> str | None:
     """An elastic run's other ranks (no collective may come before Horovod's state sync, so rank 0 cannot tell
     them): the folder is in use when another process holds its lock and that holder is not this job's (its rendezvous
