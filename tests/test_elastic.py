@@ -21,9 +21,9 @@ from hvdfast.launch import commands
 def elastic_run(digits_dir, tmp_path, epochs: int, extra: list[str], horovod: tuple = ("horovod.bucket_mb=0",),
                 via_launch: bool = False, kill: str = "HOROVOD_HOSTNAME=127.0.0.1",
                 on_shrunk=None) -> tuple[str, int, dict, list[dict]]:
-    """(output, exit code, rank 0's summary record, all its records) of a 2-worker elastic run whose 127.0.0.1
-    worker (`kill`: the entry of its environment) is killed at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps per
-    epoch on the short digits). The records must read as one history (plot.current). via_launch: started as a
+    """(output, exit code, rank 0's summary record, all its records) of a 2-worker elastic run whose worker with
+    `kill` in its environment (default: the 127.0.0.1 one) is killed at step SIGNAL_AFTER_STEP (mid-epoch: 20 steps
+    per epoch on the short digits). The records must read as one history (plot.current). via_launch: started as a
     user would, `hvdfast launch hosts --hosts localhost:1,127.0.0.1:1` (which writes the discovery script),
     instead of horovodrun's elastic options given here. on_shrunk(run_dir): called once the survivor says it
     trains alone."""
