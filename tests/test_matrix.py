@@ -28,7 +28,7 @@ import sys
 import pytest
 
 from conftest import ROOT, launcher_env, run_launcher
-from hvdfast import config
+from hvdfast import config, models, train
 from hvdfast.launch import commands
 
 FACTORS = {
@@ -191,6 +191,8 @@ def test_cell_trains_the_same_model_on_both_ranks_and_matches_its_references(i, 
         assert summary["global_batch"] == 16 * 2 * accum and summary["steps"] > 0
         assert summary["final_top1"] is not None and summary["final_top1"] >= 0
         assert "Traceback" not in proc.stdout + proc.stderr
+        # one validation, at the end: best.pt holds the final model, and loads the README's way
+        assert train.param_digest(models.from_best(run / "best.pt")[0]) == summary["params_sha256"]
         return
     refs = references(cell)
     runs = {"cell": COMMON + overrides(cell)}
@@ -204,6 +206,8 @@ def test_cell_trains_the_same_model_on_both_ranks_and_matches_its_references(i, 
         assert ranks[0][name]["params"] == ranks[1][name]["params"], name   # the ranks agree, bit for bit
         if name != "accumulation":
             assert ranks[0][name]["ranks_agree"] and ranks[0][name]["final_top1"] is not None
+            # one validation, at the end: best.pt holds the final model, and loads the README's way
+            assert ranks[0][name]["best_params"] == ranks[0][name]["params"], name
     assert ranks[0]["cell"]["global_batch"] == 16 * 2 * accum
     if "exact" in refs:
         assert ranks[0]["cell"]["params"] == ranks[0]["exact"]["params"]

@@ -2,7 +2,8 @@
 short `hvdfast train` run (train.run, the CLI's own path) in the same ranks, one after the other.
 
 argv: OUT DATA_DIR RUNS_JSON, where RUNS_JSON maps a run's name to its overrides. Each rank writes
-OUT/rank<r>.json: per run, its parameter digest and summary.
+OUT/rank<r>.json: per run, its parameter digest and summary; rank 0 also the digest of the model its best.pt
+(train.keep_best) loads into through models.from_best, the README's way (None on the other ranks).
 
 The run named "accumulation" is not a training run: with the cell's optimizer, Horovod settings and clipping (in
 fp32) it drives engine.train_epoch through dist.wrap_optimizer twice, with 2 micro-batches of 16 and with 1
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from hvdfast import dist, engine, optim, train, tuned
+from hvdfast import dist, engine, models, optim, train, tuned
 
 RECIPE = Path(__file__).resolve().parents[2] / "launch/configs/digits-cpu.yaml"
 
@@ -57,7 +58,9 @@ def main(out: Path, data_dir: str, runs: dict) -> None:
             continue
         summary = train.run(cfg, notes)
         rank = summary["rank"]
+        best = out / name / "best.pt"
         result[name] = {"params": train.param_digest(summary["model"]),
+                        "best_params": train.param_digest(models.from_best(best)[0]) if rank == 0 else None,
                         **{k: summary[k] for k in ("steps", "global_batch", "final_top1", "ranks_agree")}}
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 
