@@ -138,13 +138,11 @@ def store(directory: Path, epoch: int, step: int, data, keep: int) -> Path:
     for stale in [*directory.glob(".ckpt-*.pt.tmp-*"), *directory.glob(f".{INDEX}.tmp-*")]:
         if stale != tmp:  # left by a process killed mid-write (not the ranks' files)
             stale.unlink(missing_ok=True)
-    kept = [final] + [p for p in list_checkpoints(directory) if p != final][:keep - 1]
+    earlier = [p for p in list_checkpoints(directory) if p != final]
     # the index names the new file before it is renamed into place: a crash in between leaves a name with no file
     # (skipped), never a newest file the index ranks below older ones
-    _write(final, tmp, data, before_rename=lambda: _write_index(directory, kept))
-    for old in list_checkpoints(directory):
-        if old in kept:
-            continue
+    _write(final, tmp, data, before_rename=lambda: _write_index(directory, [final, *earlier[:keep - 1]]))
+    for old in earlier[keep - 1:]:
         old.unlink(missing_ok=True)
         # the ranks' parts of a checkpoint that is gone: on a shared file system rank 0 sees them all (a rank's own
         # pruning keeps its newest `keep`, which can outlive the checkpoint after a resume at another world size)

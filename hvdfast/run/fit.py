@@ -146,9 +146,11 @@ def keep_best_weights(job: Job, st: FitState) -> None:
 def _best_file(job: Job, st: FitState, best_now: bool) -> Optional[memoryview]:
     """Rank 0: best.pt's bytes for this checkpoint (the model as it is, where a validation at this step beat the
     best; else the copy keep_best_weights made), or None when the best has not changed since the last one."""
+    if not job.cfg.train.keep_best:
+        return None
     step, weights = (st.step, job.model.state_dict()) if best_now else (st.best_weights or (None, None))
     st.best_weights = None
-    if weights is None or not job.cfg.train.keep_best:
+    if weights is None:
         return None
     return checkpoint.encode({
         "kind": "best weights", "model": weights, "model_name": job.cfg.model.name,
