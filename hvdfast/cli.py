@@ -8,6 +8,7 @@ import shutil
 import sys
 
 from .argtypes import count, hosts
+from .process import env_rank, internal_error, launched
 
 EPILOG_TRAIN = """examples:
   hvdfast train --config launch/configs/digits-cpu.yaml                 # one worker
@@ -16,17 +17,6 @@ EPILOG_TRAIN = """examples:
       data.dir=/data/imagenet
 Overrides are section.key=value (value parsed as YAML); an unknown key is an error that names the closest key.
 Every key, its value and what it means: hvdfast train --config FILE [overrides] --keys [TEXT]"""
-
-
-def env_rank() -> int:
-    """This process's rank as the launcher told it (before Horovod starts): only rank 0 prints errors."""
-    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                pass
-    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from . import config, train, tuned
     cfg, notes = tuned.load_config(args.config, args.overrides)  # recipe < tuned file < environment < overrides
+    args.train_run_dir = cfg.train.run_dir  # where an internal error's tracebacks go (_main)
     if args.keys is not None:
         text = config.explain(cfg, tuned.origins(args.config, args.overrides, cfg), args.keys,
                               width=min(shutil.get_terminal_size((100, 24)).columns, 120))
@@ -263,7 +254,9 @@ def _main(argv: list[str]) -> int:
         return 130
     except Exception as exc:
         if not peer_lost(exc):
-            raise
+            if not launched():
+                raise  # a lone process: Python's own traceback, nothing to condense
+            return internal_error(exc, getattr(args, "train_run_dir", None))
         # Horovod shut down under this process because another worker ended first, and that worker's own line (or
         # the launcher's report of its exit or kill) says why. A traceback per rank would bury it: rank 0 says what
         # happened in one line, the others add nothing.

@@ -1,7 +1,85 @@
 """How a process of ours ends. A leaf: imports nothing from hvdfast (the CLI and the bench workers both use it)."""
 from __future__ import annotations
 
+import os
 import sys
+import time
+import traceback
+from pathlib import Path
+
+# Where the launchers put a worker's rank (horovodrun, Open MPI's mpirun, MPICH/Intel MPI, PMIx, SLURM's srun).
+RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def env_rank() -> int:
+    """This process's rank as the launcher told it (before Horovod starts): only rank 0 prints errors."""
+    for var in RANK_VARS:
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 0
+
+
+def launched() -> bool:
+    """Whether a launcher started this process as one of a job's ranks (a lone `hvdfast train` is not)."""
+    return any(var in os.environ for var in RANK_VARS)
+
+
+def internal_error(exc: BaseException, run_dir=None) -> int:
+    """A bug (ours, or a library's under us), not a user error, met by a launched rank: every rank usually meets it
+    at once, and a traceback from each, interleaved line by line by the launcher, buries the one that matters. Rank
+    0 prints its traceback and one line saying what it is and what to send; every other rank one line (its
+    exception and where it was raised: a bug only some ranks meet is located too). Each rank's whole traceback goes
+    to RUN_DIR/errors/rank<r>.txt where the run folder is known, as the watchdog's stack dumps go to hang/. Exit
+    code 1, as Python's own for an uncaught exception."""
+    rank = env_rank()
+    text = "".join(traceback.format_exception(exc))
+    saved = _save(text, run_dir, rank)
+    what = type(exc).__name__
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    if first:
+        what += f": {first[:300]}"
+    if rank == 0:
+        where = (f"The traceback above is rank 0's; each rank's is in {saved.parent}/rank<r>.txt." if saved
+                 else "The traceback above is rank 0's.")
+        sys.stderr.write(text + f"hvdfast: internal error: {what}. This is a bug in hvdfast or in a library under "
+                                f"it, not a problem with the config or the data. {where} Please report it with the "
+                                f"traceback and the run's config.yaml and versions.json.\n")
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        at = f" at {_short(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        sys.stderr.write(f"hvdfast: internal error (rank {rank}): {what}{at}"
+                         + (f"; traceback in {saved}" if saved else "") + "\n")  # one write: one tagged line
+    sys.stderr.flush()
+    return 1
+
+
+def _save(text: str, run_dir, rank: int):
+    """RUN_DIR/errors/rank<r>.txt holding `text`, or None (no run folder yet, or it cannot be written)."""
+    if run_dir is None:
+        return None
+    path = Path(run_dir) / "errors" / f"rank{rank}.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"rank {rank}, pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n{text}")
+    except OSError:
+        return None
+    return path
+
+
+def _short(filename: str) -> str:
+    """A source file's path from its package on (hvdfast/run/fit.py, torch/nn/functional.py), else as it is."""
+    parts = Path(filename).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return "/".join(parts[parts.index(marker) + 1:])
+    here = Path(__file__).resolve().parent  # the hvdfast package
+    try:
+        return str(Path(filename).resolve().relative_to(here.parent))
+    except ValueError:
+        return filename
 
 
 def lighten_exit() -> None:

@@ -357,3 +357,35 @@ def test_a_run_folder_in_use_by_another_run_is_refused_in_one_line(short_digits_
         assert not [r for r in (p.stdout + p.stderr).splitlines() if r.startswith("[") and "Traceback" in r]
         assert sorted(f.name for f in run.iterdir()) == [".lock"]
         assert json.loads((run / ".lock").read_text()) == holder
+
+
+def test_a_bug_every_rank_meets_is_one_traceback_from_rank_0_and_one_line_from_each_other(digits_dir, tmp_path):
+    """An unexpected exception (a bug, ours or a library's, not a user error) that every rank meets printed a
+    traceback from every rank, interleaved line by line by the launcher. Now rank 0 prints its traceback and one line
+    saying what it is; each other rank one line with its exception and where it was raised; each rank's whole
+    traceback is in RUN_DIR/errors/rank<r>.txt; exit code 1. The bug is real code raising: a sitecustomize on the
+    workers' PYTHONPATH replaces run.fit.validate with a function that looks up a missing key."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import sys\nimport hvdfast.run.fit\n\n\ndef validate(*args, **kwargs):\n    return {}['top1']\n\n\n"
+        "sys.modules['hvdfast.run.fit'].validate = validate\n")
+    run = tmp_path / "run"
+    p = run_launcher("gloo", 2, [*hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml"), *SMALL,
+                                 f"data.dir={digits_dir}", f"train.run_dir={run}", "train.epochs=0.1"],
+                     env={"PYTHONPATH": f"{inject}:{ROOT}"})
+    assert p.returncode != 0, p.stdout[-2000:]
+    by_rank = {r: [line.split(">:", 1)[1] for line in p.stderr.splitlines() if line.startswith(f"[{r}]<stderr>:")]
+               for r in (0, 1)}
+    assert by_rank[1] == [f"hvdfast: internal error (rank 1): KeyError: 'top1' at {inject}/sitecustomize.py:6 in "
+                          f"validate; traceback in {run}/errors/rank1.txt"], p.stderr
+    assert by_rank[0].count("Traceback (most recent call last):") == 1, p.stderr
+    assert by_rank[0][-2:] == [
+        "KeyError: 'top1'",
+        "hvdfast: internal error: KeyError: 'top1'. This is a bug in hvdfast or in a library under it, not a problem "
+        f"with the config or the data. The traceback above is rank 0's; each rank's is in {run}/errors/rank<r>.txt. "
+        "Please report it with the traceback and the run's config.yaml and versions.json."], p.stderr
+    for r in (0, 1):
+        saved = (run / "errors" / f"rank{r}.txt").read_text().splitlines()
+        assert saved[0].startswith(f"rank {r}, pid ") and saved[1] == "Traceback (most recent call last):"
+        assert saved[-1] == "KeyError: 'top1'" and f'  File "{inject}/sitecustomize.py", line 6, in validate' in saved
