@@ -22,10 +22,11 @@ def check_name(name: str) -> None:
 
 
 def build(name: str, num_classes: int, zero_init_residual: bool = True,
-          image_size: int | None = None) -> torch.nn.Module:
+          image_size: int | None = None, batch: int = 2) -> torch.nn.Module:
     """The model, from fresh weights. With `image_size` (training's data.image_size): a vision transformer is built
-    for that size, and any model is tried on a batch of that size (check_input), so a size the model cannot take
-    (ViT's patches, MaxViT's windows, Inception's stem) is one line at setup, not a traceback per rank at the first
+    for that size, and any model is tried on a batch of that size (check_input; `batch`: the run's images per worker
+    per backward pass), so a size the model cannot take (ViT's patches, MaxViT's windows, Inception's stem), or
+    BatchNorm given one image whose features end 1x1, is one line at setup, not a traceback per rank at the first
     step."""
     import torchvision.models as tvm
 
@@ -49,7 +50,7 @@ def build(name: str, num_classes: int, zero_init_residual: bool = True,
         raise ConfigError(f"model.name={name} cannot be built for {image_size} px images (data.image_size): "
                           f"{_first_line(exc)}") from None
     if image_size is not None:
-        check_input(model, name, image_size)
+        check_input(model, name, image_size, batch)
     return model
 
 
@@ -75,20 +76,30 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def check_input(model: torch.nn.Module, name: str, image_size: int) -> None:
-    """Two images of the run's size through the model as training runs it (no gradient; the BatchNorm statistics
-    the pass updates are put back, and the random numbers a dropout draws come from a forked generator, so the
-    model and the run's random stream are as they were)."""
+def check_input(model: torch.nn.Module, name: str, image_size: int, batch: int = 2) -> None:
+    """Two images of the run's size through the model as training runs it, then one where the run trains on one
+    image per worker (`batch` 1: BatchNorm then has a single value per channel wherever the features are down to
+    1x1, which torch refuses in training). No gradient; the BatchNorm statistics the passes update are put back,
+    and the random numbers a dropout draws come from a forked generator, so the model and the run's random stream
+    are as they were."""
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     was_training = model.training
     model.train()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = model(torch.zeros(2, 3, image_size, image_size))
-    except Exception as exc:
-        raise ConfigError(f"model.name={name} cannot take {image_size}x{image_size} images (data.image_size): "
-                          f"{_first_line(exc)}. Set data.image_size to a size it takes (torchvision's models "
-                          f"take 224), or pick another model.") from None
+            try:
+                out = model(torch.zeros(2, 3, image_size, image_size))
+            except Exception as exc:
+                raise ConfigError(f"model.name={name} cannot take {image_size}x{image_size} images "
+                                  f"(data.image_size): {_first_line(exc)}. Set data.image_size to a size it takes "
+                                  f"(torchvision's models take 224), or pick another model.") from None
+            if batch == 1:
+                try:
+                    model(torch.zeros(1, 3, image_size, image_size))
+                except Exception as exc:
+                    raise ConfigError(f"model.name={name} cannot train on one image per worker (data.batch_size=1) "
+                                      f"at {image_size} px: {_first_line(exc)}. Set data.batch_size to 2 or more, "
+                                      f"or a larger data.image_size.") from None
     finally:
         model.train(was_training)
         with torch.no_grad():

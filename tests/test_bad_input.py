@@ -64,6 +64,11 @@ def test_fewer_images_than_workers_times_batch(digits_dir, tmp_path):
               "fewer than workers x batch = 1 x 4096", "lower data.batch_size")
 
 
+
+def test_one_image_per_worker_that_batchnorm_cannot_train_on(digits_dir, tmp_path):
+    one_error(train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path}", *SMALL, "data.batch_size=1"),
+              "cannot train on one image per worker (data.batch_size=1) at 32 px", "Set data.batch_size to 2")
+
 @pytest.fixture(scope="module")
 def trained_run(digits_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")

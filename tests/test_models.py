@@ -47,3 +47,20 @@ def test_an_image_size_the_model_cannot_take_is_one_line(name, size, says):
     with pytest.raises(ConfigError) as err:
         models.build(name, 10, image_size=size)
     assert str(err.value).startswith(says) and "\n" not in str(err.value)
+
+
+def test_one_image_per_worker_where_batchnorm_would_see_one_value_is_one_line():
+    """ResNet-18 at 32 px ends in 1x1 features: with one image per worker its last BatchNorm has one value per
+    channel, which torch refuses in training (a traceback per rank at the first step, before this check). At 64 px
+    (2x2 features) one image trains."""
+    with pytest.raises(ConfigError) as err:
+        models.build("resnet18", 10, image_size=32, batch=1)
+    assert str(err.value) == (
+        "model.name=resnet18 cannot train on one image per worker (data.batch_size=1) at 32 px: ValueError: Expected "
+        "more than 1 value per channel when training, got input size torch.Size([1, 512, 1, 1]). Set "
+        "data.batch_size to 2 or more, or a larger data.image_size.")
+    torch.manual_seed(0)
+    model = models.build("resnet18", 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    models.check_input(model, "resnet18", 64, batch=1)  # both passes, the model left as built
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -93,7 +93,8 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
     short = optim.schedule.warmup_note(cfg.optim, steps_per_epoch=p.steps_per_epoch, epochs=cfg.train.epochs)
     if short:
         notes.append(short)
-    model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual, cfg.data.image_size)
+    model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual, cfg.data.image_size,
+                         cfg.data.batch_size)
     model.to(p.info.device)
     if not elastic:
         # Horovod: identical starting weights everywhere (before channels_last: Horovod needs contiguous tensors).
