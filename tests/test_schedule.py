@@ -7,7 +7,7 @@ import pytest
 
 from hvdfast import config
 from hvdfast.config import OptimConfig
-from hvdfast.optim.schedule import from_config, lr_at, scaled_lr, warmup_note
+from hvdfast.optim.schedule import bounds_note, from_config, lr_at, scaled_lr, warmup_note
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_TRAIN = 1_281_167  # images in ILSVRC-2012's training set
@@ -79,6 +79,25 @@ def test_a_warmup_as_long_as_the_run_is_said():
     assert warmup_note(OptimConfig(warmup_epochs=0.0), steps_per_epoch=45, epochs=0.01) is None
     assert warmup_note(OptimConfig(warmup_epochs=1.0, schedule="constant"), steps_per_epoch=45, epochs=1.0) is None
 
+
+
+def test_an_end_or_start_lr_not_below_the_peak_is_said():
+    """end_lr and warmup_from are absolute, the peak scales with the global batch: an end_lr at or above the peak
+    made the cosine decay rise, a warmup_from above it made the warmup ramp down, without a word."""
+    o = OptimConfig(lr=0.1, lr_batch=256, lr_scaling="linear", end_lr=0.1, schedule="cosine")
+    assert bounds_note(o, global_batch=128) == (
+        "optim.end_lr=0.1 is not below the peak LR 0.05 at this run's global batch (128): the cosine schedule rises "
+        "to it instead of decaying; lower optim.end_lr")
+    fn, total = from_config(o, global_batch=128, steps_per_epoch=10, epochs=2)
+    assert fn(total - 1) > fn(total // 2)  # what it says: the LR rises
+    assert bounds_note(o, global_batch=512) is None  # peak 0.2
+    assert bounds_note(OptimConfig(lr=0.1, lr_batch=256, lr_scaling="linear", end_lr=0.1, schedule="step"),
+                       global_batch=128) is None  # step decays by its factor, not to end_lr
+    up = OptimConfig(lr=0.1, lr_batch=256, lr_scaling="none", warmup_epochs=1.0, warmup_from=0.5)
+    assert bounds_note(up, global_batch=256) == (
+        "optim.warmup_from=0.5 is above the peak LR 0.1 at this run's global batch (256): the warmup ramps down to "
+        "the peak; lower optim.warmup_from")
+    assert bounds_note(OptimConfig(warmup_epochs=0.0, warmup_from=100.0), global_batch=256) is None
 
 @pytest.mark.parametrize("recipe,gpus,per_gpu,lr,warmup_epochs,epochs", [
     ("imagenet-rn50-lars-3200", 8, 400, 11.0, 2, 37),       # config_DGXH100.sh

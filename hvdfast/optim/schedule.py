@@ -70,6 +70,20 @@ def warmup_note(ocfg, *, steps_per_epoch: int, epochs: float) -> str | None:
             f"optim.warmup_epochs for a run this short")
 
 
+def bounds_note(ocfg, *, global_batch: int) -> str | None:
+    """A line for the run log when the LR the schedule starts from or decays to is not below the peak at this run's
+    global batch (the peak scales with the batch; these two are absolute): the warmup then ramps down, or the decay
+    rises. A run can mean neither."""
+    peak = peak_lr(ocfg, global_batch)
+    if ocfg.schedule in ("cosine", "poly") and ocfg.end_lr >= peak:
+        return (f"optim.end_lr={ocfg.end_lr:g} is not below the peak LR {peak:.4g} at this run's global batch "
+                f"({global_batch}): the {ocfg.schedule} schedule rises to it instead of decaying; lower optim.end_lr")
+    if ocfg.warmup_epochs > 0 and ocfg.warmup_from > peak:
+        return (f"optim.warmup_from={ocfg.warmup_from:g} is above the peak LR {peak:.4g} at this run's global batch "
+                f"({global_batch}): the warmup ramps down to the peak; lower optim.warmup_from")
+    return None
+
+
 def from_config(ocfg, *, global_batch: int, steps_per_epoch: int, epochs: float):
     """Bind the recipe to this run: returns (lr_fn(step) -> lr, total_steps)."""
     base = peak_lr(ocfg, global_batch)

@@ -90,9 +90,9 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
         notes.append(oversubscribed)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     p = plan(cfg, info, collectives=not elastic)
-    short = optim.schedule.warmup_note(cfg.optim, steps_per_epoch=p.steps_per_epoch, epochs=cfg.train.epochs)
-    if short:
-        notes.append(short)
+    notes.extend(n for n in (optim.schedule.warmup_note(cfg.optim, steps_per_epoch=p.steps_per_epoch,
+                                                       epochs=cfg.train.epochs),
+                             optim.schedule.bounds_note(cfg.optim, global_batch=p.global_batch)) if n)
     model = models.build(cfg.model.name, p.data.num_classes, cfg.model.zero_init_residual, cfg.data.image_size,
                          cfg.data.batch_size)
     model.to(p.info.device)
