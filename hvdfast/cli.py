@@ -8,7 +8,7 @@ import shutil
 import sys
 
 from .argtypes import count, hosts
-from .process import env_rank, internal_error, launched
+from .process import this_rank, internal_error, launched
 
 EPILOG_TRAIN = """examples:
   hvdfast train --config launch/configs/digits-cpu.yaml                 # one worker
@@ -103,11 +103,11 @@ def _train(args) -> int:
     if args.keys is not None:
         text = config.explain(cfg, tuned.origins(args.config, args.overrides, cfg), args.keys,
                               width=min(shutil.get_terminal_size((100, 24)).columns, 120))
-        if env_rank() == 0:
+        if this_rank() == 0:
             print(text, end="")
         return 0
     if args.print_config:
-        if env_rank() == 0:
+        if this_rank() == 0:
             print(config.dump(cfg), end="")
         return 0
     train.run(cfg, notes)
@@ -238,14 +238,14 @@ def _main(argv: list[str]) -> int:
     except user_errors as exc:
         # Every rank meets the same config/data problem; one message, from rank 0, is enough.
         # A problem only one rank can see (a corrupt file in its shard) is printed by that rank.
-        rank = env_rank()
+        rank = this_rank()
         if rank == 0 or getattr(exc, "rank_local", False):
             prefix = f"hvdfast: error (rank {rank}): " if rank else "hvdfast: error: "
             _error_line(prefix + str(exc))
         return 2
     except Stopped as exc:
         # a preemption warning or train.max_time: checkpointed (or nothing to save yet); rerun to continue
-        if env_rank() == 0 and not exc.shown:
+        if this_rank() == 0 and not exc.shown:
             _error_line(f"hvdfast: {exc}")
         if exc.agreed:
             exit_together()  # every rank at once: a launcher ends the job at the first exit
@@ -260,7 +260,7 @@ def _main(argv: list[str]) -> int:
         # Horovod shut down under this process because another worker ended first, and that worker's own line (or
         # the launcher's report of its exit or kill) says why. A traceback per rank would bury it: rank 0 says what
         # happened in one line, the others add nothing.
-        if env_rank() == 0:
+        if this_rank() == 0:
             _error_line("hvdfast: error: a worker left the job, so Horovod shut down under the others (the worker's "
                         "own message, or the launcher's report, says which and why). Once that is fixed, run the same "
                         "command again: it continues from the newest checkpoint (train.resume=auto).")

@@ -11,8 +11,17 @@ from pathlib import Path
 RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
-def env_rank() -> int:
-    """This process's rank as the launcher told it (before Horovod starts): only rank 0 prints errors."""
+def this_rank() -> int:
+    """This process's rank, for who prints: Horovod's own where it runs here (an elastic reset renumbers the ranks,
+    while the launcher's variable keeps the rank the process started as: the survivor of a dead rank 0 is rank 0
+    with HOROVOD_RANK=1), else as the launcher told it (before Horovod starts, after it shut down), else 0."""
+    hvd = sys.modules.get("horovod.torch")  # only where this process imported it: nothing to start here
+    if hvd is not None:
+        try:
+            if hvd.is_initialized():
+                return hvd.rank()
+        except (AttributeError, ValueError):  # shut down under us
+            pass
     for var in RANK_VARS:
         if var in os.environ:
             try:
@@ -34,7 +43,7 @@ def internal_error(exc: BaseException, run_dir=None) -> int:
     exception and where it was raised: a bug only some ranks meet is located too). Each rank's whole traceback goes
     to RUN_DIR/errors/rank<r>.txt where the run folder is known, as the watchdog's stack dumps go to hang/. Exit
     code 1, as Python's own for an uncaught exception."""
-    rank = env_rank()
+    rank = this_rank()
     text = "".join(traceback.format_exception(exc))
     saved = _save(text, run_dir, rank)
     what = type(exc).__name__

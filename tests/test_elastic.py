@@ -112,6 +112,36 @@ def test_the_worker_a_reset_makes_rank_0_holds_the_run_folder(short_digits_dir, 
     assert "WARNING" not in out
 
 
+
+def test_a_user_error_after_a_reset_is_said_by_the_new_rank_0(short_digits_dir, tmp_path):
+    """An error every rank meets is said by rank 0 alone, and rank 0 was read from the launcher's variable
+    (HOROVOD_RANK): the rank a process started as. After a reset that renumbers the ranks, the survivor of a dead
+    rank 0 is rank 0 with HOROVOD_RANK=1, so a checkpoint it could not write (its folder full: a 64 KiB tmpfs
+    mounted there once the survivor trains alone) ended the run with exit 2 and not a word. The rank is now
+    Horovod's own wherever Horovod runs."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system over the checkpoints needs root")
+    mounted = []
+
+    def fill(run: Path) -> None:
+        folder = run / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)]).returncode == 0:
+            mounted.append(folder)
+
+    try:
+        out, rc, summary, _ = elastic_run(short_digits_dir, tmp_path, epochs=2, extra=[], kill="HOROVOD_RANK=0",
+                                          on_shrunk=fill)
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=True)
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here")
+    errors = [line.split(">:", 1)[-1] for line in out.splitlines() if "hvdfast: error" in line]
+    assert rc != 0 and len(errors) == 1, out[-4000:]  # horovodrun reports a worker's exit 2 as 1
+    assert errors[0].startswith("hvdfast: error: could not write checkpoint ") and "No space left" in errors[0]
+    assert "SUMMARY" not in out and not summary
+
 @pytest.mark.parametrize("horovod", [("horovod.bucket_mb=0",), ("horovod.bucket_mb=25",),
                                      ("horovod.bucket_mb=25", "horovod.compression=powersgd")],
                          ids=["horovod-optimizer", "buckets", "powersgd"])
