@@ -1,4 +1,5 @@
-"""How a process of ours ends. A leaf: imports nothing from hvdfast (the CLI and the bench workers both use it)."""
+"""How a process of ours ends, and who speaks for the job as it does (this_rank; internal_error for a bug). A leaf:
+imports nothing from hvdfast (the CLI and the bench workers both use it)."""
 from __future__ import annotations
 
 import os
