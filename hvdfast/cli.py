@@ -8,7 +8,7 @@ import shutil
 import sys
 
 from .argtypes import count, hosts
-from .process import this_rank, internal_error, launched
+from .process import internal_error, launched, this_rank
 
 EPILOG_TRAIN = """examples:
   hvdfast train --config launch/configs/digits-cpu.yaml                 # one worker
