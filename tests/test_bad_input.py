@@ -364,17 +364,23 @@ def test_a_run_folder_in_use_by_another_run_is_refused_in_one_line(short_digits_
         assert json.loads((run / ".lock").read_text()) == holder
 
 
+def plant_a_bug(tmp_path):
+    """A folder for the workers' PYTHONPATH whose sitecustomize replaces run.fit.validate with a function that looks
+    up a missing key (line 6): real code raising, on every rank, at the first validation."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import sys\nimport hvdfast.run.fit\n\n\ndef validate(*args, **kwargs):\n    return {}['top1']\n\n\n"
+        "sys.modules['hvdfast.run.fit'].validate = validate\n")
+    return inject
+
 def test_a_bug_every_rank_meets_is_one_traceback_from_rank_0_and_one_line_from_each_other(digits_dir, tmp_path):
     """An unexpected exception (a bug, ours or a library's, not a user error) that every rank meets printed a
     traceback from every rank, interleaved line by line by the launcher. Now rank 0 prints its traceback and one line
     saying what it is; each other rank one line with its exception and where it was raised; each rank's whole
     traceback is in RUN_DIR/errors/rank<r>.txt; exit code 1. The bug is real code raising: a sitecustomize on the
     workers' PYTHONPATH replaces run.fit.validate with a function that looks up a missing key."""
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        "import sys\nimport hvdfast.run.fit\n\n\ndef validate(*args, **kwargs):\n    return {}['top1']\n\n\n"
-        "sys.modules['hvdfast.run.fit'].validate = validate\n")
+    inject = plant_a_bug(tmp_path)
     run = tmp_path / "run"
     p = run_launcher("gloo", 2, [*hvdfast_cmd("train", "--config", "launch/configs/digits-cpu.yaml"), *SMALL,
                                  f"data.dir={digits_dir}", f"train.run_dir={run}", "train.epochs=0.1"],
@@ -394,3 +400,28 @@ def test_a_bug_every_rank_meets_is_one_traceback_from_rank_0_and_one_line_from_e
         saved = (run / "errors" / f"rank{r}.txt").read_text().splitlines()
         assert saved[0].startswith(f"rank {r}, pid ") and saved[1] == "Traceback (most recent call last):"
         assert saved[-1] == "KeyError: 'top1'" and f'  File "{inject}/sitecustomize.py", line 6, in validate' in saved
+
+
+
+def test_hvdfast_launch_folds_the_line_each_other_rank_says_on_a_bug(digits_dir, tmp_path):
+    """Through `hvdfast launch local` with 3 ranks: rank 0's traceback and line, the first other rank's line, and the
+    rest folded into one line at the end (at 1,024 ranks one line instead of 1,022 more)."""
+    inject = plant_a_bug(tmp_path)
+    run = tmp_path / "run"
+    p = subprocess.run(hvdfast_cmd("launch", "local", "--np", "3", "--controller", "gloo", "--config",
+                                   "launch/configs/digits-cpu.yaml", *SMALL, f"data.dir={digits_dir}",
+                                   f"train.run_dir={run}", "train.epochs=0.1"),
+                       capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={**launcher_env(), "PYTHONPATH": f"{inject}:{ROOT}"})
+    assert p.returncode != 0, p.stdout[-2000:]
+    said = [line.split(">:", 1)[-1] for line in p.stderr.splitlines() if "internal error" in line]
+    assert len(said) == 3 and said[-1].startswith("hvdfast launch:"), p.stderr  # the fold comes at the end
+    rank_0 = [line for line in said if line.startswith("hvdfast: internal error: ")]
+    assert len(rank_0) == 1 and rank_0[0].startswith("hvdfast: internal error: KeyError: 'top1'. This is a bug")
+    other = next(line for line in said if line.startswith("hvdfast: internal error (rank "))
+    first = int(other.split("(rank ")[1].split(")")[0])
+    assert other == (f"hvdfast: internal error (rank {first}): KeyError: 'top1' at {inject}/sitecustomize.py:6 in "
+                     f"validate; traceback in {run}/errors/rank{first}.txt"), p.stderr
+    assert said[-1] == (f"hvdfast launch: 1 more rank(s) met the same internal error (ranks {3 - first}); each "
+                        f"rank's traceback is in {run}/errors/rank<r>.txt"), p.stderr
+    assert sorted(f.name for f in (run / "errors").iterdir()) == ["rank0.txt", "rank1.txt", "rank2.txt"]

@@ -272,6 +272,31 @@ def test_relay_condenses_horovodruns_report_of_a_worker_exit_and_keeps_other_tra
     assert out.getvalue() == "".join(crash)
 
 
+def test_relay_folds_the_line_every_rank_but_0_says_on_a_bug():
+    """process.internal_error: rank 0 prints its traceback and a line, every other rank one line. The first of
+    those passes; the rest of a bug's lines (the same text but the rank) are one line at the end, naming the ranks.
+    Another bug's line passes as its own; tagged by horovodrun or not (mpirun)."""
+    import io
+    from hvdfast.launch.supervisor import StderrRelay, _ranges
+    assert _ranges([7, 2, 3, 4, 9, 10]) == "2-4, 7, 9-10" and _ranges([5]) == "5"
+
+    def bug(rank: int, what: str = "KeyError: 'top1' at hvdfast/run/fit.py:324 in fit", tag: bool = True) -> str:
+        return ((f"[{rank}]<stderr>:" if tag else "") + f"hvdfast: internal error (rank {rank}): {what}; traceback "
+                f"in /r/errors/rank{rank}.txt\n")
+    lines = ["[0]<stderr>:Traceback (most recent call last):\n", "[0]<stderr>:KeyError: 'top1'\n",
+             bug(2), bug(1), bug(5, "ValueError: x at a.py:1 in f"), bug(3), bug(4, tag=False),
+             "[0]<stderr>:hvdfast: internal error: KeyError: 'top1'. This is a bug …\n",
+             "Process 0 exit with status code 1.\n"]
+    out = io.StringIO()
+    StderrRelay(iter(lines), out).run()
+    assert out.getvalue().splitlines() == [
+        "[0]<stderr>:Traceback (most recent call last):", "[0]<stderr>:KeyError: 'top1'", bug(2).rstrip(),
+        bug(5, "ValueError: x at a.py:1 in f").rstrip(),
+        "[0]<stderr>:hvdfast: internal error: KeyError: 'top1'. This is a bug …",
+        "Process 0 exit with status code 1.",
+        "hvdfast launch: 3 more rank(s) met the same internal error (ranks 1, 3-4); each rank's traceback is in "
+        "/r/errors/rank<r>.txt"]
+
 def test_relay_shows_what_it_holds_when_the_supervisor_stops_waiting_for_eof():
     """horovodrun's middlemen and resource tracker inherit its stderr and may keep it open after horovodrun exited:
     the supervisor's finish() ends the relay then, and the held report is shown once, not lost."""

@@ -36,12 +36,31 @@ def local_workers(pid: int) -> list:
 _WORKER_EXIT = re.compile(r"RuntimeError: Horovod detected that one or more processes exited with non-zero status"
                           r".*?Process name: (?P<name>\S+)\s+Exit code: (?P<code>-?\d+)", re.S)
 _PREFIXED = re.compile(r"^\[\d+(,\d+)?\]<std(out|err)>:")  # a worker's line, as horovodrun relays it
+# A rank's one line on a bug (process.internal_error), tagged by horovodrun or not (mpirun): every rank but 0 says it
+_INTERNAL = re.compile(r"^(?:\[\d+(?:,\d+)?\]<stderr>:)?hvdfast: internal error \(rank (?P<rank>\d+)\): "
+                       r"(?P<what>.*?)(?:; traceback in (?P<dir>.*)/rank\d+\.txt)?$")
+
+
+def _ranges(ranks: list[int]) -> str:
+    """2, 3, 4, 7 -> '2-4, 7'."""
+    out, ranks = [], sorted(ranks)
+    start = prev = ranks[0]
+    for r in ranks[1:] + [None]:
+        if r is not None and r == prev + 1:
+            prev = r
+            continue
+        out.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if r is not None:
+            start = prev = r
+    return ", ".join(out)
 
 
 class StderrRelay:
     """Copies the launcher's stderr line by line, holding back a traceback of the launcher's own (unprefixed lines
     from "Traceback" on; workers' lines still pass): at the end, horovodrun's "one or more processes exited with
-    non-zero status" becomes one line; any other traceback is shown as it was.
+    non-zero status" becomes one line; any other traceback is shown as it was. A bug every rank meets is one line
+    from each rank but 0 (process.internal_error): the first passes, the rest are folded into one line at the end
+    (at 1,024 ranks, one line instead of 1,022 more).
 
     The end is EOF or finish(), whichever comes first: horovodrun's helpers (its per-rank middlemen, multiprocessing's
     resource tracker) inherit its stderr and may hold it open for seconds after horovodrun itself exited, so the
@@ -50,6 +69,7 @@ class StderrRelay:
     def __init__(self, src, dst):
         self.src, self.dst = src, dst
         self.held: list[str] = []
+        self.folded: dict[str, tuple[str, list[int]]] = {}  # a bug's line -> (its tracebacks' folder, other ranks)
         self.lock = threading.Lock()
         self.ended = False
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -59,8 +79,14 @@ class StderrRelay:
             with self.lock:
                 if self.ended:
                     return
+                bug = _INTERNAL.match(line.rstrip("\n"))
+                if bug and bug["what"] in self.folded:
+                    self.folded[bug["what"]][1].append(int(bug["rank"]))
+                    continue
+                if bug:
+                    self.folded[bug["what"]] = (bug["dir"] or "", [])
                 if (self.held or line.startswith("Traceback (most recent call last):")) \
-                        and not _PREFIXED.match(line):
+                        and not _PREFIXED.match(line) and not bug:
                     self.held.append(line)
                 else:
                     self.dst.write(line)
@@ -75,6 +101,11 @@ class StderrRelay:
             if self.ended:
                 return
             self.ended = True
+            for what, (folder, ranks) in self.folded.items():
+                if ranks:
+                    where = f"; each rank's traceback is in {folder}/rank<r>.txt" if folder else ""
+                    self.dst.write(f"hvdfast launch: {len(ranks)} more rank(s) met the same internal error (ranks "
+                                   f"{_ranges(ranks)}){where}\n")
             text = "".join(self.held)
             m = _WORKER_EXIT.search(text)
             if m:
