@@ -81,7 +81,8 @@ def test_elastic_recipes_get_horovodruns_elastic_driver(tmp_path):
     for args, says in [(["mpirun"], "launch mpirun starts a fixed set of workers"),
                        (["slurm"], "launch slurm starts a fixed set of workers"),
                        (["local", "--controller", "mpi"], "runs on Horovod's Gloo controller"),
-                       (["ray", "--controller", "mpi"], "launch ray runs Horovod's Gloo controller, not --controller mpi"),
+                       (["ray", "--controller", "mpi"],
+                        "launch ray runs Horovod's Gloo controller, not --controller mpi"),
                        (["hosts", "--hosts", "a:4"], "an elastic job on one host needs --nic"),
                        (["local", "--min-np", "3"], "needs --min-np <= --np <= --max-np; got 3, 2, 2")]:
         p = subprocess.run(hvdfast_cmd("launch", *args, *CFG, "train.elastic=true", "--dry-run"),
