@@ -1,6 +1,6 @@
 """Running the launcher (horovodrun or mpirun) for `hvdfast launch`: its stderr relayed with horovodrun's own
-traceback condensed to one line and the ranks' lines on a bug folded into one, and a scheduler's warning (SIGUSR1, SIGTERM) passed to the workers as a stop
-request, whose exit code (75) survives horovodrun's reporting."""
+traceback condensed to one line and the ranks' lines on a bug folded into one, and a scheduler's warning (SIGUSR1,
+SIGTERM) passed to the workers as a stop request, whose exit code (75) survives horovodrun's reporting."""
 from __future__ import annotations
 
 import re
