@@ -60,7 +60,7 @@ class ElasticRun:
     def announce_world(self) -> None:
         p = self.job.plan
         self.out.rep.line(f"elastic: {p.info.size} worker(s), global batch {p.global_batch}, "
-                      f"{p.steps_per_epoch} steps/epoch")
+                          f"{p.steps_per_epoch} steps/epoch")
 
     def after_step(self, step: int) -> None:
         self.state.images += self.job.plan.global_batch

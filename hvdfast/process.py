@@ -3,6 +3,7 @@ imports nothing from hvdfast (the CLI and the bench workers both use it)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import traceback
@@ -10,6 +11,12 @@ from pathlib import Path
 
 # Where the launchers put a worker's rank (horovodrun, Open MPI's mpirun, MPICH/Intel MPI, PMIx, SLURM's srun).
 RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+# The one line each rank but 0 writes on a bug (internal_error), as a launcher relays it (tagged by horovodrun, or not:
+# mpirun): `hvdfast launch` folds the repeats (launch.supervisor.StderrRelay).
+BUG_LINE = re.compile(r"^(?:\[\d+(?:,\d+)?\]<stderr>:)?hvdfast: internal error \(rank (?P<rank>\d+)\): "
+                      r"(?P<what>.*?)(?:; traceback in (?P<dir>.*)/rank\d+\.txt)?$")
 
 
 def this_rank() -> int:

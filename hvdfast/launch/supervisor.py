@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..process import BUG_LINE
 from . import commands
 
 
@@ -36,9 +37,6 @@ def local_workers(pid: int) -> list:
 _WORKER_EXIT = re.compile(r"RuntimeError: Horovod detected that one or more processes exited with non-zero status"
                           r".*?Process name: (?P<name>\S+)\s+Exit code: (?P<code>-?\d+)", re.S)
 _PREFIXED = re.compile(r"^\[\d+(,\d+)?\]<std(out|err)>:")  # a worker's line, as horovodrun relays it
-# A rank's one line on a bug (process.internal_error), tagged by horovodrun or not (mpirun): every rank but 0 says it
-_INTERNAL = re.compile(r"^(?:\[\d+(?:,\d+)?\]<stderr>:)?hvdfast: internal error \(rank (?P<rank>\d+)\): "
-                       r"(?P<what>.*?)(?:; traceback in (?P<dir>.*)/rank\d+\.txt)?$")
 
 
 def _ranges(ranks: list[int]) -> str:
@@ -79,7 +77,7 @@ class StderrRelay:
             with self.lock:
                 if self.ended:
                     return
-                bug = _INTERNAL.match(line.rstrip("\n"))
+                bug = BUG_LINE.match(line.rstrip("\n"))
                 if bug and bug["what"] in self.folded:
                     self.folded[bug["what"]][1].append(int(bug["rank"]))
                     continue
