@@ -44,14 +44,18 @@ def launched() -> bool:
     return any(var in os.environ for var in RANK_VARS)
 
 
-def internal_error(exc: BaseException, run_dir=None) -> int:
+RUN_FILES = "the traceback and the run's config.yaml and versions.json"
+
+
+def internal_error(exc: BaseException, run_dir=None, rank: int | None = None, report: str = RUN_FILES) -> int:
     """A bug (ours, or a library's under us), not a user error, met by a launched rank: every rank usually meets it
     at once, and a traceback from each, interleaved line by line by the launcher, buries the one that matters. Rank
     0 prints its traceback and one line saying what it is and what to send; every other rank one line (its
     exception and where it was raised: a bug only some ranks meet is located too). Each rank's whole traceback goes
     to RUN_DIR/errors/rank<r>.txt where the run folder is known, as the watchdog's stack dumps go to hang/. Exit
-    code 1, as Python's own for an uncaught exception."""
-    rank = this_rank()
+    code 1, as Python's own for an uncaught exception. `rank` where the launcher is none of RANK_VARS' (torchrun's
+    RANK), `report` what to send with it."""
+    rank = this_rank() if rank is None else rank
     text = "".join(traceback.format_exception(exc))
     saved = _save(text, run_dir, rank)
     what = type(exc).__name__
@@ -62,8 +66,8 @@ def internal_error(exc: BaseException, run_dir=None) -> int:
         where = (f"The traceback above is rank 0's; each rank's is in {saved.parent}/rank<r>.txt." if saved
                  else "The traceback above is rank 0's.")
         sys.stderr.write(text + f"hvdfast: internal error: {what}. This is a bug in hvdfast or in a library under "
-                                f"it, not a problem with the config or the data. {where} Please report it with the "
-                                f"traceback and the run's config.yaml and versions.json.\n")
+                                f"it, not a problem with the config or the data. {where} Please report it with "
+                                f"{report}.\n")
     else:
         frames = traceback.extract_tb(exc.__traceback__)
         at = f" at {_short(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
@@ -71,6 +75,20 @@ def internal_error(exc: BaseException, run_dir=None) -> int:
                          + (f"; traceback in {saved}" if saved else "") + "\n")  # one write: one tagged line
     sys.stderr.flush()
     return 1
+
+
+def ranges(ranks) -> str:
+    """2, 3, 4, 7 -> '2-4, 7' (ranks, as a line that names them reads at 1,024)."""
+    out, ranks = [], sorted(ranks)
+    start = prev = ranks[0]
+    for r in ranks[1:] + [None]:
+        if r is not None and r == prev + 1:
+            prev = r
+            continue
+        out.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if r is not None:
+            start = prev = r
+    return ", ".join(out)
 
 
 def _save(text: str, run_dir, rank: int):

@@ -90,6 +90,62 @@ def test_bench_workers_out_of_memory_are_one_line(tmp_path, variant):
         f"share its memory."), p.stdout[-2000:] + p.stderr[-3000:]
 
 
+def plant_a_bench_bug(tmp_path):
+    """A folder for the workers' PYTHONPATH whose sitecustomize replaces bench.worker.peak_rss_mb (called by
+    hvdfast's workers and the DDP peer after their timed steps) with one that looks up a missing key (line 6):
+    real code raising, on every rank."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import sys\nimport hvdfast.bench.worker\n\n\ndef peak_rss_mb():\n    return {}['rss']\n\n\n"
+        "sys.modules['hvdfast.bench.worker'].peak_rss_mb = peak_rss_mb\n")
+    return inject
+
+
+@pytest.mark.parametrize("variant", ["hvdfast", "ddp"])
+def test_a_bug_in_the_bench_workers_is_said_once_with_one_traceback(tmp_path, variant):
+    """A bug every rank of a benchmark meets (ours or a library's): the driver showed the last 3,000 characters of
+    the launcher's output, both ranks' tracebacks cut into each other piece by piece. Now it is one message: which
+    ranks met what, and the lowest rank's traceback once (the workers save theirs; bench.worker.guarded). Under
+    torchrun (the DDP peer, RANK) as under horovodrun."""
+    extra = ["--baseline", "ddp"] if variant == "ddp" else []  # (the DDP peer runs first)
+    inject = plant_a_bench_bug(tmp_path)
+    p = subprocess.run(hvdfast_cmd("bench", "train", *extra, "--np", "2", "--model", "resnet18", "--batch", "4",
+                                   "--image-size", "32", "--steps", "2", "--warmup", "1", "--out-dir", str(tmp_path)),
+                       capture_output=True, text=True, timeout=600, env={**launcher_env(), "PYTHONPATH":
+                                                                            f"{inject}:{ROOT}"}, cwd=ROOT)
+    lines = p.stderr.strip().splitlines()
+    first = lines.index(f"hvdfast bench: the {variant} run at 2 worker(s) failed on a bug in hvdfast or in a library "
+                        f"under it, not a problem with the benchmark's options: ranks 0-1 met KeyError: 'rss'; rank "
+                        f"0's traceback:")
+    assert p.returncode == 1 and lines[first + 1] == "Traceback (most recent call last):", p.stderr[-3000:]
+    assert lines[-2:] == ["KeyError: 'rss'", "Please report it with the traceback, the benchmark's command line and "
+                                             "`hvdfast doctor`'s output."], p.stderr[-3000:]
+    assert f'  File "{inject}/sitecustomize.py", line 6, in peak_rss_mb' in lines
+    assert p.stderr.count("Traceback") == 1 and "<stderr>" not in p.stderr, p.stderr[-3000:]
+
+
+def test_the_bench_reads_each_distinct_bug_once_with_its_ranks(tmp_path):
+    """bench.worker.bugs_said over the files the ranks saved: each distinct error once, with the ranks that met it
+    (as ranges: at 1,024 ranks one line) and the lowest one's traceback; nothing saved, nothing said."""
+    from hvdfast.bench import worker
+    out = tmp_path / "hvdfast-8.json"
+    assert worker.bugs_said(out) is None
+    errors = worker.bug_folder(out) / "errors"
+    errors.mkdir(parents=True)
+    for r in (7, 2, 3, 4, 6):
+        what = "ValueError: odd" if r == 7 else "KeyError: 'rss'"
+        (errors / f"rank{r}.txt").write_text(f"rank {r}, pid 1, now\nTraceback (most recent call last):\n"
+                                             f"  File \"x.py\", line {r}, in f\n{what}\n")
+    assert worker.bugs_said(out).splitlines() == [
+        "a bug in hvdfast or in a library under it, not a problem with the benchmark's options: ranks 2-4, 6 met "
+        "KeyError: 'rss'; rank 2's traceback:",
+        "Traceback (most recent call last):", '  File "x.py", line 2, in f', "KeyError: 'rss'",
+        "rank 7 met ValueError: odd; rank 7's traceback:",
+        "Traceback (most recent call last):", '  File "x.py", line 7, in f', "ValueError: odd",
+        "Please report it with the traceback, the benchmark's command line and `hvdfast doctor`'s output."]
+
+
 def test_cluster_model_recovers_what_made_the_points():
     """Points made by the model itself (known CPU share per wire format, eta per family; 2 hosts on 2 cores and 4
     hosts sharing them) must be fitted back exactly, every prediction then equal to its point; the roles say which

@@ -278,8 +278,9 @@ def test_relay_folds_the_line_every_rank_but_0_says_on_a_bug():
     those passes; the rest of a bug's lines (the same text but the rank) are one line at the end, naming the ranks.
     Another bug's line passes as its own; tagged by horovodrun or not (mpirun)."""
     import io
-    from hvdfast.launch.supervisor import StderrRelay, _ranges
-    assert _ranges([7, 2, 3, 4, 9, 10]) == "2-4, 7, 9-10" and _ranges([5]) == "5"
+    from hvdfast.launch.supervisor import StderrRelay
+    from hvdfast.process import ranges
+    assert ranges([7, 2, 3, 4, 9, 10]) == "2-4, 7, 9-10" and ranges([5]) == "5"
 
     def bug(rank: int, what: str = "KeyError: 'top1' at hvdfast/run/fit.py:324 in fit", tag: bool = True) -> str:
         return ((f"[{rank}]<stderr>:" if tag else "") + f"hvdfast: internal error (rank {rank}): {what}; traceback "

@@ -155,9 +155,11 @@ def run_cell(controller: str, malloc: str, np_: int, fusion_mb: float, cycle_ms:
     env = malloc_env(commands.process_env(), malloc)
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0 or not out.is_file():
+        from .worker import bugs_said
+        bug = bugs_said(out)
         raise SystemExit(f"hvdfast bench allreduce: {controller} malloc={malloc} fusion={fusion_mb} "
-                         f"cycle={cycle_ms} failed:\n"
-                         + (proc.stdout + proc.stderr)[-3000:])
+                         f"cycle={cycle_ms} failed"
+                         + (f" on {bug}" if bug else ":\n" + (proc.stdout + proc.stderr)[-3000:]))
     return json.loads(out.read_text())
 
 
@@ -251,9 +253,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
+        from .worker import guarded
         args.fusion_mb, args.cycle_ms = float(args.fusion_mb), float(args.cycle_ms)
-        _worker(args)
-        return 0
+        return guarded(args, lambda: _worker(args) or 0)
     models.check_name(args.model)  # before any launch: a worker would meet it as a traceback
     writable(args.out_dir)
     hw = hardware()

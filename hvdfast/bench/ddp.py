@@ -45,7 +45,7 @@ def register_hook(ddp: DistributedDataParallel, hook: str, rank: int, start_iter
 
 
 def main(argv=None) -> int:
-    from .worker import memory_in_one_line
+    from .worker import guarded
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
                    help="time this worker alone and every worker alone at once between the run's steps")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    return memory_in_one_line(args, lambda: _run(args))
+    return guarded(args, lambda: _run(args), rank=int(os.environ.get("RANK", 0)))  # torchrun's
 
 
 def _run(args) -> int:

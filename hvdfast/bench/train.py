@@ -62,6 +62,9 @@ def read_result(variant: str, np_: int, proc: subprocess.CompletedProcess, out: 
         said = sorted({line.split(worker.ERROR, 1)[1].strip() for line in text.splitlines() if worker.ERROR in line})
         if said:  # the workers' own line(s), once each: not the launchers' report and every rank's copy
             raise SystemExit(f"hvdfast bench: the {variant} run at {np_} worker(s) failed: " + " | ".join(said))
+        bug = worker.bugs_said(out)
+        if bug:
+            raise SystemExit(f"hvdfast bench: the {variant} run at {np_} worker(s) failed on {bug}")
         raise SystemExit(f"hvdfast bench: the {variant} run at {np_} worker(s) failed:\n{text[-3000:]}")
     return json.loads(out.read_text())
 
@@ -257,7 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--interleave", choices=worker.INTERLEAVE, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return worker.memory_in_one_line(args, lambda: worker.run(args) or 0)
+        return worker.guarded(args, lambda: worker.run(args) or 0)
     return _driver(args)
 
 

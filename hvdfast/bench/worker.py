@@ -41,6 +41,49 @@ def memory_in_one_line(args, body) -> int:
         return 2
 
 
+# What a user sends with a bug a benchmark met (there is no run folder with a config.yaml)
+BENCH_FILES = "the traceback, the benchmark's command line and `hvdfast doctor`'s output"
+
+
+def guarded(args, body, rank: int | None = None) -> int:
+    """A benchmark worker's body (-> exit code), a failure said once instead of as a traceback from every rank (the
+    driver keeps the launcher's output and shows what the ranks said): memory that runs out is one line naming the
+    benchmark's flags (memory_in_one_line, exit 2); a bug (ours or a library's) goes through
+    process.internal_error, every rank's traceback saved in bug_folder(--out) for the driver (bugs_said); a rank
+    whose Horovod shut down because another left adds nothing (that rank's file, or the launcher's report of its
+    exit, says why). `rank` for a launcher none of process.RANK_VARS names (torchrun: the DDP peer)."""
+    from ..dist import peer_lost
+    from ..process import internal_error
+    try:
+        return memory_in_one_line(args, body) if hasattr(args, "batch") else body()
+    except Exception as exc:
+        if peer_lost(exc):
+            return 1
+        return internal_error(exc, bug_folder(args.out), rank=rank, report=BENCH_FILES)
+
+
+def bug_folder(out) -> Path:
+    """Where a worker writing its result to `out` saves its traceback on a bug (in errors/rank<r>.txt)."""
+    return Path(out).with_suffix("")
+
+
+def bugs_said(out) -> str | None:
+    """The bug the ranks of a failed run met (guarded), each distinct error once: the ranks that met it and the
+    traceback of the lowest of them; None when no rank saved one."""
+    from ..process import ranges
+    folder = bug_folder(out) / "errors"
+    met: dict[str, list] = {}
+    for f in sorted(folder.glob("rank*.txt"), key=lambda f: int(f.stem[4:])) if folder.is_dir() else []:
+        text = f.read_text().rstrip("\n").split("\n", 1)[-1]  # the traceback, after the header line
+        met.setdefault(text.rsplit("\n", 1)[-1], []).append((int(f.stem[4:]), text))
+    if not met:
+        return None
+    said = [f"rank{'s' if len(ranks) > 1 else ''} {ranges([r for r, _ in ranks])} met {what}; rank {ranks[0][0]}'s "
+            f"traceback:\n{ranks[0][1]}" for what, ranks in met.items()]
+    return ("a bug in hvdfast or in a library under it, not a problem with the benchmark's options: "
+            + "\n".join(said) + f"\nPlease report it with {BENCH_FILES}.")
+
+
 def check_overrides(overrides) -> None:
     """Refuse, in one line, an override the worker would ignore (`bench train model.name=resnet18` timed the
     default --model)."""

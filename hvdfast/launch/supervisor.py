@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..process import BUG_LINE
+from ..process import BUG_LINE, ranges
 from . import commands
 
 
@@ -37,20 +37,6 @@ def local_workers(pid: int) -> list:
 _WORKER_EXIT = re.compile(r"RuntimeError: Horovod detected that one or more processes exited with non-zero status"
                           r".*?Process name: (?P<name>\S+)\s+Exit code: (?P<code>-?\d+)", re.S)
 _PREFIXED = re.compile(r"^\[\d+(,\d+)?\]<std(out|err)>:")  # a worker's line, as horovodrun relays it
-
-
-def _ranges(ranks: list[int]) -> str:
-    """2, 3, 4, 7 -> '2-4, 7'."""
-    out, ranks = [], sorted(ranks)
-    start = prev = ranks[0]
-    for r in ranks[1:] + [None]:
-        if r is not None and r == prev + 1:
-            prev = r
-            continue
-        out.append(f"{start}-{prev}" if prev > start else f"{start}")
-        if r is not None:
-            start = prev = r
-    return ", ".join(out)
 
 
 class StderrRelay:
@@ -103,7 +89,7 @@ class StderrRelay:
                 if ranks:
                     where = f"; each rank's traceback is in {folder}/rank<r>.txt" if folder else ""
                     self.dst.write(f"hvdfast launch: {len(ranks)} more rank(s) met the same internal error (ranks "
-                                   f"{_ranges(ranks)}){where}\n")
+                                   f"{ranges(ranks)}){where}\n")
             text = "".join(self.held)
             m = _WORKER_EXIT.search(text)
             if m:
