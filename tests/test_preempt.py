@@ -275,8 +275,14 @@ def test_elastic_run_stops_at_one_step_and_resumes(short_digits_dir, tmp_path, h
 
 def test_dali_run_stops_with_its_build_ahead_thread_joined(short_digits_dir, tmp_path):
     """DALI builds the next epoch's pipeline in a thread while this one trains; a stop mid-epoch exits cleanly
-    (the loader joins that thread before DALI's exit hook), and the rerun resumes from the stop's checkpoint."""
+    (the loader joins that thread before DALI's exit hook), and the rerun resumes from the stop's checkpoint and
+    ends bit-identical to an uninterrupted DALI run: the epoch's order and its random crops are replayed, the
+    batches consumed before the stop dropped (data/dali.py)."""
     pytest.importorskip("nvidia.dali")
+    ref = tmp_path / "uninterrupted"
+    p = subprocess.run(launch_cmd("gloo", 2, train_args(short_digits_dir, ref, "data.backend=dali")),
+                       env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     run = tmp_path / "run"
     cmd = launch_cmd("gloo", 2, train_args(short_digits_dir, run, "data.backend=dali"))
     job = subprocess.Popen(cmd, env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -292,6 +298,7 @@ def test_dali_run_stops_with_its_build_ahead_thread_joined(short_digits_dir, tmp
     again = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resuming from {record['checkpoint']}" in again.stdout and "SUMMARY best top-1" in again.stdout
+    assert_same_parameters(params(run), params(ref))
 
 
 def test_pbs_batch_script_passes_sigterm_on_and_exits_75(short_digits_dir, tmp_path, reference):
