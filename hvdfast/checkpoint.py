@@ -102,6 +102,21 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return _ordered((p for p in directory.iterdir() if _NAME.match(p.name)), directory)
 
 
+def rerun_note(run_dir: Path, resume: str) -> str:
+    """What running the same command again does, read from the run folder as it is now (for the line that ends a
+    failed run): continue from its newest checkpoint, start over (none written yet, or train.resume=never), or start
+    from the checkpoint train.resume names."""
+    newest = list_checkpoints(Path(run_dir) / "checkpoints")
+    if resume == "auto":
+        return (f"it continues from {newest[0]} (train.resume=auto)" if newest else
+                "it starts over, as no checkpoint was written yet (train.checkpoint_every and "
+                "train.checkpoint_every_steps set how often one is)")
+    if resume == "never":
+        return ("it starts over (train.resume=never; with train.resume=auto it would continue from "
+                + (f"{newest[0]})" if newest else "the newest checkpoint, once one is written)"))
+    return f"it starts from {resume} again (train.resume)"
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),

@@ -100,6 +100,7 @@ def _train(args) -> int:
     from . import config, train, tuned
     cfg, notes = tuned.load_config(args.config, args.overrides)  # recipe < tuned file < environment < overrides
     args.train_run_dir = cfg.train.run_dir  # where an internal error's tracebacks go (_main)
+    args.train_resume = cfg.train.resume  # what a rerun does, said when a worker leaves (_main)
     if args.keys is not None:
         text = config.explain(cfg, tuned.origins(args.config, args.overrides, cfg), args.keys,
                               width=min(shutil.get_terminal_size((100, 24)).columns, 120))
@@ -261,10 +262,19 @@ def _main(argv: list[str]) -> int:
         # the launcher's report of its exit or kill) says why. A traceback per rank would bury it: rank 0 says what
         # happened in one line, the others add nothing.
         if this_rank() == 0:
-            _error_line("hvdfast: error: a worker left the job, so Horovod shut down under the others (the worker's "
-                        "own message, or the launcher's report, says which and why). Once that is fixed, run the same "
-                        "command again: it continues from the newest checkpoint (train.resume=auto).")
+            _error_line("hvdfast: error: a worker left the job, or the network between the workers failed, so Horovod "
+                        "shut down under the others (the worker's own message, Horovod's line above or the launcher's "
+                        "report says which and why). Once that is fixed, run the same command again: "
+                        + _rerun(args) + ".")
         return 1
+
+
+def _rerun(args) -> str:
+    """What running the same `hvdfast train` again does (checkpoint.rerun_note), from what its config named."""
+    if getattr(args, "train_run_dir", None) is None:
+        return "it continues from the newest checkpoint, if any (train.resume=auto)"
+    from .checkpoint import rerun_note
+    return rerun_note(args.train_run_dir, args.train_resume)
 
 
 if __name__ == "__main__":

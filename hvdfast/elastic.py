@@ -50,11 +50,12 @@ class ElasticRun:
         self.vote.forget()
         if self.out.rep.enabled != info.is_main:  # another worker may be rank 0 now
             self.out.rep.close()
-            self.out.rep = Reporter(self.job.run_dir, info.is_main, "lines", self.job.plan.total_steps)
+            self.out.rep = Reporter(self.job.run_dir, info.is_main, "lines", self.job.plan.total_steps,
+                                    cfg.train.resume)
         if info.is_main and (problem := summary.take_over(self.job)):
             self.out.rep.line(f"WARNING: {problem}")
         self.out.wd.stop()
-        self.out.wd = Watchdog(self.job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s)
+        self.out.wd = Watchdog(self.job.run_dir, info.rank, info.size, cfg.train.hang_timeout_s, cfg.train.resume)
         self.announce_world()
 
     def announce_world(self) -> None:

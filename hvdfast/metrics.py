@@ -65,8 +65,10 @@ class Reporter:
     the checkpoint a crashed run resumes from, or the commit an elastic reset rolls back to) is superseded, and
     TensorBoard hides it (purge_step) as hvdfast plot drops it."""
 
-    def __init__(self, run_dir: Path, enabled: bool, progress: str = "auto", total_steps: int = 0):
+    def __init__(self, run_dir: Path, enabled: bool, progress: str = "auto", total_steps: int = 0,
+                 resume: str = "auto"):
         self.enabled = enabled
+        self.resume = resume  # train.resume: what a rerun does, for the line that ends a run (checkpoint.rerun_note)
         self.t0 = time.perf_counter()
         self.images_per_step = 0  # the global batch, from start()
         self._bar = None
@@ -163,9 +165,10 @@ class Reporter:
         file, self._file = self._file, None
         with contextlib.suppress(OSError):
             file.close()
+        from .checkpoint import rerun_note
         raise ReportError(f"cannot write {self._path} ({exc.strerror or exc}). Free space in {self._path.parent} "
-                          f"(or set train.run_dir elsewhere) and run the same command again: it continues from the "
-                          f"newest checkpoint (train.resume=auto).") from None
+                          f"(or set train.run_dir elsewhere) and run the same command again: "
+                          f"{rerun_note(self._path.parent, self.resume)}.") from None
 
     def progress(self, step: int, postfix: str = "") -> None:
         if self.enabled and self._bar is not None:

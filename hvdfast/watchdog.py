@@ -16,12 +16,15 @@ import threading
 import time
 from pathlib import Path
 
+from .process import ranges
+
 EXIT_CODE = 3
 
 
 class Watchdog:
-    def __init__(self, run_dir: Path, rank: int, size: int, timeout_s: float):
+    def __init__(self, run_dir: Path, rank: int, size: int, timeout_s: float, resume: str = "auto"):
         self.dir = Path(run_dir) / "hang"
+        self.resume = resume  # train.resume: what a rerun does (checkpoint.rerun_note)
         self.rank, self.size, self.timeout_s = rank, size, timeout_s
         self.phase, self.step, self.last = "starting", 0, time.monotonic()
         if timeout_s > 0:
@@ -68,7 +71,10 @@ class Watchdog:
             time.sleep(20)  # give rank 0 time to read this and report before the launcher tears the job down
             os._exit(EXIT_CODE)
         reports = self._collect(deadline=time.monotonic() + 15)
-        print("hvdfast: error: " + diagnose(reports, idle, self.dir), file=sys.stderr, flush=True)
+        from .checkpoint import rerun_note
+        print("hvdfast: error: " + diagnose(reports, idle, self.dir, self.size)
+              + f"; fix the cause and run the same command again: {rerun_note(self.dir.parent, self.resume)}.",
+              file=sys.stderr, flush=True)
         os._exit(EXIT_CODE)
 
     def _collect(self, deadline: float) -> dict:
@@ -87,23 +93,34 @@ class Watchdog:
 _HEAD = re.compile(r"rank (\d+) phase=(.*?) step=(\d+) idle=")
 
 
-def diagnose(reports: dict, idle: float, where: Path) -> str:
-    """One message naming the rank that is behind (lowest step; a rank in its data loader first)."""
+def diagnose(reports: dict, idle: float, where: Path, size: int = 0) -> str:
+    """One message naming the rank that is behind (lowest step; a rank in its data loader first), or saying that
+    none is: every rank of `size` at the same step in the same phase waits on the others in a collective that does
+    not complete (a link, switch or host between them that failed), or all in their data loaders on storage that
+    does not answer."""
     parsed = {}
     for r, text in reports.items():
         m = _HEAD.match(text)
         if m:
             parsed[r] = (m.group(2), int(m.group(3)))
     if not parsed:
-        return (f"no training progress for {idle:.0f} s and no rank wrote a stack dump; look at {where}.")
+        return f"no training progress for {idle:.0f} s and no rank wrote a stack dump; look at {where}"
+    missing = sorted(set(range(max(size, max(parsed) + 1))) - set(parsed))
+    if len(parsed) > 1 and not missing and len(set(parsed.values())) == 1:
+        phase, step = next(iter(parsed.values()))
+        why = ("their data's storage does not answer (a network file system?)" if phase == "data loader" else
+               "they wait on each other in a collective that does not complete: the network between them (a link, "
+               "switch or host that failed), or Horovod itself")
+        return (f"no training progress for {idle:.0f} s. No rank is behind: all {len(parsed)} are in the {phase} at "
+                f"step {step}; {why}. Every rank's stacks are in {where}/")
     behind = min(parsed, key=lambda r: (parsed[r][1], parsed[r][0] != "data loader", r))
     phase, step = parsed[behind]
     others = sorted(set(parsed) - {behind})
-    missing = sorted(set(range(max(parsed) + 1)) - set(parsed))
     msg = (f"no training progress for {idle:.0f} s. rank {behind} is behind: in the {phase} at step {step} "
            f"(stack: {where / f'rank{behind}.txt'})")
     if others:
         msg += "; " + ", ".join(f"rank {r} in the {parsed[r][0]} at step {parsed[r][1]}" for r in others)
     if missing:
-        msg += f"; no dump from rank(s) {missing} (dead or stuck without Python)"
-    return msg + f". Every rank's stacks are in {where}/; fix the cause and rerun the same command to resume."
+        msg += (f"; no dump from rank(s) {ranges(missing)} (dead, stuck without Python, or writing to another "
+                f"host's {where.name}/)")
+    return msg + f". Every rank's stacks are in {where}/"

@@ -248,7 +248,8 @@ def test_records_that_cannot_be_written_stop_every_rank_with_one_line(digits_dir
     errors = [line for line in out.splitlines() if "hvdfast: error" in line]
     assert errors == [f"[0]<stderr>:hvdfast: error: cannot write {run / 'metrics.jsonl'} (No space left on "
                       f"device). Free space in {run} (or set train.run_dir elsewhere) and run the same command "
-                      f"again: it continues from the newest checkpoint (train.resume=auto)."], out[-3000:]
+                      f"again: it starts over, as no checkpoint was written yet (train.checkpoint_every and "
+                      f"train.checkpoint_every_steps set how often one is)."], out[-3000:]
 
 
 def test_tensorboard_on_a_full_disk_is_one_line_and_training_goes_on(digits_dir, tmp_path):

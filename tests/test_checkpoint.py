@@ -251,3 +251,22 @@ def test_an_error_in_training_lets_the_write_finish_and_stands(tmp_path):
             writer.submit(lambda: checkpoint.store(tmp_path, 1, 4, data, keep=2))
             raise KeyError("training failed")
     assert checkpoint.load(tmp_path / checkpoint.name_for(1, 4))["step"] == 4
+
+
+def test_the_line_that_ends_a_failed_run_says_what_a_rerun_does(tmp_path):
+    """checkpoint.rerun_note: read from the run folder as it is, for the line that ends a failed run. It said "it
+    continues from the newest checkpoint" where none had been written (the rerun started over) and under
+    train.resume=never."""
+    none_yet = ("it starts over, as no checkpoint was written yet (train.checkpoint_every and "
+                "train.checkpoint_every_steps set how often one is)")
+    assert checkpoint.rerun_note(tmp_path, "auto") == none_yet
+    assert checkpoint.rerun_note(tmp_path, "never") == ("it starts over (train.resume=never; with train.resume=auto "
+                                                         "it would continue from the newest checkpoint, once one is "
+                                                         "written)")
+    for s in (10, 20):
+        checkpoint.save(tmp_path / "checkpoints", _state(s), keep=2)
+    newest = tmp_path / "checkpoints" / checkpoint.name_for(1, 20)
+    assert checkpoint.rerun_note(tmp_path, "auto") == f"it continues from {newest} (train.resume=auto)"
+    assert checkpoint.rerun_note(tmp_path, "never") == (f"it starts over (train.resume=never; with train.resume=auto "
+                                                         f"it would continue from {newest})")
+    assert checkpoint.rerun_note(tmp_path, "/x/c.pt") == "it starts from /x/c.pt again (train.resume)"

@@ -28,3 +28,26 @@ def test_hang_names_the_rank_in_its_data_loader(tmp_path):
     assert "__getitem__" in dumps[stuck]                      # the stack shows where it is stuck
     assert "phase=training step" in dumps[1 - stuck]          # the other rank waits in the step's allreduce
     assert out.count("hvdfast: error: no training progress") == 1
+
+
+def test_a_hang_where_no_rank_is_behind_is_said_as_such():
+    """Every rank at the same step in the same phase (a link between the hosts cut mid-step: each waits in the
+    gradient allreduce for the others): the diagnosis named the lowest rank "behind", which sent the user to a rank
+    with nothing wrong. Ranks whose dump rank 0 cannot see (another host, no shared run folder) are named."""
+    from pathlib import Path
+    from hvdfast.watchdog import diagnose
+    where = Path("/r/hang")
+    step = "rank {} phase={} step={} idle=60s\nThread 0x1 (most recent call first):\n"
+    both = {r: step.format(r, "training step", 10) for r in (0, 1)}
+    assert diagnose(both, 60, where, size=2) == (
+        "no training progress for 60 s. No rank is behind: all 2 are in the training step at step 10; they wait on "
+        "each other in a collective that does not complete: the network between them (a link, switch or host that "
+        "failed), or Horovod itself. Every rank's stacks are in /r/hang/")
+    loaders = {r: step.format(r, "data loader", 3) for r in (0, 1, 2)}
+    assert "all 3 are in the data loader at step 3; their data's storage does not answer" in diagnose(
+        loaders, 60, where, size=3)
+    assert diagnose({0: both[0], 1: step.format(1, "data loader", 10)}, 60, where, size=2).startswith(
+        "no training progress for 60 s. rank 1 is behind: in the data loader at step 10")
+    assert diagnose({0: both[0], 1: both[1]}, 60, where, size=1024).endswith(
+        "rank 1 in the training step at step 10; no dump from rank(s) 2-1023 (dead, stuck without Python, or writing "
+        "to another host's hang/). Every rank's stacks are in /r/hang/")

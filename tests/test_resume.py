@@ -57,14 +57,20 @@ def test_killed_worker_ends_the_job_and_the_rerun_matches_an_uninterrupted_run(s
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     t_kill = time.monotonic()
-    job.wait(timeout=120)
+    out, _ = job.communicate(timeout=120)
     assert job.returncode != 0
     assert time.monotonic() - t_kill < 60
+    # rank 0's one line says what the rerun does: continue from the checkpoint it then resumes from (below)
+    newest = checkpoint.list_checkpoints(run / "checkpoints")[0]
+    assert (f"[0]<stderr>:hvdfast: error: a worker left the job, or the network between the workers failed, so "
+            f"Horovod shut down under the others (the worker's own message, Horovod's line above or the launcher's "
+            f"report says which and why). Once that is fixed, run the same command again: it continues from "
+            f"{newest} (train.resume=auto).") in out.splitlines(), out[-3000:]
 
     again = subprocess.run(train_cmd(short_digits_dir, run), env=env, capture_output=True, text=True, timeout=600,
                            cwd=ROOT)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "resuming from" in again.stdout and f"s{KILL_AFTER_STEP:08d}.pt" in again.stdout
+    assert f"resuming from {newest}" in again.stdout and f"s{KILL_AFTER_STEP:08d}.pt" in again.stdout
     a, b = final_params(tmp_path / "ref"), final_params(run)
     # parameters and BatchNorm buffers: a mid-epoch checkpoint holds the ranks' averaged running statistics (as
     # the uninterrupted run's checkpoints at the same steps do), not rank 0's alone

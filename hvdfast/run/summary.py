@@ -78,8 +78,9 @@ def train_in_folder(job: Job, st: FitState, resumed_from, body, progress: str, a
     and the rank."""
     info = job.plan.info
     with run_folder(job, agree):
-        out = Outputs(Reporter(job.run_dir, info.is_main, progress, job.plan.total_steps),
-                      Watchdog(job.run_dir, info.rank, info.size, job.cfg.train.hang_timeout_s))
+        resume = job.cfg.train.resume
+        out = Outputs(Reporter(job.run_dir, info.is_main, progress, job.plan.total_steps, resume),
+                      Watchdog(job.run_dir, info.rank, info.size, job.cfg.train.hang_timeout_s, resume))
         announce(job, st, out.rep, resumed_from)
         st.t_start = time.perf_counter() - st.trained_s
         if info.is_main:
