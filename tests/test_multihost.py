@@ -165,3 +165,43 @@ def test_dali_shards_by_global_rank_with_two_slots_per_host(hosts, tmp_path):
     seen = [sorted(i for b in r["train"] for i in b) for r in ranks]
     assert all(len(s) == 8 for s in seen)                              # 32 images / 4 ranks / batch 4: 2 steps
     assert sorted(i for s in seen for i in s) == list(range(32))       # disjoint, and together every image
+
+
+def test_a_link_cut_mid_training_ends_the_job_with_the_watchdogs_diagnosis(hosts, digits_dir, tmp_path):
+    """hostb's link goes down mid-step under `hvdfast launch mpirun` (a cable, a switch port): both ranks wait in
+    the gradient allreduce for each other; the watchdog (train.hang_timeout_s) dumps their stacks and rank 0 says
+    that no rank is behind; then mpirun, which aborted the job, waited forever for its daemon on hostb over an ssh
+    connection a dead link never closes (17 minutes and still waiting, when first seen). `hvdfast launch` now ends
+    it ABORT_GRACE_S after its abort and says so: the job ends, exit code 1."""
+    import subprocess
+    import time
+    run = tmp_path / "run"
+    log = tmp_path / "log.txt"
+    job = hosts.ssh_start("login", f"hvdfast launch mpirun --config launch/configs/digits-cpu.yaml --np 2 --hosts "
+                                   f"hosta:1,hostb:1 --nic hvd0 data.dir={digits_dir} model.name=resnet18 "
+                                   f"train.epochs=20 train.threads=1 train.run_dir={run} train.progress=lines "
+                                   f"train.resume=never train.log_every=5 train.hang_timeout_s=15", env(), ROOT, log)
+    veth = hosts.veths[[name for name, _, _ in hosts.hosts].index("hostb")]
+    try:
+        deadline = time.monotonic() + 300
+        while '"kind": "train"' not in ((run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists()
+                                        else ""):
+            assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+        job.wait(timeout=300)
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+        if job.poll() is None:
+            job.kill()
+    out = log.read_text()
+    said = [line for line in out.splitlines() if line.startswith(("hvdfast: error:", "hvdfast launch:"))]
+    assert job.returncode == 1 and len(said) == 2, out[-3000:]
+    assert said[0].startswith("hvdfast: error: no training progress for "), out[-3000:]
+    assert said[0].endswith(f"Every rank's stacks are in {run}/hang/; fix the cause and run the same command again: "
+                            f"it starts over (train.resume=never; with train.resume=auto it would continue from the "
+                            f"newest checkpoint, once one is written)."), out[-3000:]
+    assert said[1] == ("hvdfast launch: mpirun had not ended 30 s after it aborted the job: it was waiting on a host "
+                       "it cannot reach (a link or host that failed). Ended it and what it started on this host; the "
+                       "workers' own messages are above."), out[-3000:]
+    print(said[0])

@@ -37,6 +37,9 @@ def local_workers(pid: int) -> list:
 _WORKER_EXIT = re.compile(r"RuntimeError: Horovod detected that one or more processes exited with non-zero status"
                           r".*?Process name: (?P<name>\S+)\s+Exit code: (?P<code>-?\d+)", re.S)
 _PREFIXED = re.compile(r"^\[\d+(,\d+)?\]<std(out|err)>:")  # a worker's line, as horovodrun relays it
+# mpirun's report that it is ending the job after a rank's non-zero exit (directly, or under horovodrun --mpi)
+_ABORTED = "Per user-direction, the job has been aborted."
+ABORT_GRACE_S = 30.0  # how long a launcher that aborted the job may take to end it (it takes a second or two)
 
 
 class StderrRelay:
@@ -56,6 +59,7 @@ class StderrRelay:
         self.folded: dict[str, tuple[str, list[int]]] = {}  # a bug's line -> (its tracebacks' folder, other ranks)
         self.lock = threading.Lock()
         self.ended = False
+        self.aborted_at: float | None = None  # when the launcher said it is ending the job (_ABORTED)
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
@@ -63,6 +67,8 @@ class StderrRelay:
             with self.lock:
                 if self.ended:
                     return
+                if self.aborted_at is None and _ABORTED in line:
+                    self.aborted_at = time.monotonic()
                 bug = BUG_LINE.match(line.rstrip("\n"))
                 if bug and bug["what"] in self.folded:
                     self.folded[bug["what"]][1].append(int(bug["rank"]))
@@ -133,9 +139,9 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
     previous = {sig: signal.signal(sig, forward) for sig in stop.SIGNALS}
     try:
         try:
-            rc = child.wait()
+            rc = _wait(child, relay)
         except KeyboardInterrupt:  # Ctrl-C reached the launcher too, which ends the job: wait for it, quietly
-            rc = child.wait()
+            rc = _wait(child, relay)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -151,3 +157,38 @@ def supervise(cmd: list[str], target: str, run_dir: Path) -> int:
                   f"exit status and reported 0", file=sys.stderr, flush=True)
         return stop.EXIT_STOPPED
     return rc
+
+
+def _wait(child: subprocess.Popen, relay: StderrRelay) -> int:
+    """The launcher's exit code, once it ends. A launcher that said it is ending the job (a rank exited non-zero)
+    and is still there ABORT_GRACE_S later is waiting on a host it cannot reach: mpirun waits for its daemon there,
+    over an ssh connection that a dead link or host never closes (seen here: a host's link cut mid-training, the
+    ranks ended by the watchdog, mpirun still waiting 17 minutes later). It is ended, with what it started on this
+    host (the ssh to that daemon among them), and the job's exit code is 1."""
+    import psutil  # a Horovod dependency
+    while True:
+        try:
+            return child.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if relay.aborted_at is None or time.monotonic() - relay.aborted_at < ABORT_GRACE_S:
+                continue
+        try:
+            started = psutil.Process(child.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
+        child.terminate()
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        for proc in started:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        name = Path(child.args[0]).name
+        print(f"hvdfast launch: {name} had not ended {ABORT_GRACE_S:.0f} s after it aborted the job: it was waiting on "
+              f"a host it cannot reach (a link or host that failed). Ended it and what it started on this host; the "
+              f"workers' own messages are above.", file=sys.stderr, flush=True)
+        return 1
