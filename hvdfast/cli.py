@@ -99,8 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from . import config, train, tuned
     cfg, notes = tuned.load_config(args.config, args.overrides)  # recipe < tuned file < environment < overrides
-    args.train_run_dir = cfg.train.run_dir  # where an internal error's tracebacks go (_main)
-    args.train_resume = cfg.train.resume  # what a rerun does, said when a worker leaves (_main)
+    args.train_section = cfg.train  # its run folder and resume: for the line that ends a failed run (_main)
     if args.keys is not None:
         text = config.explain(cfg, tuned.origins(args.config, args.overrides, cfg), args.keys,
                               width=min(shutil.get_terminal_size((100, 24)).columns, 120))
@@ -257,7 +256,8 @@ def _main(argv: list[str]) -> int:
         if not peer_lost(exc):
             if not launched():
                 raise  # a lone process: Python's own traceback, nothing to condense
-            return internal_error(exc, getattr(args, "train_run_dir", None))
+            section = getattr(args, "train_section", None)
+            return internal_error(exc, section and section.run_dir)
         # Horovod shut down under this process because another worker ended first, and that worker's own line (or
         # the launcher's report of its exit or kill) says why. A traceback per rank would bury it: rank 0 says what
         # happened in one line, the others add nothing.
@@ -271,10 +271,11 @@ def _main(argv: list[str]) -> int:
 
 def _rerun(args) -> str:
     """What running the same `hvdfast train` again does (checkpoint.rerun_note), from what its config named."""
-    if getattr(args, "train_run_dir", None) is None:
+    section = getattr(args, "train_section", None)
+    if section is None:
         return "it continues from the newest checkpoint, if any (train.resume=auto)"
     from .checkpoint import rerun_note
-    return rerun_note(args.train_run_dir, args.train_resume)
+    return rerun_note(section.run_dir, section.resume)
 
 
 if __name__ == "__main__":

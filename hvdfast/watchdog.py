@@ -93,7 +93,7 @@ class Watchdog:
 _HEAD = re.compile(r"rank (\d+) phase=(.*?) step=(\d+) idle=")
 
 
-def diagnose(reports: dict, idle: float, where: Path, size: int = 0) -> str:
+def diagnose(reports: dict, idle: float, where: Path, size: int) -> str:
     """One message naming the rank that is behind (lowest step; a rank in its data loader first), or saying that
     none is: every rank of `size` at the same step in the same phase waits on the others in a collective that does
     not complete (a link, switch or host between them that failed), or all in their data loaders on storage that
@@ -105,7 +105,7 @@ def diagnose(reports: dict, idle: float, where: Path, size: int = 0) -> str:
             parsed[r] = (m.group(2), int(m.group(3)))
     if not parsed:
         return f"no training progress for {idle:.0f} s and no rank wrote a stack dump; look at {where}"
-    missing = sorted(set(range(max(size, max(parsed) + 1))) - set(parsed))
+    missing = sorted(set(range(size)) - set(parsed))  # (rank 0 reads the dumps of ranks 0 .. size-1)
     if len(parsed) > 1 and not missing and len(set(parsed.values())) == 1:
         phase, step = next(iter(parsed.values()))
         why = ("their data's storage does not answer (a network file system?)" if phase == "data loader" else

@@ -163,32 +163,36 @@ def _wait(child: subprocess.Popen, relay: StderrRelay) -> int:
     """The launcher's exit code, once it ends. A launcher that said it is ending the job (a rank exited non-zero)
     and is still there ABORT_GRACE_S later is waiting on a host it cannot reach: mpirun waits for its daemon there,
     over an ssh connection that a dead link or host never closes (seen here: a host's link cut mid-training, the
-    ranks ended by the watchdog, mpirun still waiting 17 minutes later). It is ended, with what it started on this
-    host (the ssh to that daemon among them), and the job's exit code is 1."""
-    import psutil  # a Horovod dependency
+    ranks ended by the watchdog, mpirun still waiting 17 minutes later). It is ended (_end_stuck)."""
     while True:
         try:
             return child.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
-            if relay.aborted_at is None or time.monotonic() - relay.aborted_at < ABORT_GRACE_S:
-                continue
+            pass
+        if relay.aborted_at is not None and time.monotonic() - relay.aborted_at >= ABORT_GRACE_S:
+            return _end_stuck(child)
+
+
+def _end_stuck(child: subprocess.Popen) -> int:
+    """End a launcher stuck after its abort, with what it started on this host (the ssh to the lost host's daemon
+    among them), and say so; the job's exit code is 1."""
+    import psutil  # a Horovod dependency
+    try:
+        started = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
+    child.terminate()
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    for proc in started:
         try:
-            started = psutil.Process(child.pid).children(recursive=True)
+            proc.kill()
         except psutil.NoSuchProcess:
-            started = []
-        child.terminate()
-        try:
-            child.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        for proc in started:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        name = Path(child.args[0]).name
-        print(f"hvdfast launch: {name} had not ended {ABORT_GRACE_S:.0f} s after it aborted the job: it was waiting on "
-              f"a host it cannot reach (a link or host that failed). Ended it and what it started on this host; the "
-              f"workers' own messages are above.", file=sys.stderr, flush=True)
-        return 1
+            pass
+    print(f"hvdfast launch: {Path(child.args[0]).name} had not ended {ABORT_GRACE_S:.0f} s after it aborted the job: "
+          f"it was waiting on a host it cannot reach (a link or host that failed). Ended it and what it started on "
+          f"this host; the workers' own messages are above.", file=sys.stderr, flush=True)
+    return 1
