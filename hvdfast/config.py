@@ -121,7 +121,8 @@ class HorovodConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 90.0              # passes over the training set (fractions allowed)
-    precision: str = "auto"           # auto (fp16 AMP on GPU, bf16 autocast on CPU) | fp32 | fp16 | bf16
+    precision: str = "auto"           # auto (fp16 AMP on GPU; bf16 autocast on a CPU with native bf16, else fp32) |
+                                      # fp32 | fp16 (with a loss scaler; emulated on most CPUs) | bf16
     seed: int = 0                     # seeds model init, data order and augmentation
     deterministic: bool = False       # deterministic kernels and no Horovod tensor fusion (slower); for bit-exact
                                       # repeatability at any world size and horovod.op
@@ -154,6 +155,9 @@ class Config:
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+
+ADASUM_WITH_A_LOSS_SCALER = ("horovod.op=adasum steps the optimizer inside backward, before a loss scaler could "
+                             "unscale the gradients: use train.precision=bf16 (or fp32) with adasum.")
 
 CHOICES = {
     "data.backend": ("auto", "dali", "torchvision", "synthetic"),
@@ -287,6 +291,8 @@ def validate(cfg: Config) -> None:
                           "updates, not gradients), so " + ("optim.clip_grad_norm cannot see the whole gradient; set "
                           "optim.clip_grad_norm=0" if cfg.optim.clip_grad_norm > 0 else "LAMB's step counter would "
                           "count parameters; use optim.name=sgd or lars") + " (or another horovod.op).")
+    if cfg.horovod.op == "adasum" and cfg.train.precision == "fp16":
+        raise ConfigError(ADASUM_WITH_A_LOSS_SCALER)
     if cfg.data.val_resize < cfg.data.image_size and cfg.data.backend != "synthetic":
         raise ConfigError(f"data.val_resize={cfg.data.val_resize} is smaller than data.image_size="
                           f"{cfg.data.image_size}: validation resizes the shorter side to val_resize, then takes the "

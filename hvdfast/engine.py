@@ -14,8 +14,6 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from .config import ConfigError
-
 
 @dataclass
 class Window:
@@ -78,11 +76,26 @@ def auto_precision(device_type: str, cpu_bf16: bool) -> str:
     return "bf16" if cpu_bf16 else "fp32"
 
 
-def emulated_bf16_note(name: str, device_type: str, cpu_bf16: bool) -> Optional[str]:
-    """The run log's line for bf16 asked for on a CPU that only emulates it (trained as asked), or None."""
-    if name == "bf16" and device_type == "cpu" and not cpu_bf16:
+def cpu_fp16_native() -> bool:
+    """Whether oneDNN computes fp16 natively on this CPU (x86 with AVX512-FP16 or AMX-FP16, Arm with FP16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def emulated_note(name: str, device_type: str, cpu_bf16: bool, cpu_fp16: bool) -> Optional[str]:
+    """The run log's line for a precision asked for on a CPU that only emulates it (trained as asked), or None."""
+    if device_type != "cpu":
+        return None
+    if name == "bf16" and not cpu_bf16:
         return ("train.precision=bf16 on a CPU without native bf16 (no AVX512 / AMX): oneDNN emulates it, 3.5-15x "
                 "slower than fp32 (train.precision=auto picks fp32 on this CPU)")
+    if name == "fp16" and not cpu_fp16:
+        return ("train.precision=fp16 on a CPU without native fp16 (no AVX512-FP16 / AMX-FP16): oneDNN emulates it, "
+                "6-17x slower than fp32; it trains the GPU recipe's way (fp16 autocast, a loss scaler), to check that "
+                "recipe where there is no GPU (train.precision=auto picks "
+                f"{auto_precision('cpu', cpu_bf16)} on this CPU)")
     return None
 
 
@@ -90,10 +103,10 @@ def precision_for(name: str, device: torch.device) -> Precision:
     """The autocast dtype and loss scaler of train.precision (auto: `auto_precision` for this device and CPU)."""
     if name == "auto":
         name = auto_precision(device.type, cpu_bf16_native())
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a GPU; use auto (bf16 or fp32, by the CPU) or fp32 on CPU.")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-    scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
+    # fp16's range ends at 65504: the loss scaler keeps small gradients from flushing to zero and skips a step
+    # whose scaled gradients overflowed (on a CPU too, where fp16 is asked for to check a GPU recipe)
+    scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
     return Precision(name=name, device_type=device.type, dtype=dtype, scaler=scaler)
 
 

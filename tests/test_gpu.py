@@ -55,14 +55,19 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it_natively():
     prec = engine.precision_for("auto", torch.device("cpu"))
     assert prec.name == ("bf16" if engine.cpu_bf16_native() else "fp32") and prec.scaler is None
     assert (prec.dtype is torch.bfloat16) == (prec.name == "bf16")
-    from hvdfast.config import ConfigError
-    with pytest.raises(ConfigError, match="needs a GPU"):  # a user error: one line from rank 0, no traceback
-        engine.precision_for("fp16", torch.device("cpu"))
-    # bf16 asked for on a CPU that emulates it trains as asked, with one line saying what it costs
-    assert "3.5-15x slower than fp32" in engine.emulated_bf16_note("bf16", "cpu", cpu_bf16=False)
-    assert engine.emulated_bf16_note("bf16", "cpu", cpu_bf16=True) is None
-    assert engine.emulated_bf16_note("fp32", "cpu", cpu_bf16=False) is None
-    assert engine.emulated_bf16_note("bf16", "cuda", cpu_bf16=False) is None
+    # fp16 asked for on a CPU trains the GPU recipe's way (autocast, a loss scaler), to check that recipe where there
+    # is no GPU
+    prec = engine.precision_for("fp16", torch.device("cpu"))
+    assert prec.dtype is torch.float16 and prec.scaler is not None and prec.scaler.is_enabled()
+    # a precision asked for on a CPU that emulates it trains as asked, with one line saying what it costs
+    assert "3.5-15x slower than fp32" in engine.emulated_note("bf16", "cpu", cpu_bf16=False, cpu_fp16=False)
+    note = engine.emulated_note("fp16", "cpu", cpu_bf16=True, cpu_fp16=False)
+    assert "6-17x slower than fp32" in note and "auto picks bf16 on this CPU" in note
+    assert engine.emulated_note("bf16", "cpu", cpu_bf16=True, cpu_fp16=False) is None
+    assert engine.emulated_note("fp16", "cpu", cpu_bf16=False, cpu_fp16=True) is None
+    assert engine.emulated_note("fp32", "cpu", cpu_bf16=False, cpu_fp16=False) is None
+    assert engine.emulated_note("bf16", "cuda", cpu_bf16=False, cpu_fp16=False) is None
+    assert engine.emulated_note("fp16", "cuda", cpu_bf16=False, cpu_fp16=False) is None
 
 
 @pytest.mark.parametrize("local_size,gpus,nccl,ok", [(1, 1, True, True), (8, 8, True, True), (2, 1, True, False),

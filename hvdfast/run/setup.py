@@ -106,12 +106,11 @@ def setup(cfg: config.Config, notes=(), elastic: bool = False) -> Job:
     opt = optim.build(model, cfg.optim)
     forward = models.compiled(model, cfg.model.compile)  # training steps only; evaluation runs eager
     prec = engine.precision_for(cfg.train.precision, p.info.device)
-    slow_bf16 = engine.emulated_bf16_note(prec.name, p.info.device.type, engine.cpu_bf16_native())
-    if slow_bf16:
-        notes.append(slow_bf16)
-    if prec.scaler is not None and cfg.horovod.op == "adasum":
-        raise config.ConfigError("horovod.op=adasum steps the optimizer inside backward, before a loss scaler could "
-                                 "unscale the gradients: use train.precision=bf16 (or fp32) with adasum.")
+    emulated = engine.emulated_note(prec.name, p.info.device.type, engine.cpu_bf16_native(), engine.cpu_fp16_native())
+    if emulated:
+        notes.append(emulated)
+    if prec.scaler is not None and cfg.horovod.op == "adasum":  # auto on a GPU (config.load refuses fp16 asked for)
+        raise config.ConfigError(config.ADASUM_WITH_A_LOSS_SCALER)
     opt = dist.wrap_optimizer(opt, model, cfg.horovod)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     return Job(cfg=cfg, run_dir=Path(cfg.train.run_dir), plan=p, model=model, forward=forward, opt=opt, prec=prec,
