@@ -9,9 +9,10 @@ cache on survivors and a cold one on the joiner made their first collectives dis
 optimizer state exists before the state sync (on an empty state Horovod steps the optimizer with zero gradients
 after the weight broadcast, and weight decay then moved the joiner's weights away from everyone else's).
 
-The state that survives a reset is Horovod's TorchState (model, optimizer, images seen), committed in memory every
-`train.checkpoint_every_steps` steps (default 10 here); after each reset the data shards, the global batch and the
-LR schedule are rebuilt for the new world size (run.setup.plan), and the schedule position is kept in images seen.
+The state that survives a reset is Horovod's TorchState (model, optimizer, fp16 loss scaler, images seen),
+committed in memory every `train.checkpoint_every_steps` steps (default 10 here); after each reset the data
+shards, the global batch and the LR schedule are rebuilt for the new world size (run.setup.plan), and the schedule
+position is kept in images seen.
 Horovod's elastic state sync broadcasts tensors as they are, and Horovod refuses NHWC-strided ones, so an elastic
 run keeps the model in NCHW (setup says so in the log).
 """
@@ -32,7 +33,7 @@ from .watchdog import Watchdog
 class ElasticRun:
     job: Job
     st: FitState
-    state: object        # Horovod's TorchState: model, optimizer, images (seen, all workers)
+    state: object        # Horovod's TorchState: model, optimizer, loss scaler, images (seen, all workers)
     out: summary.Outputs  # the Reporter and Watchdog, replaced here at a reset (train_in_folder closes the last)
     commit_every: int    # optimizer steps between in-memory commits
     vote: stop.StopVote  # the stop agreement (its vote in flight died with the old Horovod at a reset)
@@ -90,7 +91,8 @@ def run(cfg: config.Config, notes, vote: stop.StopVote) -> dict:
 
     def body(out: summary.Outputs) -> None:
         er = ElasticRun(job=job, st=st, out=out, commit_every=cfg.train.checkpoint_every_steps or 10, vote=vote,
-                        state=dist.elastic_state(job.model, job.opt, images=st.step * job.plan.global_batch),
+                        state=dist.elastic_state(job.model, job.opt, job.prec.scaler,
+                                                images=st.step * job.plan.global_batch),
                         source=str(path) if path else "fresh")
         er.announce_world()
         er.state.register_reset_callbacks([er.on_reset])

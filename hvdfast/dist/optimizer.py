@@ -2,6 +2,8 @@
 DistributedOptimizer (per-tensor hooks, fused and compressed), or gradient buckets (buckets.py)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..config import HorovodConfig
@@ -73,15 +75,50 @@ def init_optimizer_state(optimizer) -> None:
                 v.zero_()
 
 
-def elastic_state(model: torch.nn.Module, optimizer, **counters):
-    """Horovod elastic state: model + optimizer + counters, committed in host memory, synced on resets."""
+def elastic_state(model: torch.nn.Module, optimizer, scaler=None, **counters):
+    """Horovod elastic state: model + optimizer (+ the fp16 loss scaler) + counters, committed in host memory,
+    synced on resets."""
     # Horovod: TorchState broadcasts from rank 0 on every reset, so new workers join with current weights.
     init_optimizer_state(optimizer)
     # TorchState keeps what is a torch.optim.Optimizer as optimizer state and pickles anything else whole with
     # broadcast_object: handed the gradient buckets, it pickled their flat buffers and the model's parameters on
     # every sync (measured: the first sync never finished). Their plain optimizer holds the whole state.
     plain = optimizer.optimizer if isinstance(optimizer, BucketedOptimizer) else optimizer
+    if scaler is not None:
+        _register_scaler_handler()
+        counters["scaler"] = scaler
     return _h().elastic.TorchState(model=model, optimizer=plain, **counters)
+
+
+def _register_scaler_handler() -> None:
+    """Teach Horovod's TorchState the loss scaler (its documented handler registry), once per process.
+
+    The scale and its growth counter decide each rank's gradients: every rank scales its loss by its own scale, the
+    allreduce sums the scaled gradients, and each rank divides by its own scale again. A worker joining an elastic
+    job came with a fresh scaler (scale 65536, growth counter 0) beside survivors whose scale had halved at each
+    overflow (on the digits, fp16 on a CPU: to 32768 or 8192 within 10 steps), so with different scales the ranks
+    would apply different gradients and their weights drift apart; with equal scales, the joiner would double its
+    scale 2,000 steps after the others. Synced from rank 0 as the weights are, and rolled back with them when a
+    worker dies."""
+    hstate = _h().elastic.state  # Horovod's own module, as TorchState is reached
+
+    class ScalerStateHandler(hstate.StateHandler):
+        def __init__(self, scaler):
+            super().__init__(scaler)
+            self._saved = copy.deepcopy(scaler.state_dict())
+
+        def save(self):
+            self._saved = copy.deepcopy(self.value.state_dict())
+
+        def restore(self):
+            self.value.load_state_dict(self._saved)
+
+        def sync(self):
+            self.value.load_state_dict(hstate.broadcast_object(self.value.state_dict(), root_rank=0))
+
+    registry = hstate.get_handler_registry()
+    if not any(kind is torch.amp.GradScaler for kind, _ in registry):
+        hstate.set_handler_registry([*registry, (torch.amp.GradScaler, ScalerStateHandler)])
 
 
 def rejoin(optimizer, workers: int) -> None:
