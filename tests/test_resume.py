@@ -116,3 +116,43 @@ def test_a_resumed_run_has_one_history_in_images_seen(short_digits_dir, tmp_path
         want = [(r["images_seen"], r[key]) for r in kept if r["kind"] == kind]
         assert [s for s, _ in points] == [s for s, _ in want], tag
         assert [v for _, v in points] == pytest.approx([v for _, v in want], rel=1e-6, abs=1e-6), tag
+
+
+
+def test_an_fp16_run_resumes_its_loss_scaler_and_ends_bit_identical(short_digits_dir, tmp_path):
+    """fp16 (the GPU recipe; emulated on this CPU) trains with a loss scaler whose state is part of the run: the
+    scale, halved at each step whose scaled gradients overflowed (skipped), and the good steps counted towards its
+    next growth (2,000 by default). One process, 20 steps, stopped (SIGUSR1) after step 5 and run again: the
+    resumed run ends with the uninterrupted run's weights and scaler, bit for bit. Resumed with a fresh scaler
+    (scale 65536, count 0), it would skip other steps and round other fp16 gradients."""
+    from hvdfast.run.stop import EXIT_STOPPED
+    from conftest import trained_step
+
+    def cmd(run):  # 40 steps an epoch at batch 16 on one worker
+        return train_args(short_digits_dir, run, "train.precision=fp16", "train.epochs=0.5")
+
+    def last(run):
+        return checkpoint.load(checkpoint.list_checkpoints(run / "checkpoints")[0])
+
+    ref = subprocess.run(cmd(tmp_path / "ref"), env=launcher_env(), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    run = tmp_path / "run"
+    job = subprocess.Popen(cmd(run), env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    deadline = time.monotonic() + 300
+    while trained_step(run) < 5:
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[0][-3000:]
+        time.sleep(0.02)
+    job.send_signal(signal.SIGUSR1)
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == EXIT_STOPPED, out[-3000:]
+    stopped = last(run)
+    assert 5 <= stopped["step"] < 20, stopped["step"]
+    assert stopped["scaler"]["scale"] < 2.0 ** 16 or stopped["scaler"]["_growth_tracker"] > 0  # not a fresh one's
+    again = subprocess.run(cmd(run), env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming from" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    a, b = last(run), last(tmp_path / "ref")
+    assert a["step"] == b["step"] == 20 and a["scaler"] == b["scaler"], (a["scaler"], b["scaler"])
+    # one process: BatchNorm's running statistics are its own, not averaged over ranks, so every tensor is equal
+    assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])] == []

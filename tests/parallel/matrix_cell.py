@@ -6,9 +6,10 @@ OUT/rank<r>.json: per run, its parameter digest and summary; rank 0 also the dig
 (train.keep_best) loads into through models.from_best, the README's way (None on the other ranks).
 
 The run named "accumulation" is not a training run: with the cell's optimizer, Horovod settings and clipping (in
-fp32) it drives engine.train_epoch through dist.wrap_optimizer twice, with 2 micro-batches of 16 and with 1
-batch of 32, on a small convolutional net without BatchNorm (BatchNorm normalises over the micro-batch, so with it
-the two are different maths), and records how far apart the parameters end, relative to how far they moved.
+fp32; under the cell's loss scaler with fp16 precision) it drives engine.train_epoch through dist.wrap_optimizer
+twice, with 2 micro-batches of 16 and with 1 batch of 32, on a small convolutional net without BatchNorm
+(BatchNorm normalises over the micro-batch, so with it the two are different maths), and records how far apart
+the parameters end, relative to how far they moved.
 """
 import dataclasses
 import json
@@ -26,6 +27,8 @@ def accumulation(cfg) -> dict:
     info = dist.init(cfg.horovod, threads=cfg.train.threads)
     prec = engine.precision_for("fp32", info.device)  # bf16 rounds activations: LAMB's first, sign-like steps
     # turned that rounding into 4e-2 differences (measured); in fp32 the two end 1e-6 apart
+    if cfg.train.precision == "fp16":  # fp16's loss scaler over fp32 arithmetic: scaled by a power of two, exactly
+        prec = dataclasses.replace(prec, scaler=engine.precision_for("fp16", info.device).scaler)
     g = torch.Generator().manual_seed(100 + info.rank)  # each rank its own data, as shards are
     x, y = torch.randn(96, 3, 16, 16, generator=g), torch.randint(0, 10, (96,), generator=g)
     final = {}
