@@ -25,6 +25,8 @@ class Window:
     step_s: float = 0.0       # time spent in forward, backward and the update
     wall_s: float = 0.0       # wall time of the window
     nonfinite: float = 0.0    # 1 where this rank's loss was NaN/inf
+    skipped: float = 0.0      # optimizer steps the fp16 loss scaler skipped (their scaled gradients overflowed)
+    loss_scale: float = 0.0   # the fp16 loss scaler's scale at the window's end (0: no scaler)
 
     def to_tensor(self) -> torch.Tensor:
         return torch.tensor(dataclasses.astuple(self), dtype=torch.float64)
@@ -197,6 +199,9 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
     t_step = None
     micro = 0
     stop = False
+    # fp16: the scale the loss scaler had before each step; a step that halved it was skipped. (GradScaler.step has
+    # already waited for the device to say whether the gradients overflowed, so reading the scale costs nothing.)
+    scale = prec.scaler.get_scale() if prec.scaler is not None else 0.0
     for images, labels in batches:
         t_batch = time.perf_counter()
         t_step = t_batch if micro == 0 else t_step
@@ -225,6 +230,9 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
             t_backward = time.perf_counter()
             t_synced = optimizer_step(optimizer, model, prec, clip_grad_norm, None if step_times is None else sync)
             optimizer.zero_grad()  # Horovod: its zero_grad takes no arguments (torch default: set_to_none)
+            if prec.scaler is not None:
+                scale, before = prec.scaler.get_scale(), scale
+                window.skipped += scale < before
             sync()
             if step_times is not None:
                 t_end = time.perf_counter()
@@ -242,6 +250,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable, *, steps: 
             window.loss_sum, window.correct = float(host[0]), float(host[1])
             window.nonfinite = 0.0 if torch.isfinite(host[0]) else 1.0
             window.wall_s = t_now - t_window
+            window.loss_scale = scale
             on_log(step, window)
             window = Window()
             dev_sums = None

@@ -15,10 +15,12 @@ from .engine import Window
 
 
 def window_metrics(w: Window, size: int) -> dict:
-    """Cross-rank sums of a log window -> averaged metrics (img/s is for all workers together)."""
+    """Cross-rank sums of a log window -> averaged metrics (img/s is for all workers together). With an fp16 loss
+    scaler, its scale and the steps it skipped in the window (the same on every rank: each decides on the same
+    averaged gradients)."""
     images = max(w.images, 1.0)
     wall = w.wall_s / size
-    return {
+    m = {
         "loss": w.loss_sum / images,
         "top1": 100.0 * w.correct / images,
         "img_s": w.images / wall if wall > 0 else 0.0,
@@ -26,6 +28,9 @@ def window_metrics(w: Window, size: int) -> dict:
         "step_s": w.step_s / size,
         "nonfinite_ranks": int(w.nonfinite),
     }
+    if w.loss_scale > 0:
+        m.update(loss_scale=w.loss_scale / size, skipped_steps=round(w.skipped / size))
+    return m
 
 
 def eval_metrics(reduced: torch.Tensor) -> dict:

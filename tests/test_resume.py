@@ -137,6 +137,13 @@ def test_an_fp16_run_resumes_its_loss_scaler_and_ends_bit_identical(short_digits
     ref = subprocess.run(cmd(tmp_path / "ref"), env=launcher_env(), cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    # the scaler in the records (metrics.jsonl, TensorBoard, the log line): each window's skipped steps halved the
+    # scale once each (no growth in 20 steps), down to the scale the final checkpoint holds
+    rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    scale = last(tmp_path / "ref")["scaler"]["scale"]
+    assert train[-1]["loss_scale"] == scale and 2.0 ** (16 - sum(r["skipped_steps"] for r in train)) == scale, train
+    assert f"loss-scale {scale:g} skipped {train[-1]['skipped_steps']}" in ref.stdout
     run = tmp_path / "run"
     job = subprocess.Popen(cmd(run), env=launcher_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)

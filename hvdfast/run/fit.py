@@ -271,7 +271,8 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
         rep.record("train", at_step, {"epoch": epoch, "lr": lr, **m},
                    show=None if rep.has_bar else
                    f"epoch {epoch} step {at_step}/{p.total_steps} loss {m['loss']:.4f} top1 {m['top1']:.1f}% "
-                   f"lr {lr:.4g} {m['img_s']:.1f} img/s data-wait {m['data_wait_s']:.2f}s")
+                   f"lr {lr:.4g} {m['img_s']:.1f} img/s data-wait {m['data_wait_s']:.2f}s"
+                   + (f" loss-scale {m['loss_scale']:g} skipped {m['skipped_steps']}" if "loss_scale" in m else ""))
         rep.progress(at_step, f"loss {m['loss']:.3f} {m['img_s']:.0f} img/s")
         if st.nonfinite_logs >= 2:
             raise TrainingError(f"loss is NaN/inf at step {at_step} on {m['nonfinite_ranks']} rank(s) for "
