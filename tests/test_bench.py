@@ -55,19 +55,21 @@ def test_bench_allreduce_runs_under_the_launcher(tmp_path):
 
 
 def test_bench_train_runs_hvdfast_beside_torchrun_ddp(tmp_path):
-    # `--baseline ddp`: the torchrun + DDP peer on this host, beside hvdfast under horovodrun, in one command
+    # `--baseline ddp`: the torchrun + DDP peer on this host, beside hvdfast under horovodrun, in one command; the
+    # peer trains in the recipe's precision, here the one that train.precision=auto does not give on this CPU
+    # (before, it trained in auto's whatever the recipe said: bf16 beside an fp16 hvdfast on this CPU)
+    auto = engine.auto_precision("cpu", engine.cpu_bf16_native())
+    other = "fp32" if auto == "bf16" else "bf16"
     p = subprocess.run(hvdfast_cmd("bench", "train", "--baseline", "ddp", "--np", "2", "--model", "resnet18",
                                    "--image-size", "32", "--steps", "2", "--warmup", "1", "--controller", "gloo",
-                                   "--out-dir", str(tmp_path)),
+                                   "--out-dir", str(tmp_path), f"train.precision={other}"),
                        capture_output=True, text=True, timeout=600, env=launcher_env(), cwd=ROOT)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     result = json.loads(next(tmp_path.glob("train-*.json")).read_text())
     rows = {r["variant"]: r for r in result["rows"]}
     assert set(rows) == {"ddp", "hvdfast"}
-    # the DDP peer trains in what train.precision=auto gives hvdfast on this CPU (bf16 only where it is native)
-    auto = engine.auto_precision("cpu", engine.cpu_bf16_native())
-    assert rows["ddp"]["compression"] == "hook none" and rows["ddp"]["precision"] == auto
-    assert rows["hvdfast"]["precision"] == auto
+    assert rows["ddp"]["compression"] == "hook none" and rows["ddp"]["precision"] == other
+    assert rows["hvdfast"]["precision"] == other
     assert all(r["workers"] == 2 and r["img_s_total"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
     assert any(line.startswith("hvdfast / ddp at 2 worker(s): ") for line in result["ratios"])
 

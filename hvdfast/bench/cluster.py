@@ -161,6 +161,7 @@ class Bench:
 
     def ddp(self, hook: str, interleave: bool = False) -> list[dict]:
         """torchrun on every host (as a user starts a multi-node DDP job), rendezvous at the first host."""
+        from . import train
         out = self._out(f"ddp-{hook}")
         n = len(self.workers)
         procs = []
@@ -172,7 +173,8 @@ class Bench:
                    "--powersgd-rank", str(self.args.powersgd_rank),
                    "--model", self.args.model, "--batch", str(self.args.batch),
                    "--image-size", str(self.args.image_size), "--steps", str(self.args.steps),
-                   "--warmup", str(self.args.warmup), "--threads", str(self.threads), "--out", str(out)]
+                   "--warmup", str(self.args.warmup), "--threads", str(self.threads),
+                   "--precision", train.recipe_precision(self._train_args([])), "--out", str(out)]
             cmd += ["--interleave"] if interleave else []
             env = dict(self.env, GLOO_SOCKET_IFNAME="hvd0", OMP_NUM_THREADS=str(self.threads))
             procs.append(self.cluster.ssh_start(host, shlex.join(cmd), env, ROOT, out.with_suffix(f".{rank}.log")))

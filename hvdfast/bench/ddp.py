@@ -2,9 +2,9 @@
 
 Started by torchrun on every host (`hvdfast bench cluster` does it; by hand:
 `torchrun --nnodes 2 --nproc-per-node 1 --node-rank R --master-addr HOST0 -m hvdfast.bench.ddp --hook powersgd`).
-The same model, input and per-worker settings as the hvdfast variant of `hvdfast bench train` (train.precision=auto:
-bf16 autocast on a CPU that computes bf16 natively, else fp32; fp16 AMP on GPU; channels_last, one torch thread per
-owned core, SGD with momentum), and DDP's own best knobs:
+The same model, input and per-worker settings as the hvdfast variant of `hvdfast bench train` (its recipe's
+train.precision, `--precision`: auto is bf16 autocast on a CPU that computes bf16 natively, else fp32, and fp16
+AMP on GPU; channels_last, one torch thread per owned core, SGD with momentum), and DDP's own best knobs:
 gradient_as_bucket_view, bucket_cap_mb, and its communication hooks (torch.distributed.algorithms.ddp_comm_hooks):
   none      DDP as most users run it (fp32 allreduce)
   fp16/bf16 fp16_compress_hook / bf16_compress_hook (half the bytes)
@@ -27,6 +27,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..argtypes import amount, count
+from ..config import CHOICES
 
 HOOKS = ("none", "fp16", "bf16", "powersgd")
 
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hvdfast.bench.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hook", choices=HOOKS, default="none")
+    p.add_argument("--precision", choices=CHOICES["train.precision"], default="auto",
+                   help="train.precision of the hvdfast variant beside it (auto: as `hvdfast train` picks)")
     p.add_argument("--powersgd-rank", type=count(1), default=4)
     p.add_argument("--bucket-cap-mb", type=amount(0, above=True), default=25.0,
                    help="DDP's bucket size (its default: 25)")
@@ -75,7 +78,7 @@ def _run(args) -> int:
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local))
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
         else torch.device("cpu")
-    prec = engine.precision_for("auto", device)
+    prec = engine.precision_for(args.precision, device)
     model = models.to_channels_last(models.build(args.model, 1000).to(device))
     ddp = DistributedDataParallel(model, gradient_as_bucket_view=True, bucket_cap_mb=args.bucket_cap_mb,
                                   device_ids=[device.index] if device.type == "cuda" else None)
@@ -108,7 +111,7 @@ def _run(args) -> int:
     else:  # the worker alone and the floor between the run's steps (bench/worker.py): a model of its own
         solo = models.to_channels_last(models.build(args.model, 1000).to(device))
         solo_opt = torch.optim.SGD(solo.parameters(), lr=0.01, momentum=0.9)
-        solo_prec = engine.precision_for("auto", device)  # a loss scaler of its own (fp16 on a GPU)
+        solo_prec = engine.precision_for(args.precision, device)  # a loss scaler of its own (fp16)
         one_step(solo, solo_opt, solo_prec)  # its warm-up, every rank at once
         sent = 0
 

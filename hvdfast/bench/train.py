@@ -106,7 +106,7 @@ def _launch_ddp(args, np_: int, out: Path) -> list[dict]:
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", str(np_),
            "-m", "hvdfast.bench.ddp", "--hook", args.ddp_hook, "--model", args.model, "--batch", str(args.batch),
            "--image-size", str(args.image_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--threads", str(threads), "--out", str(out)]
+           "--threads", str(threads), "--precision", recipe_precision(args), "--out", str(out)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout)
     ranks = read_result("ddp", np_, proc, out)
@@ -116,6 +116,12 @@ def _launch_ddp(args, np_: int, out: Path) -> list[dict]:
                  compression=f"hook {r['hook']}", compute_s=None,
                  comm_wait_s=None, optimizer_s=None)
     return ranks
+
+
+def recipe_precision(args) -> str:
+    """The train.precision of the hvdfast variant (recipe + overrides): the DDP peer trains in the same."""
+    from .. import config
+    return config.load(args.config, args.overrides).train.precision
 
 
 def check_recipe(args) -> None:
