@@ -39,6 +39,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message says which file and what to do."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint (or best.pt) that could not be written. The message says what is intact and where to free
+    space; the caller that knows the run's train.resume adds what running the same command again does (cli:
+    rerun_note, read from the folder after the failed file was removed)."""
+
+
 def name_for(epoch: int, step: int) -> str:
     return f"ckpt-e{epoch:04d}-s{step:08d}.pt"
 
@@ -285,9 +291,8 @@ def _write(final: Path, tmp: Path, data, before_rename: Optional[Callable[[], No
         previous = list_checkpoints(checkpoints or directory)
         kept = f"the previous checkpoint {previous[0]} is intact" if previous else "no earlier checkpoint exists"
         what = "" if final.name == BEST else "checkpoint "
-        raise CheckpointError(f"could not write {what}{final} ({exc.strerror or exc}); {kept}. Free space "
-                              f"in {directory} (or set train.run_dir elsewhere) and rerun the same command to "
-                              f"resume.") from None
+        raise CheckpointWriteError(f"could not write {what}{final} ({exc.strerror or exc}); {kept}. Free "
+                                   f"space in {directory} (or set train.run_dir elsewhere).") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

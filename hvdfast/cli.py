@@ -223,7 +223,7 @@ def _main(argv: list[str]) -> int:
             print(f"hvdfast: error: {exc}", file=sys.stderr)
             return 2
     args = _parser().parse_args(argv)
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, CheckpointWriteError
     from .config import ConfigError
     from .data.folder import DataError
     from .dist import DeviceError, peer_lost
@@ -241,7 +241,8 @@ def _main(argv: list[str]) -> int:
         rank = this_rank()
         if rank == 0 or getattr(exc, "rank_local", False):
             prefix = f"hvdfast: error (rank {rank}): " if rank else "hvdfast: error: "
-            _error_line(prefix + str(exc))
+            then = f" Then run the same command again: {_rerun(args)}." if isinstance(exc, CheckpointWriteError) else ""
+            _error_line(prefix + str(exc) + then)
         return 2
     except Stopped as exc:
         # a preemption warning or train.max_time: checkpointed (or nothing to save yet); rerun to continue

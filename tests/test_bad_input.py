@@ -226,7 +226,11 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_one_line(digits_
     with small_tmpfs(tmp_path / "run/checkpoints", "64k", "the checkpoints"):
         p = train(f"data.dir={digits_dir}", f"train.run_dir={tmp_path / 'run'}", *SMALL, "train.epochs=0.25",
                   "train.checkpoint_every_steps=2", "train.log_every=1")
-    one_error(p, "could not write checkpoint", "No space left on device", "no earlier checkpoint exists")
+    line = one_error(p, "could not write checkpoint", "No space left on device", "no earlier checkpoint exists")
+    # what running it again does, read from the run folder (the cli's rerun note), as a lost worker's line says it
+    assert line.endswith(f"Free space in {tmp_path / 'run/checkpoints'} (or set train.run_dir elsewhere). Then run "
+                         f"the same command again: it starts over, as no checkpoint was written yet "
+                         f"(train.checkpoint_every and train.checkpoint_every_steps set how often one is)."), line
     steps = [int(s) for s in re.findall(r"step (\d+)/(?:\d+)", p.stdout)]
     assert steps and max(steps) <= 4, p.stdout  # the step-2 checkpoint failed: stopped by the next one
     assert "SUMMARY" not in p.stdout + p.stderr

@@ -197,7 +197,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     tmp = tmp_path / f".{final.name}.tmp-{os.getpid()}"
     tmp.symlink_to("/dev/full")                      # every write to it fails with ENOSPC
     with pytest.raises(CheckpointError, match=r"No space left on device.*previous checkpoint .*s00000010.pt "
-                                              r"is intact.*rerun the same command"):
+                                              r"is intact\. Free space in .* \(or set train.run_dir elsewhere\)\.$"):
         checkpoint.save(tmp_path, _state(20), keep=3)
     assert not final.exists() and not tmp.exists()
     assert checkpoint.load(tmp_path / checkpoint.name_for(1, 10))["step"] == 10
