@@ -119,6 +119,42 @@ def test_diverging_loss_stops_the_run(digits_dir, tmp_path):
     assert "resume from the last checkpoint" in err
 
 
+def test_an_fp16_loss_scale_that_collapses_stops_the_run():
+    """fp16 gradients that overflow even unscaled (here: a loss times 1e30, finite in fp32, whose gradient is inf
+    once cast to fp16): the loss scaler skips every step and halves its scale, 2^16 at the start, so the weights
+    never change while the loss stays finite and the NaN/inf check sees nothing. The run went on to "done"; now it
+    stops at the first log interval whose scale is below 1 (step 20 at 4 steps an interval: 1 at step 16 is
+    allowed), through the engine and the records a run has."""
+    from hvdfast import engine
+    from hvdfast.metrics import window_metrics
+    from hvdfast.run.fit import TrainingError, check_loss_scale
+    torch.manual_seed(0)
+    model = torch.nn.Linear(12, 4)
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = [(torch.randn(8, 12), torch.randint(0, 4, (8,))) for _ in range(40)]
+    scales = []
+
+    def on_log(step, window):
+        m = window_metrics(window, 1)
+        scales.append((step, m["loss_scale"], m["skipped_steps"], m["nonfinite_ranks"]))
+        check_loss_scale(m, step)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.synchronize = lambda: None  # one process, no Horovod: its optimizer's extra methods have nothing to do
+    opt.skip_synchronize = contextlib.nullcontext
+    with pytest.raises(TrainingError) as err:
+        engine.train_epoch(model, opt, iter(batches), steps=40,
+                           first_step=0, lr_fn=lambda step: 0.1,
+                           criterion=lambda logits, labels: torch.nn.functional.cross_entropy(logits, labels) * 1e30,
+                           prec=engine.precision_for("fp16", torch.device("cpu")), log_every=4, on_log=on_log)
+    assert scales == [(4 * i, 2.0 ** (16 - 4 * i), 4, 0) for i in range(1, 6)]
+    assert str(err.value) == ("the fp16 loss scale fell to 0.0625 by step 20 (4 step(s) skipped in the last log "
+                              "interval): the gradients overflow fp16 even unscaled, so no step changes the weights; "
+                              "use train.precision=bf16 or fp32 (or lower optim.lr), and resume from the last "
+                              "checkpoint.")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_resume_with_another_global_batch_keeps_images_seen(trained_run, digits_dir, tmp_path):
     import shutil
     run = tmp_path / "copy"

@@ -251,6 +251,21 @@ def stop_early(job: Job, st: FitState, rep: Reporter, wd: Watchdog, buffers_aver
     raise stop.Stopped(msg, shown=p.info.is_main, agreed=True)
 
 
+def check_loss_scale(m: dict, at_step: int) -> None:
+    """fp16: a loss scale below 1 means the gradients overflow fp16 even unscaled, so the loss scaler skips every
+    step and the weights no longer change: without this, the scale halves on toward 0 (2^-84 after 100 steps of a
+    test's overflowing model) and the run ends "done" having learnt nothing, or later meets a NaN. DeepSpeed stops
+    at its min_loss_scale of 1 the same way. A NaN/inf loss is left to its own check, which says more. `m`: a
+    train record (metrics.window_metrics)."""
+    scale = m.get("loss_scale")
+    if scale is None or scale >= 1 or m["nonfinite_ranks"]:
+        return
+    raise TrainingError(f"the fp16 loss scale fell to {scale:g} by step {at_step} ({m['skipped_steps']} step(s) "
+                        f"skipped in the last log interval): the gradients overflow fp16 even unscaled, so no step "
+                        f"changes the weights; use train.precision=bf16 or fp32 (or lower optim.lr), and resume "
+                        f"from the last checkpoint.")
+
+
 def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
         after_step: Callable[[int], None] = lambda step: None, vote: Optional[stop.StopVote] = None) -> None:
     """Train from st.step to the plan's last step. `after_step(step)` runs after every optimizer step (elastic
@@ -278,6 +293,7 @@ def fit(job: Job, st: FitState, rep: Reporter, wd: Watchdog,
             raise TrainingError(f"loss is NaN/inf at step {at_step} on {m['nonfinite_ranks']} rank(s) for "
                                 f"{st.nonfinite_logs} log intervals; lower optim.lr or raise "
                                 f"optim.warmup_epochs, and resume from the last checkpoint.")
+        check_loss_scale(m, at_step)
 
     def on_step(at_step: int) -> None:
         st.step = at_step
